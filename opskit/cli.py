@@ -1,0 +1,249 @@
+"""The `opskit` command line: parse arguments, call one core function, render its result.
+
+Errors from the core arrive as OpskitError and leave as one line on stderr (plus a hint) and the
+exit code of CONTRACT §2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer.core import TyperGroup
+
+from opskit import __version__, seed, services
+from opskit.errors import OpskitError
+from opskit.settings import ENVIRONMENT_HELP, Settings, mask_url
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+@dataclass
+class CliState:
+    debug: bool = False
+
+
+class OpskitGroup(TyperGroup):
+    """Maps OpskitError to one line on stderr and its exit code (the one error dispatcher)."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except OpskitError as error:
+            if isinstance(ctx.obj, CliState) and ctx.obj.debug:
+                raise
+            typer.echo(f"error: {error.message}", err=True)
+            if error.hint:
+                typer.echo(f"hint: {error.hint}", err=True)
+            raise typer.Exit(int(error.exit_code)) from None
+
+
+app = typer.Typer(
+    cls=OpskitGroup,
+    help="Denormalize a PostgreSQL + Redis web backend and prove the speed-up.\n\n"
+    + ENVIRONMENT_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"opskit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress (INFO).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = CliState(debug=debug)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _print_json(payload: object) -> None:
+    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+@app.command()
+def up(
+    pg_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="PostgreSQL port (0 picks a free one).")
+    ] = services.DEFAULT_PG_PORT,
+    redis_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Valkey port (0 picks a free one).")
+    ] = services.DEFAULT_REDIS_PORT,
+    as_json: JsonOption = False,
+) -> None:
+    """Start the embedded PostgreSQL and Valkey under OPSKIT_HOME (idempotent).
+
+    Servers run detached and outlive this command; `opskit down` stops them. A server whose URL
+    is set in the environment (OPSKIT_DATABASE_URL, OPSKIT_REDIS_URL) is never started.
+    """
+    settings = _settings()
+    status, started = services.up(
+        settings.home,
+        pg_port=pg_port,
+        redis_port=redis_port,
+        start_postgres=settings.database_url is None,
+        start_valkey=settings.redis_url is None,
+    )
+    if as_json:
+        _print_json({"started": started, **status.as_dict()})
+        return
+    for server in (status.postgres, status.valkey):
+        if server is not None:
+            state = "started" if server.name in started else "already running"
+            stdout.print(f"{server.name}: {state} at {mask_url(server.url)} (pid {server.pid})")
+    if settings.database_url:
+        stdout.print(f"postgres: using OPSKIT_DATABASE_URL {mask_url(settings.database_url)}")
+    if settings.redis_url:
+        stdout.print(f"redis: using OPSKIT_REDIS_URL {mask_url(settings.redis_url)}")
+
+
+@app.command()
+def down(as_json: JsonOption = False) -> None:
+    """Stop the embedded servers under OPSKIT_HOME (idempotent; data is kept)."""
+    stopped = services.down(_settings().home)
+    if as_json:
+        _print_json({"stopped": stopped})
+    elif stopped:
+        stdout.print(f"stopped: {', '.join(stopped)}")
+    else:
+        stdout.print("no embedded server was running")
+
+
+@app.command()
+def env(as_json: JsonOption = False) -> None:
+    """Print `export` lines for the database and Redis URLs in use.
+
+    Use `eval "$(opskit env)"` to point other tools at the embedded servers. Passwords are
+    masked, as in every URL opskit prints (the embedded servers have none).
+    """
+    settings = _settings()
+    urls = {
+        "OPSKIT_DATABASE_URL": services.resolve_database_url(settings),
+        "OPSKIT_REDIS_URL": services.resolve_redis_url(settings),
+    }
+    masked = {name: mask_url(url) for name, url in urls.items()}
+    if as_json:
+        _print_json(masked)
+        return
+    for name, url in masked.items():
+        typer.echo(f"export {name}={shlex.quote(url)}")
+
+
+# ---------------------------------------------------------------------------- seed
+
+ScaleName = Enum("ScaleName", {name: name for name in seed.SCALES}, type=str)
+
+
+class _RichSeedProgress:
+    """One progress bar per table (and per finishing step)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, int] = {}
+
+    def step_started(self, step: str, expected: int) -> None:
+        self._tasks[step] = self._progress.add_task(step, total=max(expected, 1))
+
+    def step_advanced(self, step: str, amount: int) -> None:
+        self._progress.advance(self._tasks[step], amount)
+
+
+@app.command("seed")
+def seed_command(
+    scale: Annotated[
+        ScaleName, typer.Option(help="Data size: tiny (tests), small, medium or large.")
+    ],
+    seed_value: Annotated[
+        int,
+        typer.Option("--seed", min=0, max=seed.MAX_SEED, help="Random seed: same seed, same data."),
+    ] = 1,
+    force: Annotated[
+        bool, typer.Option("--force", help="Wipe the app tables first if they hold data.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Create the base schema if absent and load deterministic synthetic data.
+
+    Sizes (users / projects / votes / messages): tiny 200/60/2k/2k, small 5k/2k/100k/50k,
+    medium 100k/20k/2M/1M, large 1M/200k/20M/10M. Runs in one transaction: on any error the
+    database is left as it was. Refuses a database whose app tables hold rows unless --force.
+    """
+    settings = _settings()
+    url = services.resolve_database_url(settings)
+    columns = (
+        TextColumn("{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=as_json) as progress:
+        result = seed.seed_database(
+            url, scale.value, seed_value, force=force, progress=_RichSeedProgress(progress)
+        )
+    if as_json:
+        _print_json(
+            {
+                "database": mask_url(url),
+                **asdict(result),
+                "loads": [{**asdict(load), "rows_per_s": load.rows_per_s} for load in result.loads],
+            }
+        )
+        return
+    table = Table(title=f"seeded {result.scale} (seed {result.seed}) into {mask_url(url)}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("rows/s", justify="right")
+    for load in result.loads:
+        table.add_row(
+            load.table, f"{load.rows:,}", f"{load.seconds:.2f}", f"{load.rows_per_s:,.0f}"
+        )
+    total_rows = sum(load.rows for load in result.loads)
+    table.add_row("keys and indexes", "", f"{result.rebuild_seconds:.2f}", "")
+    table.add_row("vacuum analyze", "", f"{result.vacuum_seconds:.2f}", "")
+    table.add_row(
+        "total",
+        f"{total_rows:,}",
+        f"{result.total_seconds:.2f}",
+        f"{total_rows / result.total_seconds:,.0f}",
+    )
+    stdout.print(table)
+
+
+def main() -> None:
+    app()

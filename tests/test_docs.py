@@ -1,0 +1,23 @@
+"""Every CLI verb is documented in the README, and the README starts with the two commands."""
+
+from pathlib import Path
+
+import typer.main
+
+from opskit.cli import app
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _verbs() -> list[str]:
+    return sorted(typer.main.get_command(app).commands)
+
+
+def test_every_verb_is_in_the_readme():
+    missing = [verb for verb in _verbs() if f"`opskit {verb}" not in README]
+    assert missing == []
+
+
+def test_readme_starts_with_the_two_commands():
+    opening = README.split("\n\n", 3)[1]
+    assert "make demo" in opening and "make test" in opening
