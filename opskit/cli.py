@@ -20,9 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from opskit import __version__, seed, services
+from opskit import __version__, migrations, seed, services
+from opskit.db import connect
 from opskit.errors import OpskitError
 from opskit.settings import ENVIRONMENT_HELP, Settings, mask_url
+from opskit.status import status_report
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -243,6 +245,199 @@ def seed_command(
         f"{total_rows / result.total_seconds:,.0f}",
     )
     stdout.print(table)
+
+
+# ---------------------------------------------------------------------------- migrations
+
+PhaseName = Enum("PhaseName", {name: name for name in migrations.PHASES}, type=str)
+RollbackTarget = Enum(
+    "RollbackTarget", {name: name for name in (migrations.BASE, *migrations.PHASES)}, type=str
+)
+LockTimeoutOption = Annotated[
+    str | None,
+    typer.Option(
+        help="lock_timeout per statement (PostgreSQL units, e.g. 5s); default: the "
+        "phase file's SET, else 5s."
+    ),
+]
+StatementTimeoutOption = Annotated[
+    str | None,
+    typer.Option(help="statement_timeout per statement; default: the phase file's SET, else 1h."),
+]
+LockRetriesOption = Annotated[
+    int, typer.Option(min=0, max=100, help="Retries after a lock timeout, with doubling backoff.")
+]
+
+
+class _RichMigrateProgress:
+    """A bar per phase, a bar per concurrent index build, timestamped notices."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, int] = {}
+
+    def phase_started(self, phase: str, statements: int) -> None:
+        if phase in self._tasks:  # a retry starts the phase again
+            self._progress.reset(self._tasks[phase], total=max(statements, 1))
+        else:
+            self._tasks[phase] = self._progress.add_task(phase, total=max(statements, 1))
+
+    def statement_finished(self, phase: str) -> None:
+        self._progress.advance(self._tasks[phase])
+
+    def index_build(self, index: str, blocks_done: int, blocks_total: int) -> None:
+        key = f"index {index}"
+        if key not in self._tasks:
+            self._tasks[key] = self._progress.add_task(key, total=blocks_total)
+        self._progress.update(self._tasks[key], completed=blocks_done, total=blocks_total)
+
+    def notice(self, message: str) -> None:
+        self._progress.console.log(message)
+
+
+def _migrate_progress_bars(transient: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description:<32}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=transient,
+    )
+
+
+@app.command()
+def migrate(
+    to: Annotated[PhaseName | None, typer.Option("--to", help="Stop after this phase.")] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print each pending statement with its lock; change nothing."
+        ),
+    ] = False,
+    allow_changed: Annotated[
+        bool,
+        typer.Option("--allow-changed", help="Accept applied phase files whose checksum changed."),
+    ] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Exit 1 if another migrate runs, instead of waiting.")
+    ] = False,
+    lock_timeout: LockTimeoutOption = None,
+    statement_timeout: StatementTimeoutOption = None,
+    lock_retries: LockRetriesOption = 5,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply the pending migration phases in order (CONTRACT §4).
+
+    Each phase runs in one transaction and is recorded in the ledger (opskit_migrations) in that
+    transaction; phases marked `-- opskit: no-transaction` (concurrent index builds) run
+    statement by statement and resume after a crash. Two migrates never interleave: the second
+    waits (or exits 1 with --no-wait). An applied phase whose file changed is refused (exit 1).
+    """
+    url = services.resolve_database_url(_settings())
+    timeouts = migrations.Timeouts(lock_timeout, statement_timeout, lock_retries)
+    with _migrate_progress_bars(transient=as_json or dry_run) as progress:
+        result = migrations.migrate(
+            url,
+            to=to.value if to else None,
+            dry_run=dry_run,
+            allow_changed=allow_changed,
+            wait=not no_wait,
+            timeouts=timeouts,
+            progress=_RichMigrateProgress(progress),
+        )
+    if as_json:
+        _print_json(
+            {
+                "database": mask_url(url),
+                "dry_run": result.dry_run,
+                "applied": result.applied,
+                "already_applied": result.already_applied,
+                "plan": [asdict(step) for step in result.plan],
+            }
+        )
+        return
+    if dry_run:
+        for step in result.plan:
+            first_line = " ".join(step.sql.split())[:90]
+            stdout.print(
+                f"{step.phase} #{step.number}: {first_line}\n"
+                f"    lock: {step.lock}; blocks: {step.blocks}",
+                markup=False,
+            )
+        stdout.print(f"{len(result.plan)} statements pending; nothing was changed")
+        return
+    for phase in result.applied:
+        name, count, ms = phase["name"], phase["statements"], phase["duration_ms"]
+        stdout.print(f"applied {name}: {count} statements in {ms} ms")
+    if not result.applied:
+        stdout.print("nothing to apply: every phase is applied")
+
+
+@app.command()
+def rollback(
+    to: Annotated[
+        RollbackTarget, typer.Option("--to", help="Undo the phases after this one (or all: base).")
+    ],
+    lock_timeout: LockTimeoutOption = None,
+    statement_timeout: StatementTimeoutOption = None,
+    lock_retries: LockRetriesOption = 5,
+    as_json: JsonOption = False,
+) -> None:
+    """Undo applied phases after PHASE (or all of them: `base`), newest first.
+
+    Runs each phase's down script in one transaction with its ledger update. The app's own
+    tables and data are never touched.
+    """
+    url = services.resolve_database_url(_settings())
+    timeouts = migrations.Timeouts(lock_timeout, statement_timeout, lock_retries)
+    with _migrate_progress_bars(transient=True) as progress:
+        undone = migrations.rollback(
+            url, to=to.value, timeouts=timeouts, progress=_RichMigrateProgress(progress)
+        )
+    if as_json:
+        _print_json({"rolled_back": undone, "to": to.value})
+    elif undone:
+        stdout.print(f"rolled back: {', '.join(undone)}")
+    else:
+        stdout.print(f"nothing to roll back: no phase after {to.value} is applied")
+
+
+@app.command()
+def status(as_json: JsonOption = False) -> None:
+    """Phases applied and pending, with the counts an operator checks first.
+
+    Shows each phase's state (applied, pending, changed, missing-file), when and how fast it was
+    applied, the number of opskit triggers, row counts of the denormalized tables and
+    materialized views, and the refresh queue and refresh log when they exist.
+    """
+    url = services.resolve_database_url(_settings())
+    with connect(url, autocommit=True) as conn:
+        report = status_report(conn)
+    if as_json:
+        _print_json({"database": mask_url(url), **report.as_dict()})
+        return
+    table = Table(title=f"migrations on {mask_url(url)}")
+    for column in ("phase", "state", "applied at", "ms", "by"):
+        table.add_column(column)
+    for phase in report.phases:
+        table.add_row(
+            phase.name,
+            phase.state,
+            f"{phase.applied_at:%Y-%m-%d %H:%M:%S}" if phase.applied_at else "",
+            str(phase.duration_ms or ""),
+            phase.applied_by or "",
+        )
+    stdout.print(table)
+    stdout.print(f"opskit triggers: {report.opskit_triggers}")
+    for name, count in report.row_counts.items():
+        if count is not None:
+            stdout.print(f"{name}: {count:,} rows")
+    if report.refresh_queue_pending is not None:
+        stdout.print(f"refresh queue: {report.refresh_queue_pending} pending")
+    if report.refresh_runs_last_hour is not None:
+        runs = ", ".join(f"{k} {v}" for k, v in report.refresh_runs_last_hour.items()) or "none"
+        stdout.print(f"refresh runs in the last hour: {runs}")
 
 
 def main() -> None:

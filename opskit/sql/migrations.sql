@@ -1,0 +1,73 @@
+-- The migration runner's own bookkeeping. Blocks are loaded by opskit.sql.queries().
+
+-- name: create_ledger --
+CREATE TABLE IF NOT EXISTS opskit_migrations (
+    name           text PRIMARY KEY,
+    checksum       text NOT NULL,
+    applied_at     timestamptz NOT NULL,
+    duration_ms    bigint NOT NULL,
+    applied_by     text NOT NULL,
+    opskit_version text NOT NULL
+);
+-- Progress of phases that cannot run in one transaction: a crashed run resumes after the last
+-- statement recorded here (for the same file checksum).
+CREATE TABLE IF NOT EXISTS opskit_migration_steps (
+    phase        text NOT NULL,
+    checksum     text NOT NULL,
+    statement_no int NOT NULL,
+    completed_at timestamptz NOT NULL,
+    PRIMARY KEY (phase, statement_no)
+);
+
+-- name: ledger_exists --
+SELECT to_regclass('opskit_migrations') IS NOT NULL;
+
+-- name: applied_phases --
+SELECT name, checksum, applied_at, duration_ms, applied_by, opskit_version
+FROM opskit_migrations;
+
+-- name: record_applied --
+INSERT INTO opskit_migrations (name, checksum, applied_at, duration_ms, applied_by, opskit_version)
+VALUES (%(name)s, %(checksum)s, clock_timestamp(), %(duration_ms)s, %(applied_by)s, %(version)s);
+
+-- name: forget_applied --
+DELETE FROM opskit_migrations WHERE name = %(name)s;
+
+-- name: completed_steps --
+SELECT statement_no FROM opskit_migration_steps WHERE phase = %(phase)s AND checksum = %(checksum)s;
+
+-- name: record_step --
+INSERT INTO opskit_migration_steps (phase, checksum, statement_no, completed_at)
+VALUES (%(phase)s, %(checksum)s, %(statement_no)s, clock_timestamp())
+ON CONFLICT (phase, statement_no) DO UPDATE
+SET checksum = EXCLUDED.checksum, completed_at = EXCLUDED.completed_at;
+
+-- name: clear_steps --
+DELETE FROM opskit_migration_steps WHERE phase = %(phase)s;
+
+-- name: try_lock --
+SELECT pg_try_advisory_lock(%(space)s, %(key)s);
+
+-- name: wait_lock --
+SELECT pg_advisory_lock(%(space)s, %(key)s);
+
+-- name: unlock --
+SELECT pg_advisory_unlock(%(space)s, %(key)s);
+
+-- name: lock_holder --
+SELECT l.pid
+FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %(space)s AND l.objid = %(key)s
+  AND l.objsubid = 2
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
+
+-- name: invalid_index --
+-- An index left INVALID by a failed or killed CREATE INDEX CONCURRENTLY.
+SELECT NOT i.indisvalid
+FROM pg_index i
+WHERE i.indexrelid = to_regclass(%(name)s);
+
+-- name: index_build_progress --
+SELECT blocks_done, blocks_total, tuples_done, tuples_total, phase
+FROM pg_stat_progress_create_index
+WHERE pid = %(pid)s;
