@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 from opskit import __version__, migrations, seed, services
 from opskit.db import connect
 from opskit.errors import OpskitError
+from opskit.lint import lint as lint_migrations
 from opskit.settings import ENVIRONMENT_HELP, Settings, mask_url
 from opskit.status import status_report
 
@@ -438,6 +439,28 @@ def status(as_json: JsonOption = False) -> None:
     if report.refresh_runs_last_hour is not None:
         runs = ", ".join(f"{k} {v}" for k, v in report.refresh_runs_last_hour.items()) or "none"
         stdout.print(f"refresh runs in the last hour: {runs}")
+
+
+@app.command()
+def lint(as_json: JsonOption = False) -> None:
+    """Check the migration files for mistakes that hurt production (exit 1 on any).
+
+    Rules: a non-concurrent index build on an app table, CONCURRENTLY inside a transactional
+    phase, a file without lock_timeout / statement_timeout, a trigger created after the backfill
+    that depends on it, a materialized view without a plain unique index, the clock or random()
+    inside a materialized view, a volatile column default, and any statement (down scripts
+    included) that drops, empties or alters the app's own tables.
+    """
+    findings = lint_migrations()
+    if as_json:
+        _print_json({"ok": not findings, "findings": [asdict(f) for f in findings]})
+    else:
+        for finding in findings:
+            where = f"{finding.file}:{finding.statement}" if finding.statement else finding.file
+            stdout.print(f"{where} {finding.rule}: {finding.message}", markup=False)
+        stdout.print(f"{len(findings)} problems" if findings else "migration files pass lint")
+    if findings:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -1,0 +1,135 @@
+"""`opskit lint` rules, each shown to fire on a bad file and to pass the project's own files."""
+
+import pytest
+
+from opskit.lint import lint
+from opskit.migrations import MIGRATIONS_DIR
+
+HEADER = "SET lock_timeout = '5s';\nSET statement_timeout = '10min';\n"
+GOOD_PHASE1 = (
+    HEADER
+    + """
+CREATE TABLE opskit_counts (user_id bigint PRIMARY KEY, n bigint NOT NULL);
+CREATE FUNCTION opskit_count_votes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO opskit_counts SELECT user_id, count(*) FROM new_rows GROUP BY user_id
+    ON CONFLICT (user_id) DO UPDATE SET n = opskit_counts.n + EXCLUDED.n;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER trg_opskit_count_votes AFTER INSERT ON votes REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION opskit_count_votes();
+"""
+)
+GOOD_BACKFILL = (
+    HEADER + "INSERT INTO opskit_counts SELECT user_id, count(*) FROM votes GROUP BY 1;\n"
+)
+GOOD_PHASE2 = (
+    HEADER
+    + """
+CREATE MATERIALIZED VIEW mv_feed_projects AS
+SELECT p.id AS project_id, p.created_at, count(v.*) AS votes
+FROM projects p LEFT JOIN votes v ON v.project_id = p.id GROUP BY p.id;
+CREATE UNIQUE INDEX mv_feed_projects_pk ON mv_feed_projects (project_id);
+CREATE INDEX mv_feed_projects_new_idx ON mv_feed_projects (created_at DESC);
+"""
+)
+GOOD_PHASE4 = (
+    "-- opskit: no-transaction\n"
+    + HEADER
+    + ("CREATE INDEX CONCURRENTLY IF NOT EXISTS votes_created_idx ON votes (created_at);\n")
+)
+
+
+@pytest.fixture
+def write(tmp_path):
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    files = {
+        "phase1_denormalized_tables.sql": GOOD_PHASE1,
+        "phase1_backfill_data.sql": GOOD_BACKFILL,
+        "phase2_materialized_views.sql": GOOD_PHASE2,
+        "phase4_critical_indexes.sql": GOOD_PHASE4,
+    }
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+    def with_file(name: str, text: str):
+        (directory / name).write_text(text)
+        return directory
+
+    return with_file
+
+
+def _rules(directory):
+    return sorted({finding.rule for finding in lint(directory)})
+
+
+def test_good_files_pass(write):
+    assert lint(write("phase0_cleanup.sql", HEADER + "DROP TABLE IF EXISTS opskit_counts;\n")) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "rule"),
+    [
+        (
+            "phase4_critical_indexes.sql",
+            HEADER + "CREATE INDEX votes_x ON votes (created_at);\n",
+            "blocking-index-on-app-table",
+        ),
+        (
+            "phase4_critical_indexes.sql",
+            HEADER + "CREATE INDEX CONCURRENTLY votes_x ON votes (created_at);\n",
+            "concurrently-in-transaction",
+        ),
+        ("phase0_cleanup.sql", "SET lock_timeout = '5s';\nSELECT 1;\n", "missing-timeout"),
+        (
+            "phase3_search_and_forums.sql",
+            HEADER
+            + """
+CREATE FUNCTION opskit_late() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN UPDATE opskit_counts SET n = n + 1; RETURN NULL; END $$;
+CREATE TRIGGER trg_opskit_late AFTER INSERT ON votes FOR EACH STATEMENT EXECUTE FUNCTION opskit_late();
+""",
+            "trigger-after-backfill",
+        ),
+        (
+            "phase3_search_and_forums.sql",
+            HEADER
+            + """
+CREATE MATERIALIZED VIEW mv_chain_posts AS SELECT id AS post_id FROM chain_posts;
+CREATE UNIQUE INDEX mv_chain_posts_pk ON mv_chain_posts (post_id) WHERE post_id > 0;
+""",
+            "matview-without-unique-index",
+        ),
+        (
+            "phase3_search_and_forums.sql",
+            HEADER
+            + """
+CREATE MATERIALIZED VIEW mv_chain_posts AS
+SELECT id AS post_id, extract(epoch FROM now() - created_at) AS age FROM chain_posts;
+CREATE UNIQUE INDEX mv_chain_posts_pk ON mv_chain_posts (post_id);
+""",
+            "time-in-matview",
+        ),
+        (
+            "phase3_search_and_forums.sql",
+            HEADER
+            + """
+CREATE TABLE opskit_runs (id bigint PRIMARY KEY, token uuid DEFAULT gen_random_uuid());
+""",
+            "volatile-default",
+        ),
+        ("phase0_cleanup.sql", HEADER + "TRUNCATE votes;\n", "touches-app-data"),
+        (
+            "phase1_denormalized_tables.down.sql",
+            "DROP TABLE IF EXISTS opskit_counts, users;\n",
+            "touches-app-data",
+        ),
+    ],
+)
+def test_each_rule_fires(write, name, text, rule):
+    assert rule in _rules(write(name, text))
+
+
+def test_the_project_migration_files_pass_lint():
+    assert lint(MIGRATIONS_DIR) == []
