@@ -26,6 +26,7 @@ from opskit.errors import OpskitError
 from opskit.lint import lint as lint_migrations
 from opskit.settings import ENVIRONMENT_HELP, Settings, mask_url
 from opskit.status import status_report
+from opskit.verify import verify as verify_database
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -439,6 +440,32 @@ def status(as_json: JsonOption = False) -> None:
     if report.refresh_runs_last_hour is not None:
         runs = ", ".join(f"{k} {v}" for k, v in report.refresh_runs_last_hour.items()) or "none"
         stdout.print(f"refresh runs in the last hour: {runs}")
+
+
+@app.command()
+def verify(as_json: JsonOption = False) -> None:
+    """Check that the applied phases' objects exist and are valid, and the data is exact.
+
+    Every table, view and function the applied phase files create exists; every trigger is
+    enabled; every index is valid; every materialized view is populated and has a plain unique
+    index; and each denormalized relation equals its truth query (a full outer join on its keys,
+    all in one snapshot), naming the first differing keys. Exit 1 on any failure.
+    """
+    url = services.resolve_database_url(_settings())
+    with connect(url, autocommit=True) as conn:
+        report = verify_database(conn)
+    if as_json:
+        _print_json({"ok": report.ok, "checks": [asdict(check) for check in report.checks]})
+    else:
+        for check in report.checks:
+            mark = "ok  " if check.ok else "FAIL"
+            stdout.print(f"{mark} {check.name}: {check.detail}", markup=False)
+        failed = sum(not check.ok for check in report.checks)
+        stdout.print(
+            f"{failed} of {len(report.checks)} checks failed" if failed else "all checks pass"
+        )
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from opskit.cli import app
 
-VERBS = ["up", "down", "env", "seed", "migrate", "rollback", "status", "lint"]
+VERBS = ["up", "down", "env", "seed", "migrate", "rollback", "status", "lint", "verify"]
 
 
 @pytest.fixture
