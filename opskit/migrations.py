@@ -467,12 +467,10 @@ def _apply_statement_by_statement(
                 _drop_invalid_index(conn, index.group(1), progress)
 
             def run(statement: str = statement, index=index) -> int:
-                if index:
-                    with _watch_index_build(conn, index.group(1), progress):
-                        conn.execute(statement)
-                else:
-                    conn.execute(statement)
-                return 1
+                if not index:
+                    return _execute(conn, statement)
+                with _watch_index_build(conn, index.group(1), progress):
+                    return _execute(conn, statement)
 
             try:
                 _with_lock_retries(run, phase.name, timeouts, progress)
@@ -496,6 +494,11 @@ def _apply_statement_by_statement(
         conn.execute("RESET lock_timeout")
         conn.execute("RESET statement_timeout")
     return len(statements)
+
+
+def _execute(conn: psycopg.Connection, statement: str) -> int:
+    conn.execute(statement)
+    return 1
 
 
 def _drop_invalid_index(conn: psycopg.Connection, name: str, progress: MigrateProgress) -> None:
@@ -572,6 +575,7 @@ def rollback(
 def _undo(
     conn: psycopg.Connection, phase: PhaseFile, timeouts: Timeouts, progress: MigrateProgress
 ) -> None:
+    """Run the phase's down script and forget the phase, in one transaction when it can."""
     text = phase.down_path.read_text() if phase.down_path else ""
     statements = split_statements(text)
     settings = {
@@ -579,27 +583,53 @@ def _undo(
         "statement_timeout": timeouts.statement_timeout or Timeouts.default_statement_timeout,
     }
     sql = queries("migrations.sql")
+    transactional = NO_TRANSACTION not in text.split("\n", 3)[0:3]
+    label = f"undo {phase.name}"
 
-    def attempt() -> int:
-        progress.phase_started(f"undo {phase.name}", len(statements))
+    def run_statements(is_local: bool) -> None:
         number = 0
         try:
-            with conn.transaction():
-                for name, value in settings.items():
-                    conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-                for number, statement in enumerate(statements, start=1):  # noqa: B007
-                    if not _is_timeout_set(statement):
-                        conn.execute(statement)
-                    progress.statement_finished(f"undo {phase.name}")
-                conn.execute(sql["forget_applied"], {"name": phase.name})
-                conn.execute(sql["clear_steps"], {"phase": phase.name})
+            for name, value in settings.items():
+                conn.execute("SELECT set_config(%s, %s, %s)", (name, value, is_local))
+            for number, statement in enumerate(statements, start=1):  # noqa: B007
+                if _is_timeout_set(statement):
+                    pass
+                elif is_local:  # inside the transaction: a lock timeout retries the whole undo
+                    conn.execute(statement)
+                else:
+                    _with_lock_retries(
+                        lambda s=statement: _execute(conn, s), phase.name, timeouts, progress
+                    )
+                progress.statement_finished(label)
         except psycopg.errors.LockNotAvailable:
             raise
         except psycopg.Error as err:
             raise _phase_error(phase, number, err) from err
+
+    def forget() -> None:
+        conn.execute(sql["forget_applied"], {"name": phase.name})
+        conn.execute(sql["clear_steps"], {"phase": phase.name})
+
+    def attempt() -> int:
+        progress.phase_started(label, len(statements))
+        with conn.transaction():
+            run_statements(is_local=True)
+            forget()
         return len(statements)
 
-    _with_lock_retries(attempt, phase.name, timeouts, progress)
+    if transactional:
+        _with_lock_retries(attempt, phase.name, timeouts, progress)
+        return
+    # Statement by statement (e.g. DROP INDEX CONCURRENTLY); every statement is idempotent
+    # (IF EXISTS), so a crash here is mended by running the rollback again.
+    progress.phase_started(label, len(statements))
+    try:
+        run_statements(is_local=False)
+        with conn.transaction():
+            forget()
+    finally:
+        conn.execute("RESET lock_timeout")
+        conn.execute("RESET statement_timeout")
 
 
 # ---------------------------------------------------------------------------- status
