@@ -49,6 +49,7 @@ _SET_TIMEOUT = re.compile(
     r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(lock_timeout|statement_timeout)\s*(?:=|TO)\s*'?([^';]*)'?\s*;?\s*$",
     re.IGNORECASE,
 )
+_LOCK_CONFLICTS = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
 _CONCURRENT_INDEX = re.compile(
     r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?(\"?[\w.]+\"?)",
     re.IGNORECASE,
@@ -381,19 +382,23 @@ def _is_timeout_set(statement: str) -> bool:
 def _with_lock_retries(
     action: Callable[[], int], phase: str, timeouts: Timeouts, progress: MigrateProgress
 ) -> int:
-    """Run `action`, retrying with exponential backoff when it hits lock_timeout."""
+    """Run `action`, retrying with exponential backoff on lock_timeout or a deadlock.
+
+    Both mean a concurrent app transaction held a lock we need; the rolled-back attempt changed
+    nothing, so trying again later is safe.
+    """
     delay = timeouts.backoff_s
     for attempt in range(timeouts.lock_retries + 1):
         try:
             return action()
-        except psycopg.errors.LockNotAvailable as err:
+        except _LOCK_CONFLICTS as err:
             if attempt == timeouts.lock_retries:
                 raise ProblemFound(
                     f"{phase}: could not get a lock after {attempt + 1} tries ({err})",
                     hint="find the long transaction holding it (pg_stat_activity) "
                     "or raise --lock-timeout",
                 ) from err
-            progress.notice(f"{phase}: lock timeout, retrying in {delay:.1f} s")
+            progress.notice(f"{phase}: {type(err).__name__}, retrying in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, 60)
     raise AssertionError("unreachable")
@@ -436,7 +441,7 @@ def _apply_in_one_transaction(
                         "version": __version__,
                     },
                 )
-        except psycopg.errors.LockNotAvailable:
+        except _LOCK_CONFLICTS:
             raise
         except psycopg.Error as err:
             raise _phase_error(phase, number, err) from err
@@ -601,7 +606,7 @@ def _undo(
                         lambda s=statement: _execute(conn, s), phase.name, timeouts, progress
                     )
                 progress.statement_finished(label)
-        except psycopg.errors.LockNotAvailable:
+        except _LOCK_CONFLICTS:
             raise
         except psycopg.Error as err:
             raise _phase_error(phase, number, err) from err

@@ -1,0 +1,29 @@
+SET lock_timeout = '5s';
+SET statement_timeout = '15min';
+
+-- Undo phase2_materialized_views: its triggers first (so no write enqueues into a dropped table),
+-- then the function, the views, and the queue tables. App tables and their rows are not touched.
+-- DROP FUNCTION has no CASCADE on purpose: while phase3's triggers still use it, this script
+-- fails (and changes nothing) instead of leaving triggers that would break every write.
+
+DROP TRIGGER IF EXISTS trg_opskit_mvq2_projects ON projects;
+DROP TRIGGER IF EXISTS trg_opskit_mvq2_users ON users;
+DROP TRIGGER IF EXISTS trg_opskit_mvq2_chains ON chains;
+DROP TRIGGER IF EXISTS trg_opskit_mvq2_votes ON votes;
+DROP TRIGGER IF EXISTS trg_opskit_mvq2_comments ON comments;
+DROP TRIGGER IF EXISTS trg_opskit_mvq2_follows ON follows;
+DROP TRIGGER IF EXISTS trg_opskit_mvq2_chain_members ON chain_members;
+DROP TRIGGER IF EXISTS trg_opskit_mvq2_chain_posts ON chain_posts;
+DROP TRIGGER IF EXISTS trg_opskit_mvq2_chain_post_replies ON chain_post_replies;
+
+DROP FUNCTION IF EXISTS opskit_mv_enqueue_refresh();
+
+DROP MATERIALIZED VIEW IF EXISTS mv_project_details;
+DROP MATERIALIZED VIEW IF EXISTS mv_chains_discovery;
+DROP MATERIALIZED VIEW IF EXISTS mv_leaderboard_builders;
+DROP MATERIALIZED VIEW IF EXISTS mv_leaderboard_projects;
+DROP MATERIALIZED VIEW IF EXISTS mv_feed_projects;
+
+DROP TABLE IF EXISTS mv_dependencies;
+DROP TABLE IF EXISTS mv_refresh_log;
+DROP TABLE IF EXISTS mv_refresh_queue;

@@ -1,0 +1,516 @@
+"""phase2_materialized_views and phase3_search_and_forums against real PostgreSQL.
+
+Each view is compared with an independent query on the app tables (correlated subqueries and
+Python, not a copy of the view's SQL), before and after writes and a REFRESH CONCURRENTLY.
+Neither phase needs phase1, so phase1 is never applied here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC
+from pathlib import Path
+
+import psycopg
+import pytest
+
+MIGRATIONS = Path(__file__).parents[2] / "migrations"
+
+PHASE2_VIEWS = (
+    "mv_feed_projects",
+    "mv_leaderboard_projects",
+    "mv_leaderboard_builders",
+    "mv_chains_discovery",
+    "mv_project_details",
+)
+PHASE3_VIEWS = ("mv_search_index", "mv_chain_posts", "mv_investors_directory")
+VIEWS = PHASE2_VIEWS + PHASE3_VIEWS
+
+MONITORING_QUERIES = (
+    "SELECT view_name, status, refresh_requested_at, last_refresh_duration_ms "
+    "FROM mv_refresh_queue ORDER BY refresh_requested_at DESC LIMIT 10;",
+    "SELECT view_name, AVG(duration_ms)::INT as avg_duration_ms, COUNT(*) as refresh_count "
+    "FROM mv_refresh_log WHERE refresh_started_at > CURRENT_TIMESTAMP - INTERVAL '24 hours' "
+    "AND status = 'completed' GROUP BY view_name;",
+)
+
+
+def apply(url: str, file: str) -> None:
+    """Run a migration file's whole text in one transaction, as the runner's transaction does."""
+    text = (MIGRATIONS / file).read_text()
+    with psycopg.connect(url) as conn:
+        conn.execute(text)
+
+
+@pytest.fixture
+def db(tiny_db_url: str) -> str:
+    apply(tiny_db_url, "phase2_materialized_views.sql")
+    apply(tiny_db_url, "phase3_search_and_forums.sql")
+    return tiny_db_url
+
+
+def rows(conn: psycopg.Connection, query: str) -> list[tuple]:
+    return conn.execute(query).fetchall()
+
+
+def refresh_all(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for view in VIEWS:
+            conn.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")
+
+
+# ------------------------------------------------------------------ the truth, computed apart
+
+PROJECT_COUNTS = """
+    SELECT p.*,
+           (SELECT count(*) FROM votes v WHERE v.project_id = p.id AND v.vote_type = 'up') AS up,
+           (SELECT count(*) FROM votes v WHERE v.project_id = p.id AND v.vote_type = 'down') AS down,
+           (SELECT count(*) FROM comments c WHERE c.project_id = p.id) AS n_comments
+    FROM projects p WHERE p.deleted_at IS NULL
+"""
+
+
+def ranked(items: list[tuple], score_at: int, id_at: int) -> list[tuple]:
+    ordered = sorted(items, key=lambda r: (-r[score_at], r[id_at]))
+    return [(rank, *r) for rank, r in enumerate(ordered, start=1)]
+
+
+def truth_feed(conn):
+    return rows(
+        conn,
+        f"""WITH p AS ({PROJECT_COUNTS})
+        SELECT p.id, p.title, p.tagline, p.tags, p.owner_id, u.username, u.display_name,
+               p.chain_id, c.slug, c.name, p.created_at, p.up, p.down, p.up - p.down, p.n_comments
+        FROM p JOIN users u ON u.id = p.owner_id LEFT JOIN chains c ON c.id = p.chain_id
+        ORDER BY p.id""",
+    )
+
+
+def truth_leaderboard_projects(conn):
+    items = rows(
+        conn,
+        f"""WITH p AS ({PROJECT_COUNTS})
+        SELECT p.id, p.title, p.owner_id, u.username, p.up, p.down, p.up - p.down, p.n_comments
+        FROM p JOIN users u ON u.id = p.owner_id""",
+    )
+    return ranked(items, score_at=6, id_at=0)
+
+
+def truth_leaderboard_builders(conn):
+    items = rows(
+        conn,
+        """SELECT u.id, u.username, u.display_name,
+               (SELECT count(*) FROM projects p WHERE p.owner_id = u.id AND p.deleted_at IS NULL),
+               (SELECT count(*) FROM votes v JOIN projects p ON p.id = v.project_id
+                 WHERE p.owner_id = u.id AND p.deleted_at IS NULL AND v.vote_type = 'up') AS up,
+               (SELECT count(*) FROM votes v JOIN projects p ON p.id = v.project_id
+                 WHERE p.owner_id = u.id AND p.deleted_at IS NULL AND v.vote_type = 'down') AS down,
+               (SELECT count(*) FROM follows f WHERE f.followee_id = u.id)
+        FROM users u
+        WHERE EXISTS (SELECT 1 FROM projects p WHERE p.owner_id = u.id AND p.deleted_at IS NULL)""",
+    )
+    items = [(i, n, d, pc, up, down, up - down, fol) for i, n, d, pc, up, down, fol in items]
+    return ranked(items, score_at=6, id_at=0)
+
+
+def truth_chains(conn):
+    return rows(
+        conn,
+        """SELECT c.id, c.slug, c.name, c.description, c.created_at,
+               (SELECT count(*) FROM chain_members m WHERE m.chain_id = c.id),
+               (SELECT count(*) FROM projects p WHERE p.chain_id = c.id AND p.deleted_at IS NULL),
+               (SELECT count(*) FROM chain_posts cp WHERE cp.chain_id = c.id),
+               greatest(c.created_at,
+                        (SELECT max(created_at) FROM chain_posts cp WHERE cp.chain_id = c.id),
+                        (SELECT max(r.created_at) FROM chain_post_replies r
+                           JOIN chain_posts cp ON cp.id = r.post_id WHERE cp.chain_id = c.id),
+                        (SELECT max(created_at) FROM projects p
+                          WHERE p.chain_id = c.id AND p.deleted_at IS NULL))
+        FROM chains c ORDER BY c.id""",
+    )
+
+
+def truth_project_details(conn):
+    comments = defaultdict(list)
+    for cid, project_id, user_id, username, body, created_at in rows(
+        conn,
+        "SELECT c.id, c.project_id, c.user_id, u.username, c.body, c.created_at "
+        "FROM comments c JOIN users u ON u.id = c.user_id",
+    ):
+        comments[project_id].append((created_at, cid, user_id, username, body))
+    result = []
+    for row in rows(
+        conn,
+        f"""WITH p AS ({PROJECT_COUNTS})
+        SELECT p.id, p.title, p.tagline, p.description, p.tags, p.created_at, p.updated_at,
+               p.owner_id, u.username, u.display_name, p.chain_id, c.slug, c.name,
+               p.up, p.down, p.up - p.down, p.n_comments
+        FROM p JOIN users u ON u.id = p.owner_id LEFT JOIN chains c ON c.id = p.chain_id
+        ORDER BY p.id""",
+    ):
+        newest = sorted(comments[row[0]], key=lambda c: (c[0], c[1]), reverse=True)[:5]
+        recent = [
+            {
+                "id": cid,
+                "user_id": user_id,
+                "username": username,
+                "body": body,
+                "created_at": created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            }
+            for created_at, cid, user_id, username, body in newest
+        ]
+        result.append((*row, recent))
+    return result
+
+
+def truth_search(conn):
+    def document(*parts):
+        return " ".join(p for p in parts if p is not None).lower()
+
+    result = []
+    for pid, title, tagline, tags, up, down in rows(
+        conn, f"SELECT id, title, tagline, tags, up, down FROM ({PROJECT_COUNTS}) p"
+    ):
+        result.append(
+            ("project", pid, title, tagline, document(title, tagline, " ".join(tags)), up - down)
+        )
+    for uid, username, display_name, bio, followers in rows(
+        conn,
+        "SELECT u.id, u.username, u.display_name, u.bio, "
+        "(SELECT count(*) FROM follows f WHERE f.followee_id = u.id) FROM users u",
+    ):
+        result.append(
+            (
+                "builder",
+                uid,
+                display_name,
+                username,
+                document(username, display_name, bio),
+                followers,
+            )
+        )
+    for cid, name, slug, description, members in rows(
+        conn,
+        "SELECT c.id, c.name, c.slug, c.description, "
+        "(SELECT count(*) FROM chain_members m WHERE m.chain_id = c.id) FROM chains c",
+    ):
+        result.append(("chain", cid, name, slug, document(name, slug, description), members))
+    return sorted(result, key=lambda r: (r[0], r[1]))
+
+
+def truth_chain_posts(conn):
+    return rows(
+        conn,
+        """SELECT cp.id, cp.chain_id, c.slug, cp.author_id, u.username, cp.title, left(cp.body, 200),
+               cp.created_at,
+               (SELECT count(*) FROM chain_post_replies r WHERE r.post_id = cp.id),
+               (SELECT max(created_at) FROM chain_post_replies r WHERE r.post_id = cp.id),
+               coalesce((SELECT max(created_at) FROM chain_post_replies r WHERE r.post_id = cp.id),
+                        cp.created_at)
+        FROM chain_posts cp JOIN chains c ON c.id = cp.chain_id JOIN users u ON u.id = cp.author_id
+        ORDER BY cp.id""",
+    )
+
+
+def truth_investors(conn):
+    result = []
+    for row in rows(
+        conn,
+        """SELECT u.id, u.username, u.display_name, ip.firm, ip.check_size_min, ip.check_size_max,
+               ip.focus,
+               (SELECT count(*) FROM intro_requests i WHERE i.target_id = u.id),
+               (SELECT count(*) FROM intro_requests i WHERE i.target_id = u.id AND status = 'accepted'),
+               (SELECT count(*) FROM intro_requests i WHERE i.target_id = u.id AND status <> 'pending'),
+               (SELECT count(*) FROM follows f WHERE f.followee_id = u.id)
+        FROM users u LEFT JOIN investor_profiles ip ON ip.user_id = u.id
+        WHERE u.role = 'investor' ORDER BY u.id""",
+    ):
+        *head, received, accepted, answered, followers = row
+        rate = (
+            conn.execute("SELECT %s::numeric / %s", (accepted, answered)).fetchone()[0]
+            if answered
+            else None
+        )
+        result.append((*head, received, accepted, rate, followers))
+    return result
+
+
+TRUTH = {
+    "mv_feed_projects": (truth_feed, "project_id"),
+    "mv_leaderboard_projects": (truth_leaderboard_projects, "rank"),
+    "mv_leaderboard_builders": (truth_leaderboard_builders, "rank"),
+    "mv_chains_discovery": (truth_chains, "chain_id"),
+    "mv_project_details": (truth_project_details, "project_id"),
+    "mv_search_index": (truth_search, "kind, entity_id"),
+    "mv_chain_posts": (truth_chain_posts, "post_id"),
+    "mv_investors_directory": (truth_investors, "user_id"),
+}
+
+
+def assert_views_equal_truth(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        for view, (truth, order) in TRUTH.items():
+            actual = [tuple(r) for r in rows(conn, f"SELECT * FROM {view} ORDER BY {order}")]
+            expected = [tuple(r) for r in truth(conn)]
+            assert actual, f"{view} is empty"
+            assert actual == expected, view
+
+
+def queue_counts(conn) -> dict[str, int]:
+    return dict(rows(conn, "SELECT view_name, count(*) FROM mv_refresh_queue GROUP BY 1"))
+
+
+def added(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {
+        v: after.get(v, 0) - before.get(v, 0) for v in after if after.get(v, 0) != before.get(v, 0)
+    }
+
+
+def dependents(conn, table: str) -> set[str]:
+    return {
+        r[0]
+        for r in rows(conn, f"SELECT view_name FROM mv_dependencies WHERE source_table = '{table}'")
+    }
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_views_exist_populated_with_a_plain_unique_index(db):
+    with psycopg.connect(db) as conn:
+        for view in VIEWS:
+            populated, count = conn.execute(
+                f"SELECT ispopulated, (SELECT count(*) FROM {view}) FROM pg_matviews "
+                "WHERE matviewname = %s",
+                (view,),
+            ).fetchone()
+            assert populated and count > 0, view
+            plain_unique = conn.execute(
+                "SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass AND indisunique "
+                "AND indexprs IS NULL AND indpred IS NULL",
+                (view,),
+            ).fetchone()[0]
+            assert plain_unique >= 1, view
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_indexes WHERE tablename = 'mv_search_index' "
+                "AND indexdef LIKE '%gin (document gin_trgm_ops)%'"
+            ).fetchone()[0]
+            == 1
+        )
+
+
+def test_views_equal_the_truth_before_and_after_writes(db):
+    assert_views_equal_truth(db)
+    with psycopg.connect(db) as conn:
+        project = conn.execute(
+            "SELECT id FROM projects WHERE deleted_at IS NULL ORDER BY id LIMIT 1"
+        ).fetchone()[0]
+        voter = conn.execute(
+            "SELECT id FROM users u WHERE NOT EXISTS "
+            "(SELECT 1 FROM votes v WHERE v.user_id = u.id AND v.project_id = %s) ORDER BY id LIMIT 1",
+            (project,),
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO votes (user_id, project_id, vote_type) VALUES (%s, %s, 'up')",
+            (voter, project),
+        )
+        conn.execute(  # a flip
+            "UPDATE votes SET vote_type = CASE vote_type WHEN 'up' THEN 'down' ELSE 'up' END "
+            "WHERE (user_id, project_id) = (SELECT user_id, project_id FROM votes "
+            "WHERE project_id <> %s ORDER BY user_id, project_id LIMIT 1)",
+            (project,),
+        )
+        conn.execute(
+            "DELETE FROM votes WHERE (user_id, project_id) = (SELECT user_id, project_id FROM votes "
+            "WHERE project_id <> %s ORDER BY user_id DESC, project_id LIMIT 1)",
+            (project,),
+        )
+        conn.execute(  # soft-delete the top project (leaderboards, builders, search shift)
+            "UPDATE projects SET deleted_at = now() WHERE id = (SELECT project_id FROM "
+            "mv_leaderboard_projects ORDER BY rank LIMIT 1)"
+        )
+        conn.execute(
+            "INSERT INTO comments (project_id, user_id, body) VALUES (%s, %s, 'fresh comment')",
+            (project, voter),
+        )
+        post = conn.execute(
+            "INSERT INTO chain_posts (chain_id, author_id, title, body) "
+            "SELECT min(id), %s, 'new post', repeat('x', 300) FROM chains RETURNING id",
+            (voter,),
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO chain_post_replies (post_id, author_id, body) VALUES (%s, %s, 'reply')",
+            (post, voter),
+        )
+        conn.execute(
+            "UPDATE intro_requests SET status = 'accepted', responded_at = now() "
+            "WHERE id = (SELECT min(id) FROM intro_requests WHERE status = 'pending')"
+        )
+        conn.execute(
+            "INSERT INTO follows (follower_id, followee_id) SELECT %s, u.id FROM users u "
+            "WHERE u.role = 'investor' AND u.id <> %s ON CONFLICT DO NOTHING",
+            (voter, voter),
+        )
+    refresh_all(db)
+    assert_views_equal_truth(db)
+
+
+def test_a_refresh_without_source_changes_rewrites_no_row(db):
+    def locations(conn):
+        return {v: rows(conn, f"SELECT ctid::text FROM {v} ORDER BY 1") for v in VIEWS}
+
+    with psycopg.connect(db) as conn:
+        before = locations(conn)
+    refresh_all(db)
+    with psycopg.connect(db) as conn:
+        assert locations(conn) == before
+
+
+def test_one_queue_row_per_dependent_view_per_statement(db):
+    with psycopg.connect(db, autocommit=True) as conn:
+        vote_views = dependents(conn, "votes")
+        assert vote_views == {
+            "mv_feed_projects",
+            "mv_leaderboard_projects",
+            "mv_leaderboard_builders",
+            "mv_project_details",
+            "mv_search_index",
+        }
+
+        before = queue_counts(conn)  # multi-row insert: one row per view, not per row
+        inserted = conn.execute(
+            "INSERT INTO votes (user_id, project_id, vote_type) "
+            "SELECT u.id, p.id, 'up' FROM users u CROSS JOIN "
+            "(SELECT id FROM projects ORDER BY id DESC LIMIT 3) p "
+            "WHERE NOT EXISTS (SELECT 1 FROM votes v WHERE v.user_id = u.id AND v.project_id = p.id) "
+            "AND u.id <= 40"
+        ).rowcount
+        assert inserted > 10
+        assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
+
+        before = queue_counts(conn)  # single-row write
+        conn.execute(
+            "UPDATE votes SET vote_type = 'down' WHERE (user_id, project_id) = "
+            "(SELECT user_id, project_id FROM votes ORDER BY 1, 2 LIMIT 1)"
+        )
+        assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
+
+        before = queue_counts(conn)  # one transaction, several statements: once per view
+        with conn.transaction():
+            conn.execute("DELETE FROM votes WHERE user_id <= 5 AND project_id > 50")
+            conn.execute("INSERT INTO comments (project_id, user_id, body) VALUES (1, 1, 'a')")
+            conn.execute("INSERT INTO comments (project_id, user_id, body) VALUES (1, 2, 'b')")
+        comment_views = dependents(conn, "comments")
+        assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views | comment_views, 1)
+
+        first, second = (
+            r[0]
+            for r in rows(
+                conn,
+                "SELECT id FROM users u WHERE id > 1 AND NOT EXISTS (SELECT 1 FROM follows f "
+                "WHERE f.follower_id = 1 AND f.followee_id = u.id) ORDER BY id LIMIT 2",
+            )
+        )
+        before = queue_counts(conn)  # a rolled-back savepoint takes its request and flag with it
+        with conn.transaction():
+            with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+                conn.execute(
+                    "INSERT INTO follows (follower_id, followee_id) VALUES (1, %s)", (first,)
+                )
+                conn.execute("SELECT 1 / 0")
+            conn.execute("INSERT INTO follows (follower_id, followee_id) VALUES (1, %s)", (second,))
+        assert added(before, queue_counts(conn)) == dict.fromkeys(dependents(conn, "follows"), 1)
+
+        before = queue_counts(conn)  # a table no view reads enqueues nothing
+        conn.execute(
+            "UPDATE messages SET read_at = now() WHERE id = (SELECT min(id) FROM messages)"
+        )
+        assert added(before, queue_counts(conn)) == {}
+
+        statuses = {r[0] for r in rows(conn, "SELECT DISTINCT status FROM mv_refresh_queue")}
+        assert statuses == {"pending"}
+
+
+def test_triggers_carry_exactly_the_dependency_list(db):
+    with psycopg.connect(db) as conn:
+        from_triggers = set()
+        for table, args in rows(
+            conn,
+            "SELECT tgrelid::regclass::text, "
+            "string_to_array(rtrim(encode(tgargs, 'escape'), '\\000'), '\\000') "
+            "FROM pg_trigger WHERE tgname LIKE 'trg_opskit_mvq%'",
+        ):
+            from_triggers |= {(view, table) for view in args}
+        listed = set(rows(conn, "SELECT view_name, source_table FROM mv_dependencies"))
+        assert from_triggers == listed
+        assert {v for v, _ in listed} == set(VIEWS)
+        # every trigger is statement-level (tgtype bit 0 clear) and AFTER (bit 1 clear)
+        assert rows(
+            conn,
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'trg_opskit_mvq%' AND tgtype & 3 <> 0",
+        ) == [(0,)]
+
+
+def test_each_phase_requests_one_refresh_per_view_when_applied(db):
+    with psycopg.connect(db) as conn:
+        assert queue_counts(conn) == dict.fromkeys(VIEWS, 1)
+
+
+def test_monitoring_queries_run_unchanged(db):
+    with psycopg.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO mv_refresh_log (view_name, refresh_started_at, refresh_finished_at, "
+            "duration_ms, status, worker_id) VALUES "
+            "('mv_feed_projects', now() - interval '1 minute', now(), 120, 'completed', 'w1'), "
+            "('mv_feed_projects', now() - interval '2 minutes', now(), 80, 'completed', 'w1'), "
+            "('mv_search_index', now(), now(), 5, 'failed', 'w2')"
+        )
+        assert len(rows(conn, MONITORING_QUERIES[0])) == 8
+        assert rows(conn, MONITORING_QUERIES[1]) == [("mv_feed_projects", 100, 2)]
+
+
+def test_down_then_up_again(db):
+    with psycopg.connect(db) as conn:
+        app_rows = rows(conn, "SELECT count(*) FROM votes UNION ALL SELECT count(*) FROM projects")
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist):  # phase3 still uses it
+        apply(db, "phase2_materialized_views.down.sql")
+    apply(db, "phase3_search_and_forums.down.sql")
+    with psycopg.connect(db) as conn:
+        assert {r[0] for r in rows(conn, "SELECT matviewname FROM pg_matviews")} == set(
+            PHASE2_VIEWS
+        )
+        assert rows(conn, "SELECT DISTINCT view_name FROM mv_dependencies ORDER BY 1") == [
+            (v,) for v in sorted(PHASE2_VIEWS)
+        ]
+    apply(db, "phase2_materialized_views.down.sql")
+    with psycopg.connect(db) as conn:
+        assert (
+            rows(
+                conn,
+                "SELECT relname FROM pg_class WHERE relname LIKE 'mv\\_%' "
+                "UNION ALL SELECT tgname::text FROM pg_trigger WHERE tgname LIKE 'trg_opskit_mvq%' "
+                "UNION ALL SELECT proname::text FROM pg_proc WHERE proname = 'opskit_mv_enqueue_refresh'",
+            )
+            == []
+        )
+        assert rows(conn, "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'") == [(1,)]
+        assert (
+            rows(conn, "SELECT count(*) FROM votes UNION ALL SELECT count(*) FROM projects")
+            == app_rows
+        )
+        conn.execute(
+            "INSERT INTO comments (project_id, user_id, body) VALUES (1, 1, 'no triggers')"
+        )
+    apply(db, "phase2_materialized_views.sql")
+    apply(db, "phase3_search_and_forums.sql")
+    assert_views_equal_truth(db)
+
+
+def test_phases_apply_to_an_empty_base_schema(base_db_url):
+    apply(base_db_url, "phase2_materialized_views.sql")
+    apply(base_db_url, "phase3_search_and_forums.sql")
+    refresh_all(base_db_url)
+    with psycopg.connect(base_db_url) as conn:
+        for view in VIEWS:
+            assert rows(conn, f"SELECT count(*) FROM {view}") == [(0,)]
