@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from opskit import __version__, migrations, seed, services
+from opskit import __version__, migrations, seed, services, writebench
 from opskit.db import connect
 from opskit.errors import OpskitError
 from opskit.lint import lint as lint_migrations
@@ -466,6 +466,70 @@ def verify(as_json: JsonOption = False) -> None:
         )
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("bench-writes")
+def bench_writes(
+    writers: Annotated[
+        int, typer.Option(min=1, max=190, help="Concurrent writer connections.")
+    ] = 32,
+    seconds: Annotated[float, typer.Option(min=1, max=3600, help="Duration of each run.")] = 20,
+    hot: Annotated[
+        bool, typer.Option("--hot", help="Every writer votes on the one most popular project.")
+    ] = False,
+    scale: Annotated[ScaleName, typer.Option(help="Data seeded into the scratch databases.")] = (
+        ScaleName.small  # type: ignore[attr-defined]
+    ),
+    as_json: JsonOption = False,
+) -> None:
+    """Measure what the triggers cost vote writes: no phases vs all phases applied.
+
+    Creates two scratch databases on the server in use (seeded; the second with every phase
+    applied), runs the same vote load (insert / flip / delete) on each, prints TPS, p50/p99
+    latency, deadlocks and WAL bytes per write, and drops both. Targets at 32 writers on the hot
+    key: throughput at least 80% of the no-phase baseline, p99 at most 1.5x, no deadlock.
+    """
+    url = services.resolve_database_url(_settings())
+    load = writebench.WriteLoad(writers=writers, seconds=seconds, hot=hot)
+    results = writebench.compare_vote_writes(
+        url, load, scale=scale.value, progress=None if as_json else stderr.log
+    )
+    base, phased = results
+    ratios = {
+        "throughput_vs_baseline": round(phased.tps / base.tps, 3) if base.tps else None,
+        "p99_vs_baseline": round(phased.p99_ms / base.p99_ms, 3) if base.p99_ms else None,
+    }
+    if as_json:
+        _print_json({"results": [r.as_dict() for r in results], **ratios})
+        return
+    table = Table(title=f"vote writes, {writers} writers, {'hot key' if hot else 'spread keys'}")
+    for column in (
+        "database",
+        "tx",
+        "TPS",
+        "p50 ms",
+        "p99 ms",
+        "deadlocks",
+        "errors",
+        "WAL B/write",
+    ):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            r.label,
+            f"{r.transactions:,}",
+            f"{r.tps:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            str(r.deadlocks),
+            str(r.other_errors),
+            f"{r.wal_bytes_per_write:,.0f}",
+        )
+    stdout.print(table)
+    stdout.print(
+        f"with phases: {ratios['throughput_vs_baseline']:.0%} of baseline throughput, "
+        f"p99 x{ratios['p99_vs_baseline']:.2f}"
+    )
 
 
 @app.command()

@@ -8,7 +8,18 @@ from typer.testing import CliRunner
 
 from opskit.cli import app
 
-VERBS = ["up", "down", "env", "seed", "migrate", "rollback", "status", "lint", "verify"]
+VERBS = [
+    "up",
+    "down",
+    "env",
+    "seed",
+    "migrate",
+    "rollback",
+    "status",
+    "lint",
+    "verify",
+    "bench-writes",
+]
 
 
 @pytest.fixture
