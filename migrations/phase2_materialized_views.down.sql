@@ -6,15 +6,15 @@ SET statement_timeout = '15min';
 -- DROP FUNCTION has no CASCADE on purpose: while phase3's triggers still use it, this script
 -- fails (and changes nothing) instead of leaving triggers that would break every write.
 
-DROP TRIGGER IF EXISTS trg_opskit_mvq2_projects ON projects;
-DROP TRIGGER IF EXISTS trg_opskit_mvq2_users ON users;
-DROP TRIGGER IF EXISTS trg_opskit_mvq2_chains ON chains;
-DROP TRIGGER IF EXISTS trg_opskit_mvq2_votes ON votes;
-DROP TRIGGER IF EXISTS trg_opskit_mvq2_comments ON comments;
-DROP TRIGGER IF EXISTS trg_opskit_mvq2_follows ON follows;
-DROP TRIGGER IF EXISTS trg_opskit_mvq2_chain_members ON chain_members;
-DROP TRIGGER IF EXISTS trg_opskit_mvq2_chain_posts ON chain_posts;
-DROP TRIGGER IF EXISTS trg_opskit_mvq2_chain_post_replies ON chain_post_replies;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_projects ON projects;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_users ON users;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chains ON chains;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_votes ON votes;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_comments ON comments;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_follows ON follows;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_members ON chain_members;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_posts ON chain_posts;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_post_replies ON chain_post_replies;
 
 DROP FUNCTION IF EXISTS opskit_mv_enqueue_refresh();
 

@@ -12,8 +12,8 @@ SET statement_timeout = '15min';
 
 -- ------------------------------------------------------------------ refresh queue and log
 
--- Append-only requests. Writers only ever INSERT here (one row per statement and view, at most one
--- per transaction and view), so no two writers ever touch the same row and none waits for
+-- Append-only requests. Writers only ever INSERT here (at most one row per view and second, see
+-- opskit_mv_enqueue_refresh), so no two writers ever touch the same row and none waits for
 -- another. The daemon claims pending rows with FOR UPDATE SKIP LOCKED and marks done exactly the
 -- ids it claimed before its refresh started (a request row commits with the write that caused it,
 -- so a request the daemon can see means its write is in the refresh's snapshot).
@@ -50,8 +50,8 @@ CREATE TABLE mv_refresh_log (
 CREATE INDEX mv_refresh_log_started_idx ON mv_refresh_log (refresh_started_at);
 CREATE INDEX mv_refresh_log_view_started_idx ON mv_refresh_log (view_name, refresh_started_at);
 
--- Which app table feeds which view. No view is built from another view. The enqueue triggers
--- below carry the same lists as arguments (a test checks the two agree).
+-- Which app table feeds which view. No view is built from another view. The enqueue trigger of a
+-- table reads this list, so a later phase adds views by adding rows here.
 CREATE TABLE mv_dependencies (
     view_name    text NOT NULL,
     source_table text NOT NULL,
@@ -84,22 +84,30 @@ INSERT INTO mv_dependencies (view_name, source_table) VALUES
     ('mv_project_details', 'votes'),
     ('mv_project_details', 'comments');
 
--- Statement-level AFTER trigger: the views to enqueue are the trigger's arguments. One INSERT of
--- one new row per view, skipping the views this transaction already enqueued (transaction-local
--- settings, undone with the transaction or savepoint that set them, like the rows themselves).
--- A request commits with the write that caused it, so its refresh_requested_at (now(): the
--- writer's transaction start) may be older than the moment it became visible.
+-- Statement-level AFTER trigger, one per source table: a write enqueues one pending request per
+-- view that reads the table (mv_dependencies), unless that view already has a pending request
+-- younger than a second. So a writer costs one index probe per dependent view, and a stream of
+-- writes adds about one request per view per second: the debounce still sees requests keep
+-- coming, with a one-second resolution, and the queue does not grow with the write rate.
+--
+-- THE DAEMON'S DUTY that makes skipping safe: a writer that skipped saw a pending request, so
+-- after claiming requests (and committing the claim) the refresher must wait until every
+-- transaction that was running at the claim has ended, before taking its refresh snapshot
+-- (wait until pg_snapshot_xmin(pg_current_snapshot()) >= pg_snapshot_xmax of a snapshot taken
+-- right after the claim). A skipping writer has an xid (its statement wrote rows), so it is one
+-- of those transactions, and its rows are in the refresh. It then marks done exactly the ids it
+-- claimed; a request that arrived meanwhile stays pending for the next refresh.
 CREATE FUNCTION opskit_mv_enqueue_refresh() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO mv_refresh_queue (view_name, source_table)
-    SELECT target_view, TG_TABLE_NAME
-    FROM unnest(TG_ARGV) AS target_view
-    WHERE current_setting('opskit_mv_enqueued.' || target_view, true) IS DISTINCT FROM 'on';
-    IF FOUND THEN
-        PERFORM set_config('opskit_mv_enqueued.' || target_view, 'on', true)
-        FROM unnest(TG_ARGV) AS target_view;
-    END IF;
+    SELECT d.view_name, TG_TABLE_NAME
+    FROM mv_dependencies d
+    WHERE d.source_table = TG_TABLE_NAME
+      AND NOT EXISTS (
+          SELECT FROM mv_refresh_queue q
+          WHERE q.view_name = d.view_name AND q.status = 'pending'
+            AND q.refresh_requested_at > now() - interval '1 second');
     RETURN NULL;
 END
 $$;
@@ -328,41 +336,34 @@ CREATE UNIQUE INDEX mv_project_details_project_id_idx ON mv_project_details (pro
 
 -- Created last: a trigger takes SHARE ROW EXCLUSIVE on its table (blocks writes) until this
 -- transaction commits, so creating them after the view builds keeps that window short.
-CREATE TRIGGER trg_opskit_mvq2_projects
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON projects FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh(
-        'mv_chains_discovery', 'mv_feed_projects', 'mv_leaderboard_builders',
-        'mv_leaderboard_projects', 'mv_project_details');
-CREATE TRIGGER trg_opskit_mvq2_users
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh(
-        'mv_feed_projects', 'mv_leaderboard_builders', 'mv_leaderboard_projects',
-        'mv_project_details');
-CREATE TRIGGER trg_opskit_mvq2_chains
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chains FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh(
-        'mv_chains_discovery', 'mv_feed_projects', 'mv_project_details');
-CREATE TRIGGER trg_opskit_mvq2_votes
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON votes FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh(
-        'mv_feed_projects', 'mv_leaderboard_builders', 'mv_leaderboard_projects',
-        'mv_project_details');
-CREATE TRIGGER trg_opskit_mvq2_comments
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON comments FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh(
-        'mv_feed_projects', 'mv_leaderboard_projects', 'mv_project_details');
-CREATE TRIGGER trg_opskit_mvq2_follows
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON follows FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_leaderboard_builders');
-CREATE TRIGGER trg_opskit_mvq2_chain_members
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chain_members FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_chains_discovery');
-CREATE TRIGGER trg_opskit_mvq2_chain_posts
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chain_posts FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_chains_discovery');
-CREATE TRIGGER trg_opskit_mvq2_chain_post_replies
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chain_post_replies FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_chains_discovery');
+-- One trigger per source table; phase 3 adds triggers only on tables that phase 2 does not read.
+CREATE TRIGGER trg_opskit_mvq_projects
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON projects
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
+CREATE TRIGGER trg_opskit_mvq_users
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
+CREATE TRIGGER trg_opskit_mvq_chains
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chains
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
+CREATE TRIGGER trg_opskit_mvq_votes
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON votes
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
+CREATE TRIGGER trg_opskit_mvq_comments
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON comments
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
+CREATE TRIGGER trg_opskit_mvq_follows
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON follows
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
+CREATE TRIGGER trg_opskit_mvq_chain_members
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chain_members
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
+CREATE TRIGGER trg_opskit_mvq_chain_posts
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chain_posts
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
+CREATE TRIGGER trg_opskit_mvq_chain_post_replies
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chain_post_replies
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
 
 -- Writes that committed after a view was built but before its triggers existed left no request:
 -- one request per view, visible when this phase commits, makes the daemon catch them up.

@@ -5,16 +5,8 @@ SET statement_timeout = '15min';
 -- and its views. phase2's queue, function and views stay. pg_trgm stays: other objects may use
 -- it. App tables and their rows are not touched.
 
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_projects ON projects;
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_votes ON votes;
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_users ON users;
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_follows ON follows;
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_chains ON chains;
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_chain_members ON chain_members;
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_chain_posts ON chain_posts;
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_chain_post_replies ON chain_post_replies;
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_intro_requests ON intro_requests;
-DROP TRIGGER IF EXISTS trg_opskit_mvq3_investor_profiles ON investor_profiles;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_intro_requests ON intro_requests;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_investor_profiles ON investor_profiles;
 
 DELETE FROM mv_dependencies
 WHERE view_name IN ('mv_search_index', 'mv_chain_posts', 'mv_investors_directory');

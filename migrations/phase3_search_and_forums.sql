@@ -142,38 +142,15 @@ INSERT INTO mv_dependencies (view_name, source_table) VALUES
     ('mv_investors_directory', 'intro_requests'),
     ('mv_investors_directory', 'follows');
 
--- Created last, after the view builds, to keep the write-blocking trigger locks short.
-CREATE TRIGGER trg_opskit_mvq3_projects
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON projects FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_search_index');
-CREATE TRIGGER trg_opskit_mvq3_votes
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON votes FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_search_index');
-CREATE TRIGGER trg_opskit_mvq3_users
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh(
-        'mv_chain_posts', 'mv_investors_directory', 'mv_search_index');
-CREATE TRIGGER trg_opskit_mvq3_follows
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON follows FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_investors_directory', 'mv_search_index');
-CREATE TRIGGER trg_opskit_mvq3_chains
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chains FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_chain_posts', 'mv_search_index');
-CREATE TRIGGER trg_opskit_mvq3_chain_members
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chain_members FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_search_index');
-CREATE TRIGGER trg_opskit_mvq3_chain_posts
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chain_posts FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_chain_posts');
-CREATE TRIGGER trg_opskit_mvq3_chain_post_replies
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON chain_post_replies FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_chain_posts');
-CREATE TRIGGER trg_opskit_mvq3_intro_requests
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON intro_requests FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_investors_directory');
-CREATE TRIGGER trg_opskit_mvq3_investor_profiles
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON investor_profiles FOR EACH STATEMENT
-    EXECUTE FUNCTION opskit_mv_enqueue_refresh('mv_investors_directory');
+-- Phase 2's triggers read mv_dependencies, so the rows above wire the new views to the tables
+-- phase 2 already watches; only the two tables no phase-2 view reads need a trigger. Created last,
+-- after the view builds, to keep the write-blocking trigger locks short.
+CREATE TRIGGER trg_opskit_mvq_intro_requests
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON intro_requests
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
+CREATE TRIGGER trg_opskit_mvq_investor_profiles
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON investor_profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
 
 -- Catch up writes that committed between the view builds and the triggers (see phase2).
 INSERT INTO mv_refresh_queue (view_name, source_table)

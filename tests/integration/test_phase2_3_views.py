@@ -367,7 +367,14 @@ def test_a_refresh_without_source_changes_rewrites_no_row(db):
         assert locations(conn) == before
 
 
-def test_one_queue_row_per_dependent_view_per_statement(db):
+def _age_requests(conn, seconds: float = 2) -> None:
+    conn.execute(
+        "UPDATE mv_refresh_queue SET refresh_requested_at = refresh_requested_at - make_interval(secs => %s)",
+        (seconds,),
+    )
+
+
+def test_writes_enqueue_one_request_per_view_and_second(db):
     with psycopg.connect(db, autocommit=True) as conn:
         vote_views = dependents(conn, "votes")
         assert vote_views == {
@@ -377,6 +384,7 @@ def test_one_queue_row_per_dependent_view_per_statement(db):
             "mv_project_details",
             "mv_search_index",
         }
+        _age_requests(conn)  # the requests the migration itself made are no longer recent
 
         before = queue_counts(conn)  # multi-row insert: one row per view, not per row
         inserted = conn.execute(
@@ -389,38 +397,37 @@ def test_one_queue_row_per_dependent_view_per_statement(db):
         assert inserted > 10
         assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
 
-        before = queue_counts(conn)  # single-row write
+        before = queue_counts(conn)  # within the second: the pending requests cover this write
         conn.execute(
             "UPDATE votes SET vote_type = 'down' WHERE (user_id, project_id) = "
             "(SELECT user_id, project_id FROM votes ORDER BY 1, 2 LIMIT 1)"
         )
-        assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
+        assert added(before, queue_counts(conn)) == {}
 
-        before = queue_counts(conn)  # one transaction, several statements: once per view
+        comment_views = dependents(conn, "comments")
+        before = queue_counts(conn)  # a claimed request covers nothing: a new one is added
+        conn.execute("UPDATE mv_refresh_queue SET status = 'claimed' WHERE status = 'pending'")
         with conn.transaction():
-            conn.execute("DELETE FROM votes WHERE user_id <= 5 AND project_id > 50")
             conn.execute("INSERT INTO comments (project_id, user_id, body) VALUES (1, 1, 'a')")
             conn.execute("INSERT INTO comments (project_id, user_id, body) VALUES (1, 2, 'b')")
-        comment_views = dependents(conn, "comments")
-        assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views | comment_views, 1)
+        assert added(before, queue_counts(conn)) == dict.fromkeys(comment_views, 1)
 
-        first, second = (
-            r[0]
-            for r in rows(
-                conn,
-                "SELECT id FROM users u WHERE id > 1 AND NOT EXISTS (SELECT 1 FROM follows f "
-                "WHERE f.follower_id = 1 AND f.followee_id = u.id) ORDER BY id LIMIT 2",
+        _age_requests(conn)
+        before = queue_counts(conn)  # a request older than a second: a new one is added
+        conn.execute("DELETE FROM votes WHERE user_id <= 5 AND project_id > 50")
+        assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
+
+        _age_requests(conn)
+        follow_views = dependents(conn, "follows")
+        before = queue_counts(conn)  # a rolled-back write takes its request with it
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+            conn.execute(
+                "INSERT INTO follows (follower_id, followee_id) VALUES (1, 2) ON CONFLICT DO NOTHING"
             )
-        )
-        before = queue_counts(conn)  # a rolled-back savepoint takes its request and flag with it
-        with conn.transaction():
-            with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
-                conn.execute(
-                    "INSERT INTO follows (follower_id, followee_id) VALUES (1, %s)", (first,)
-                )
-                conn.execute("SELECT 1 / 0")
-            conn.execute("INSERT INTO follows (follower_id, followee_id) VALUES (1, %s)", (second,))
-        assert added(before, queue_counts(conn)) == dict.fromkeys(dependents(conn, "follows"), 1)
+            conn.execute("SELECT 1 / 0")
+        assert added(before, queue_counts(conn)) == {}
+        conn.execute("DELETE FROM follows WHERE follower_id = 1 AND followee_id = 2")
+        assert added(before, queue_counts(conn)) == dict.fromkeys(follow_views, 1)
 
         before = queue_counts(conn)  # a table no view reads enqueues nothing
         conn.execute(
@@ -428,28 +435,22 @@ def test_one_queue_row_per_dependent_view_per_statement(db):
         )
         assert added(before, queue_counts(conn)) == {}
 
-        statuses = {r[0] for r in rows(conn, "SELECT DISTINCT status FROM mv_refresh_queue")}
-        assert statuses == {"pending"}
 
-
-def test_triggers_carry_exactly_the_dependency_list(db):
+def test_every_source_table_has_one_statement_level_enqueue_trigger(db):
     with psycopg.connect(db) as conn:
-        from_triggers = set()
-        for table, args in rows(
+        triggers = rows(
             conn,
-            "SELECT tgrelid::regclass::text, "
-            "string_to_array(rtrim(encode(tgargs, 'escape'), '\\000'), '\\000') "
-            "FROM pg_trigger WHERE tgname LIKE 'trg_opskit_mvq%'",
-        ):
-            from_triggers |= {(view, table) for view in args}
-        listed = set(rows(conn, "SELECT view_name, source_table FROM mv_dependencies"))
-        assert from_triggers == listed
-        assert {v for v, _ in listed} == set(VIEWS)
+            "SELECT tgrelid::regclass::text, tgname, tgtype & 3 FROM pg_trigger "
+            "WHERE tgname LIKE 'trg_opskit_mvq%' ORDER BY 1",
+        )
+        sources = {r[0] for r in rows(conn, "SELECT DISTINCT source_table FROM mv_dependencies")}
+        assert [t for t, _, _ in triggers] == sorted(sources)
+        assert all(name == f"trg_opskit_mvq_{table}" for table, name, _ in triggers)
         # every trigger is statement-level (tgtype bit 0 clear) and AFTER (bit 1 clear)
-        assert rows(
-            conn,
-            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'trg_opskit_mvq%' AND tgtype & 3 <> 0",
-        ) == [(0,)]
+        assert {kind for _, _, kind in triggers} == {0}
+        assert {v for (v,) in rows(conn, "SELECT DISTINCT view_name FROM mv_dependencies")} == set(
+            VIEWS
+        )
 
 
 def test_each_phase_requests_one_refresh_per_view_when_applied(db):
