@@ -17,7 +17,7 @@ from opskit.truth import DENORMALIZED, diff_against_truth
 
 _CREATED = re.compile(
     r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+)?"
-    r"(TABLE|VIEW|MATERIALIZED\s+VIEW|INDEX|TRIGGER|FUNCTION)\s+"
+    r"(TABLE|VIEW|MATERIALIZED\s+VIEW|INDEX|(?:CONSTRAINT\s+)?TRIGGER|FUNCTION)\s+"
     r"(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(?:public\.)?\"?(\w+)",
     re.IGNORECASE,
 )
@@ -48,7 +48,7 @@ def expected_objects(directory: Path, applied: set[str]) -> list[tuple[str, str]
         for statement in phase.statements():
             match = _CREATED.match(sqlparse.format(statement, strip_comments=True))
             if match:
-                kind = " ".join(match.group(1).lower().split())
+                kind = " ".join(match.group(1).lower().split()).removeprefix("constraint ")
                 if (kind, match.group(2).lower()) not in objects:
                     objects.append((kind, match.group(2).lower()))
     return objects

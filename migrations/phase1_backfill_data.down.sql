@@ -1,0 +1,13 @@
+SET lock_timeout = '5s';
+SET statement_timeout = '15min';
+
+-- Undo phase1_backfill_data: drop its functions. The base rows it wrote stay: the triggers of
+-- phase1_denormalized_tables keep them exact, and undoing that phase drops them. App tables and
+-- their rows are not touched.
+
+DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_intro_request_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_message_conversations(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_truth_user_dashboard_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_truth_intro_request_stats(bigint, bigint);

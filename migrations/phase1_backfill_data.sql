@@ -1,0 +1,379 @@
+SET lock_timeout = '5s';
+SET statement_timeout = '1h';
+
+-- phase1_backfill_data: fill the denormalized relations of phase1 from the truth, batch by
+-- batch of user ids, while the app keeps writing. The triggers of phase1_denormalized_tables
+-- already run (they were created in the previous phase), so every write from now on is
+-- recorded as a delta (dashboard, intros) or applied to its conversation rows.
+--
+-- Per batch functions (the runner may call them one batch per transaction; lo inclusive, hi
+-- exclusive; each returns the number of rows written):
+--   opskit_backfill_user_dashboard_stats(lo, hi)
+--   opskit_backfill_intro_request_stats(lo, hi)
+--   opskit_backfill_message_conversations(lo, hi)
+-- and opskit_backfill_all_denormalized(batch_size) runs all three over every user id.
+--
+-- Why a write racing the backfill is neither lost nor counted twice
+--
+-- Delta relations (user_dashboard_stats, intro_request_stats; relation = base + pending deltas).
+--   1. Take the relation's advisory lock exclusively: it waits for running folds to commit and
+--      makes new folds return 0 until we commit. From now on nobody but us changes base rows,
+--      and pending delta rows are only ever added (writers) - the fold is the only other
+--      remover, the users trigger removes those of deleted users, see 2.
+--   2. Lock the batch's users FOR KEY SHARE (id order): none of them can be deleted (and their
+--      base/delta rows removed) until we commit; a delete in progress is waited for.
+--   3. In ONE statement, hence one snapshot S, compute truth(S) and the sum of the delta rows
+--      visible in S, and write base := truth(S) - deltas(S).
+--   A transaction is either committed in S - then its app rows are in truth(S) and its delta
+--   rows in deltas(S) - or not - then neither is, and its delta rows are added by the view once
+--   it commits. So after we commit, base + all pending deltas = truth(S) + the deltas of the
+--   transactions committed after S = the truth, exactly, whatever the interleaving; nothing
+--   depends on what base held before (a rerun is harmless).
+--   The functions refuse to run outside READ COMMITTED: 3 needs a snapshot taken after the
+--   locks of 1 and 2.
+--
+-- message_conversations_denorm (plain table, every row correct from its creation, see phase1).
+--   The batch locks (or creates as placeholders) every row with user_id in the batch that has a
+--   message or a row, in key order like the trigger does, then - in a new statement, so with a
+--   snapshot taken after the locks - recomputes those rows in full from messages and deletes
+--   those without messages. Any transaction that changed messages of such a pair either
+--   committed before we got the lock (its change is in our snapshot) or is waiting for our
+--   lock with its change invisible to us, and applies it on top of our result afterwards.
+--   Pairs that get their first message after we listed the keys are created, complete, by
+--   the trigger.
+
+-- ------------------------------------------------------------------ truth per batch
+-- STABLE: evaluated with the snapshot of the statement that calls it.
+
+CREATE OR REPLACE FUNCTION opskit_truth_user_dashboard_stats(lo bigint, hi bigint)
+RETURNS TABLE (
+    user_id bigint, projects_count bigint, upvotes_received bigint, downvotes_received bigint,
+    comments_received bigint, votes_cast bigint, followers_count bigint, following_count bigint,
+    unread_messages bigint, pending_intros_received bigint)
+LANGUAGE sql
+STABLE
+AS $fn$
+    SELECT u.id,
+           coalesce(p.n, 0), coalesce(pv.up, 0), coalesce(pv.down, 0), coalesce(pc.n, 0),
+           coalesce(vc.n, 0), coalesce(fr.n, 0), coalesce(fg.n, 0), coalesce(um.n, 0),
+           coalesce(pi.n, 0)
+    FROM users u
+    LEFT JOIN (
+        SELECT owner_id, count(*) AS n FROM projects
+        WHERE owner_id >= lo AND owner_id < hi AND deleted_at IS NULL
+        GROUP BY owner_id
+    ) p ON p.owner_id = u.id
+    LEFT JOIN (
+        SELECT pr.owner_id,
+               count(*) FILTER (WHERE v.vote_type = 'up') AS up,
+               count(*) FILTER (WHERE v.vote_type = 'down') AS down
+        FROM projects pr JOIN votes v ON v.project_id = pr.id
+        WHERE pr.owner_id >= lo AND pr.owner_id < hi AND pr.deleted_at IS NULL
+        GROUP BY pr.owner_id
+    ) pv ON pv.owner_id = u.id
+    LEFT JOIN (
+        SELECT pr.owner_id, count(*) AS n
+        FROM projects pr JOIN comments c ON c.project_id = pr.id
+        WHERE pr.owner_id >= lo AND pr.owner_id < hi AND pr.deleted_at IS NULL
+        GROUP BY pr.owner_id
+    ) pc ON pc.owner_id = u.id
+    LEFT JOIN (
+        SELECT v.user_id, count(*) AS n FROM votes v
+        WHERE v.user_id >= lo AND v.user_id < hi GROUP BY v.user_id
+    ) vc ON vc.user_id = u.id
+    LEFT JOIN (
+        SELECT followee_id, count(*) AS n FROM follows
+        WHERE followee_id >= lo AND followee_id < hi GROUP BY followee_id
+    ) fr ON fr.followee_id = u.id
+    LEFT JOIN (
+        SELECT follower_id, count(*) AS n FROM follows
+        WHERE follower_id >= lo AND follower_id < hi GROUP BY follower_id
+    ) fg ON fg.follower_id = u.id
+    LEFT JOIN (
+        SELECT recipient_id, count(*) AS n FROM messages
+        WHERE recipient_id >= lo AND recipient_id < hi AND read_at IS NULL
+        GROUP BY recipient_id
+    ) um ON um.recipient_id = u.id
+    LEFT JOIN (
+        SELECT target_id, count(*) AS n FROM intro_requests
+        WHERE target_id >= lo AND target_id < hi AND status = 'pending'
+        GROUP BY target_id
+    ) pi ON pi.target_id = u.id
+    WHERE u.id >= lo AND u.id < hi
+$fn$;
+
+CREATE OR REPLACE FUNCTION opskit_truth_intro_request_stats(lo bigint, hi bigint)
+RETURNS TABLE (
+    user_id bigint, sent_total bigint, sent_pending bigint, sent_accepted bigint,
+    sent_declined bigint, received_total bigint, received_pending bigint,
+    received_accepted bigint, received_declined bigint)
+LANGUAGE sql
+STABLE
+AS $fn$
+    SELECT u.id,
+           coalesce(s.total, 0), coalesce(s.pending, 0), coalesce(s.accepted, 0),
+           coalesce(s.declined, 0),
+           coalesce(r.total, 0), coalesce(r.pending, 0), coalesce(r.accepted, 0),
+           coalesce(r.declined, 0)
+    FROM users u
+    LEFT JOIN (
+        SELECT requester_id, count(*) AS total,
+               count(*) FILTER (WHERE status = 'pending') AS pending,
+               count(*) FILTER (WHERE status = 'accepted') AS accepted,
+               count(*) FILTER (WHERE status = 'declined') AS declined
+        FROM intro_requests
+        WHERE requester_id >= lo AND requester_id < hi
+        GROUP BY requester_id
+    ) s ON s.requester_id = u.id
+    LEFT JOIN (
+        SELECT target_id, count(*) AS total,
+               count(*) FILTER (WHERE status = 'pending') AS pending,
+               count(*) FILTER (WHERE status = 'accepted') AS accepted,
+               count(*) FILTER (WHERE status = 'declined') AS declined
+        FROM intro_requests
+        WHERE target_id >= lo AND target_id < hi
+        GROUP BY target_id
+    ) r ON r.target_id = u.id
+    WHERE u.id >= lo AND u.id < hi
+$fn$;
+
+-- ------------------------------------------------------------------ per batch backfill
+
+CREATE OR REPLACE FUNCTION opskit_backfill_user_dashboard_stats(lo bigint, hi bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    written bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'opskit_backfill_user_dashboard_stats must run in READ COMMITTED';
+    END IF;
+    PERFORM pg_advisory_xact_lock(1869640555, 11);
+    PERFORM 1 FROM users WHERE id >= lo AND id < hi ORDER BY id FOR KEY SHARE;
+
+    WITH pending AS (
+        SELECT d.user_id,
+               sum(d.projects_count) AS projects_count,
+               sum(d.upvotes_received) AS upvotes_received,
+               sum(d.downvotes_received) AS downvotes_received,
+               sum(d.comments_received) AS comments_received,
+               sum(d.votes_cast) AS votes_cast,
+               sum(d.followers_count) AS followers_count,
+               sum(d.following_count) AS following_count,
+               sum(d.unread_messages) AS unread_messages,
+               sum(d.pending_intros_received) AS pending_intros_received
+        FROM user_dashboard_stats_delta d
+        WHERE d.user_id >= lo AND d.user_id < hi
+        GROUP BY d.user_id
+    ), upserted AS (
+        INSERT INTO user_dashboard_stats_base AS b (
+            user_id, projects_count, upvotes_received, downvotes_received, comments_received,
+            votes_cast, followers_count, following_count, unread_messages,
+            pending_intros_received)
+        SELECT t.user_id,
+               t.projects_count - coalesce(p.projects_count, 0),
+               t.upvotes_received - coalesce(p.upvotes_received, 0),
+               t.downvotes_received - coalesce(p.downvotes_received, 0),
+               t.comments_received - coalesce(p.comments_received, 0),
+               t.votes_cast - coalesce(p.votes_cast, 0),
+               t.followers_count - coalesce(p.followers_count, 0),
+               t.following_count - coalesce(p.following_count, 0),
+               t.unread_messages - coalesce(p.unread_messages, 0),
+               t.pending_intros_received - coalesce(p.pending_intros_received, 0)
+        FROM opskit_truth_user_dashboard_stats(lo, hi) t
+        LEFT JOIN pending p ON p.user_id = t.user_id
+        ORDER BY t.user_id
+        ON CONFLICT (user_id) DO UPDATE SET
+            projects_count = EXCLUDED.projects_count,
+            upvotes_received = EXCLUDED.upvotes_received,
+            downvotes_received = EXCLUDED.downvotes_received,
+            comments_received = EXCLUDED.comments_received,
+            votes_cast = EXCLUDED.votes_cast,
+            followers_count = EXCLUDED.followers_count,
+            following_count = EXCLUDED.following_count,
+            unread_messages = EXCLUDED.unread_messages,
+            pending_intros_received = EXCLUDED.pending_intros_received
+        RETURNING 1
+    )
+    SELECT count(*) INTO written FROM upserted;
+
+    -- Base rows of users that no longer exist (none unless left by an older run).
+    DELETE FROM user_dashboard_stats_base b
+    WHERE b.user_id >= lo AND b.user_id < hi
+      AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = b.user_id);
+    RETURN written;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION opskit_backfill_intro_request_stats(lo bigint, hi bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    written bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'opskit_backfill_intro_request_stats must run in READ COMMITTED';
+    END IF;
+    PERFORM pg_advisory_xact_lock(1869640555, 12);
+    PERFORM 1 FROM users WHERE id >= lo AND id < hi ORDER BY id FOR KEY SHARE;
+
+    WITH pending AS (
+        SELECT d.user_id,
+               sum(d.sent_total) AS sent_total,
+               sum(d.sent_pending) AS sent_pending,
+               sum(d.sent_accepted) AS sent_accepted,
+               sum(d.sent_declined) AS sent_declined,
+               sum(d.received_total) AS received_total,
+               sum(d.received_pending) AS received_pending,
+               sum(d.received_accepted) AS received_accepted,
+               sum(d.received_declined) AS received_declined
+        FROM intro_request_stats_delta d
+        WHERE d.user_id >= lo AND d.user_id < hi
+        GROUP BY d.user_id
+    ), upserted AS (
+        INSERT INTO intro_request_stats_base AS b (
+            user_id, sent_total, sent_pending, sent_accepted, sent_declined,
+            received_total, received_pending, received_accepted, received_declined)
+        SELECT t.user_id,
+               t.sent_total - coalesce(p.sent_total, 0),
+               t.sent_pending - coalesce(p.sent_pending, 0),
+               t.sent_accepted - coalesce(p.sent_accepted, 0),
+               t.sent_declined - coalesce(p.sent_declined, 0),
+               t.received_total - coalesce(p.received_total, 0),
+               t.received_pending - coalesce(p.received_pending, 0),
+               t.received_accepted - coalesce(p.received_accepted, 0),
+               t.received_declined - coalesce(p.received_declined, 0)
+        FROM opskit_truth_intro_request_stats(lo, hi) t
+        LEFT JOIN pending p ON p.user_id = t.user_id
+        ORDER BY t.user_id
+        ON CONFLICT (user_id) DO UPDATE SET
+            sent_total = EXCLUDED.sent_total,
+            sent_pending = EXCLUDED.sent_pending,
+            sent_accepted = EXCLUDED.sent_accepted,
+            sent_declined = EXCLUDED.sent_declined,
+            received_total = EXCLUDED.received_total,
+            received_pending = EXCLUDED.received_pending,
+            received_accepted = EXCLUDED.received_accepted,
+            received_declined = EXCLUDED.received_declined
+        RETURNING 1
+    )
+    SELECT count(*) INTO written FROM upserted;
+
+    DELETE FROM intro_request_stats_base b
+    WHERE b.user_id >= lo AND b.user_id < hi
+      AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = b.user_id);
+    RETURN written;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION opskit_backfill_message_conversations(lo bigint, hi bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    key_users bigint[];
+    key_others bigint[];
+    written bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'opskit_backfill_message_conversations must run in READ COMMITTED';
+    END IF;
+
+    SELECT array_agg(k.user_id ORDER BY k.user_id, k.other_user_id),
+           array_agg(k.other_user_id ORDER BY k.user_id, k.other_user_id)
+    INTO key_users, key_others
+    FROM (
+        SELECT sender_id AS user_id, recipient_id AS other_user_id FROM messages
+        WHERE sender_id >= lo AND sender_id < hi
+        UNION
+        SELECT recipient_id, sender_id FROM messages
+        WHERE recipient_id >= lo AND recipient_id < hi
+        UNION
+        SELECT user_id, other_user_id FROM message_conversations_denorm
+        WHERE user_id >= lo AND user_id < hi
+    ) AS k;
+    IF key_users IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    -- Lock every row in key order (placeholders for missing ones), like the trigger does.
+    INSERT INTO message_conversations_denorm AS cv (user_id, other_user_id)
+    SELECT k.user_id, k.other_user_id
+    FROM unnest(key_users, key_others) WITH ORDINALITY AS k(user_id, other_user_id, n)
+    ORDER BY k.n
+    ON CONFLICT (user_id, other_user_id) DO UPDATE SET message_count = cv.message_count
+    WHERE false;
+
+    -- New snapshot: recompute every locked row in full.
+    UPDATE message_conversations_denorm AS cv
+    SET message_count = (
+            SELECT count(*) FROM messages m
+            WHERE (m.sender_id = cv.user_id AND m.recipient_id = cv.other_user_id)
+               OR (m.sender_id = cv.other_user_id AND m.recipient_id = cv.user_id)),
+        unread_count = (
+            SELECT count(*) FROM messages m
+            WHERE m.sender_id = cv.other_user_id AND m.recipient_id = cv.user_id
+              AND m.read_at IS NULL),
+        (last_message_id, last_message_at, last_message_sender_id, last_message_preview) = (
+            SELECT m.id, m.created_at, m.sender_id, left(m.body, 100)
+            FROM messages m
+            WHERE (m.sender_id = cv.user_id AND m.recipient_id = cv.other_user_id)
+               OR (m.sender_id = cv.other_user_id AND m.recipient_id = cv.user_id)
+            ORDER BY m.created_at DESC, m.id DESC
+            LIMIT 1)
+    FROM unnest(key_users, key_others) AS k(user_id, other_user_id)
+    WHERE cv.user_id = k.user_id AND cv.other_user_id = k.other_user_id;
+    GET DIAGNOSTICS written = ROW_COUNT;
+
+    DELETE FROM message_conversations_denorm AS cv
+    USING unnest(key_users, key_others) AS k(user_id, other_user_id)
+    WHERE cv.user_id = k.user_id AND cv.other_user_id = k.other_user_id
+      AND (cv.message_count <= 0 OR cv.last_message_id IS NULL);
+    RETURN written;
+END
+$fn$;
+
+-- ------------------------------------------------------------------ all batches
+
+-- Every batch of user ids from the smallest to the largest id, relation by relation (all
+-- dashboard batches first: when everything runs in one transaction, the users' KEY SHARE locks
+-- are then taken before any conversation row lock). Returns one row per relation.
+CREATE OR REPLACE FUNCTION opskit_backfill_all_denormalized(batch_size bigint DEFAULT 5000)
+RETURNS TABLE (relation text, batches bigint, rows_written bigint)
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    first_id bigint;
+    last_id bigint;
+    lo bigint;
+    n bigint;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be a positive number, not %', batch_size;
+    END IF;
+    SELECT min(id), max(id) INTO first_id, last_id FROM users;
+    FOREACH relation IN ARRAY ARRAY['user_dashboard_stats', 'intro_request_stats',
+                                    'message_conversations_denorm'] LOOP
+        batches := 0;
+        rows_written := 0;
+        lo := first_id;
+        WHILE lo IS NOT NULL AND lo <= last_id LOOP
+            IF relation = 'user_dashboard_stats' THEN
+                n := opskit_backfill_user_dashboard_stats(lo, lo + batch_size);
+            ELSIF relation = 'intro_request_stats' THEN
+                n := opskit_backfill_intro_request_stats(lo, lo + batch_size);
+            ELSE
+                n := opskit_backfill_message_conversations(lo, lo + batch_size);
+            END IF;
+            batches := batches + 1;
+            rows_written := rows_written + n;
+            lo := lo + batch_size;
+        END LOOP;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+
+SELECT * FROM opskit_backfill_all_denormalized(5000);
