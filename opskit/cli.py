@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from opskit import __version__, migrations, seed, services, writebench
+from opskit import __version__, backfill, migrations, seed, services, writebench
 from opskit.db import connect
 from opskit.errors import OpskitError
 from opskit.lint import lint as lint_migrations
@@ -440,6 +440,51 @@ def status(as_json: JsonOption = False) -> None:
     if report.refresh_runs_last_hour is not None:
         runs = ", ".join(f"{k} {v}" for k, v in report.refresh_runs_last_hour.items()) or "none"
         stdout.print(f"refresh runs in the last hour: {runs}")
+
+
+BackfillTable = Enum(
+    "BackfillTable", {name: name for name in backfill.BACKFILL_FUNCTIONS}, type=str
+)
+
+
+@app.command("backfill")
+def backfill_command(
+    table: Annotated[
+        list[BackfillTable] | None,
+        typer.Option("--table", help="Relation to recompute (repeatable; default: all three)."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="User ids per batch (one transaction each).")
+    ] = 5000,
+    as_json: JsonOption = False,
+) -> None:
+    """Recompute the denormalized relations from the truth, batched, safe while writes go on.
+
+    Each batch of user ids is one transaction; a write racing a batch is neither lost nor
+    counted twice. Batches are idempotent: run it again to resume after an interruption.
+    """
+    url = services.resolve_database_url(_settings())
+    with _migrate_progress_bars(transient=as_json) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_batch(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"backfill {name}", total=total)
+            progress.update(tasks[name], completed=done)
+
+        results = backfill.backfill(
+            url,
+            tables=[t.value for t in table] if table else None,
+            batch_size=batch_size,
+            on_batch=on_batch,
+        )
+    if as_json:
+        _print_json({"results": [r.as_dict() for r in results]})
+        return
+    for r in results:
+        stdout.print(
+            f"{r.table}: {r.rows_written:,} rows in {r.batches} batches, {r.seconds:.1f} s"
+        )
 
 
 @app.command()
