@@ -25,7 +25,11 @@ def test_backfill_repairs_damaged_rows_in_batches(tiny_db_url):
     result = _run(tiny_db_url, "backfill", "--batch-size", "30", "--json")
     assert result.exit_code == 0, result.output
     by_table = {r["table"]: r for r in json.loads(result.stdout)["results"]}
-    assert set(by_table) == {"user_dashboard_stats", "intro_request_stats", "message_conversations_denorm"}
+    assert set(by_table) == {
+        "user_dashboard_stats",
+        "intro_request_stats",
+        "message_conversations_denorm",
+    }
     assert by_table["user_dashboard_stats"]["batches"] == 7  # 200 users / 30 per batch
     assert _run(tiny_db_url, "verify").exit_code == 0
 
