@@ -142,9 +142,6 @@ $fn$;
 CREATE OR REPLACE FUNCTION opskit_backfill_user_dashboard_stats(lo bigint, hi bigint)
 RETURNS bigint
 LANGUAGE plpgsql
--- Plans for this batch's id range, not a generic plan cached over all ranges: measured on
--- medium, the generic plans made the whole backfill 13x slower (120 s instead of 9 s).
-SET plan_cache_mode = force_custom_plan
 AS $fn$
 DECLARE
     written bigint;
@@ -212,9 +209,6 @@ $fn$;
 CREATE OR REPLACE FUNCTION opskit_backfill_intro_request_stats(lo bigint, hi bigint)
 RETURNS bigint
 LANGUAGE plpgsql
--- Plans for this batch's id range, not a generic plan cached over all ranges: measured on
--- medium, the generic plans made the whole backfill 13x slower (120 s instead of 9 s).
-SET plan_cache_mode = force_custom_plan
 AS $fn$
 DECLARE
     written bigint;
@@ -277,9 +271,6 @@ $fn$;
 CREATE OR REPLACE FUNCTION opskit_backfill_message_conversations(lo bigint, hi bigint)
 RETURNS bigint
 LANGUAGE plpgsql
--- Plans for this batch's id range, not a generic plan cached over all ranges: measured on
--- medium, the generic plans made the whole backfill 13x slower (120 s instead of 9 s).
-SET plan_cache_mode = force_custom_plan
 AS $fn$
 DECLARE
     key_users bigint[];
@@ -369,9 +360,6 @@ $fn$;
 CREATE OR REPLACE FUNCTION opskit_backfill_all_denormalized(batch_size bigint DEFAULT 5000)
 RETURNS TABLE (relation text, batches bigint, rows_written bigint)
 LANGUAGE plpgsql
--- Plans for this batch's id range, not a generic plan cached over all ranges: measured on
--- medium, the generic plans made the whole backfill 13x slower (120 s instead of 9 s).
-SET plan_cache_mode = force_custom_plan
 AS $fn$
 DECLARE
     first_id bigint;
