@@ -522,6 +522,10 @@ def bench_writes(
     hot: Annotated[
         bool, typer.Option("--hot", help="Every writer votes on the one most popular project.")
     ] = False,
+    rate: Annotated[
+        int | None,
+        typer.Option(min=1, help="Fixed arrival rate in votes/s (open model); default: flat out."),
+    ] = None,
     scale: Annotated[ScaleName, typer.Option(help="Data seeded into the scratch databases.")] = (
         ScaleName.small  # type: ignore[attr-defined]
     ),
@@ -530,12 +534,13 @@ def bench_writes(
     """Measure what the triggers cost vote writes: no phases vs all phases applied.
 
     Creates two scratch databases on the server in use (seeded; the second with every phase
-    applied), runs the same vote load (insert / flip / delete) on each, prints TPS, p50/p99
-    latency, deadlocks and WAL bytes per write, and drops both. Targets at 32 writers on the hot
+    applied), runs the same pgbench vote load (insert / flip / delete) on each, flat out or at
+    a fixed --rate, prints TPS, p50/p99 latency, deadlocks and WAL bytes per write, and drops
+    both. Targets at 32 writers on the hot
     key: throughput at least 80% of the no-phase baseline, p99 at most 1.5x, no deadlock.
     """
     url = services.resolve_database_url(_settings())
-    load = writebench.WriteLoad(writers=writers, seconds=seconds, hot=hot)
+    load = writebench.WriteLoad(writers=writers, seconds=seconds, hot=hot, rate=rate)
     results = writebench.compare_vote_writes(
         url, load, scale=scale.value, progress=None if as_json else stderr.log
     )

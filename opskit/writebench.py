@@ -31,6 +31,7 @@ class WriteLoad:
     seconds: float = 20.0
     hot: bool = False
     seed: int = 1
+    rate: int | None = None  # votes/s over all writers (open model); None: flat out
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
             "--log",
             "--log-prefix",
             str(Path(workdir) / "tx"),
+            *(["--rate", str(load.rate)] if load.rate else []),
             url,
         ]
         completed = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
