@@ -417,7 +417,6 @@ def _apply_in_one_transaction(
 ) -> int:
     statements = phase.statements()
     settings = _timeout_settings(phase, timeouts)
-    sql = queries("migrations.sql")
 
     def attempt() -> int:
         progress.phase_started(phase.name, len(statements))
@@ -431,16 +430,7 @@ def _apply_in_one_transaction(
                     if not _is_timeout_set(statement):
                         conn.execute(statement)
                     progress.statement_finished(phase.name)
-                conn.execute(
-                    sql["record_applied"],
-                    {
-                        "name": phase.name,
-                        "checksum": phase.checksum,
-                        "duration_ms": round((time.perf_counter() - started) * 1000),
-                        "applied_by": _applied_by(),
-                        "version": __version__,
-                    },
-                )
+                _record_applied(conn, phase, started)
         except _LOCK_CONFLICTS:
             raise
         except psycopg.Error as err:
@@ -484,21 +474,25 @@ def _apply_statement_by_statement(
             conn.execute(sql["record_step"], {**key, "statement_no": number})
             progress.statement_finished(phase.name)
         with conn.transaction():
-            conn.execute(
-                sql["record_applied"],
-                {
-                    "name": phase.name,
-                    "checksum": phase.checksum,
-                    "duration_ms": round((time.perf_counter() - started) * 1000),
-                    "applied_by": _applied_by(),
-                    "version": __version__,
-                },
-            )
+            _record_applied(conn, phase, started)
             conn.execute(sql["clear_steps"], {"phase": phase.name})
     finally:
         conn.execute("RESET lock_timeout")
         conn.execute("RESET statement_timeout")
     return len(statements)
+
+
+def _record_applied(conn: psycopg.Connection, phase: PhaseFile, started: float) -> None:
+    conn.execute(
+        queries("migrations.sql")["record_applied"],
+        {
+            "name": phase.name,
+            "checksum": phase.checksum,
+            "duration_ms": round((time.perf_counter() - started) * 1000),
+            "applied_by": _applied_by(),
+            "version": __version__,
+        },
+    )
 
 
 def _execute(conn: psycopg.Connection, statement: str) -> int:
