@@ -9,9 +9,9 @@ from psycopg import sql
 
 from opskit.migrations import PhaseStatus, phase_statuses
 from opskit.sql import queries
+from opskit.truth import DENORMALIZED
 
 # Relations whose row counts status reports when they exist (CONTRACT §6, §7).
-DENORMALIZED = ("user_dashboard_stats", "message_conversations_denorm", "intro_request_stats")
 MATERIALIZED_VIEWS = (
     "mv_feed_projects",
     "mv_leaderboard_projects",
@@ -52,7 +52,7 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
         phases=phase_statuses(conn),
         opskit_triggers=conn.execute(status_sql["opskit_trigger_count"]).fetchone()[0],
     )
-    for name in (*DENORMALIZED, *MATERIALIZED_VIEWS):
+    for name in (*(spec.relation for spec in DENORMALIZED), *MATERIALIZED_VIEWS):
         report.row_counts[name] = (
             conn.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
