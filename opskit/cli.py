@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from opskit import __version__, backfill, migrations, seed, services, writebench
+from opskit import __version__, backfill, migrations, refresh, seed, services, writebench
 from opskit.db import connect
 from opskit.errors import OpskitError
 from opskit.lint import lint as lint_migrations
@@ -485,6 +485,40 @@ def backfill_command(
         stdout.print(
             f"{r.table}: {r.rows_written:,} rows in {r.batches} batches, {r.seconds:.1f} s"
         )
+
+
+@app.command("refresh")
+def refresh_command(
+    views: Annotated[
+        list[str] | None, typer.Argument(help="Views to refresh now (default: the due ones).")
+    ] = None,
+    all_views: Annotated[bool, typer.Option("--all", help="Refresh every view now.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Refresh materialized views now: named ones, --all, or those the queue says are due.
+
+    The same code path as the daemon: per-view and slot locks (never two refreshes of one view,
+    at most OPSKIT_REFRESH_WORKERS at once), claim the pending requests, wait out older
+    transactions, REFRESH ... CONCURRENTLY, log the run in mv_refresh_log, mark the claimed
+    requests done. Exit 1 if a refresh failed.
+    """
+    settings = _settings()
+    url = services.resolve_database_url(settings)
+    runs = refresh.refresh(url, settings, views=views or None, all_views=all_views)
+    if as_json:
+        _print_json({"runs": [run.as_dict() for run in runs]})
+    else:
+        for run in runs:
+            detail = (
+                f"{run.duration_ms} ms, {run.requests_done} requests" if run.duration_ms else ""
+            )
+            stdout.print(
+                f"{run.view}: {run.status} {detail} {run.error or ''}".rstrip(), markup=False
+            )
+        if not runs:
+            stdout.print("no view is due")
+    if any(run.status == "failed" for run in runs):
+        raise typer.Exit(1)
 
 
 @app.command()

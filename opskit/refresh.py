@@ -1,0 +1,167 @@
+"""Refresh materialized views from the refresh queue: `opskit refresh` and the daemon share this.
+
+For one view: take the view's lock (never two refreshes of a view at once, even across daemons)
+and one of the refresh slots (at most OPSKIT_REFRESH_WORKERS at once), claim its pending requests,
+wait until every transaction running at the claim has ended (a writer may have skipped enqueueing
+because it saw a request we just claimed: see phase2_materialized_views.sql), then
+REFRESH ... CONCURRENTLY, log the run and mark done exactly the requests claimed. A request that
+arrives during the refresh stays pending for the next run. Advisory locks are session-level, so
+a worker that dies releases them with its connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import zlib
+from dataclasses import asdict, dataclass
+
+import psycopg
+from psycopg import sql
+
+from opskit.db import connect
+from opskit.errors import BadInput, EnvironmentProblem
+from opskit.settings import Settings
+from opskit.sql import queries
+
+LOCK_SPACE_VIEW = 0x6F707376  # "opsv": one lock per view
+LOCK_SPACE_SLOT = 0x6F707373  # "opss": the refresh slots shared by every refresher
+OLD_TRANSACTIONS_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class RefreshRun:
+    view: str
+    status: str  # completed | failed | skipped (another refresher holds the view or no slot)
+    requests_done: int
+    duration_ms: int | None
+    error: str | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def view_lock_key(view: str) -> int:
+    """The advisory lock key (in LOCK_SPACE_VIEW) held while `view` is refreshed."""
+    return zlib.crc32(view.encode()) & 0x7FFFFFFF
+
+
+def known_views(conn: psycopg.Connection) -> list[str]:
+    if conn.execute("SELECT to_regclass('mv_dependencies') IS NULL").fetchone()[0]:
+        raise EnvironmentProblem(
+            "no materialized views: phase2_materialized_views is not applied",
+            hint="run `opskit migrate` first",
+        )
+    return [row[0] for row in conn.execute(queries("refresh.sql")["known_views"])]
+
+
+def refresh(
+    url: str, settings: Settings, *, views: list[str] | None = None, all_views: bool = False
+) -> list[RefreshRun]:
+    """Refresh `views`, or every view (`all_views`), or else the views the queue says are due."""
+    refresh_sql = queries("refresh.sql")
+    with connect(url, autocommit=True) as conn:
+        known = known_views(conn)
+        unknown = sorted(set(views or []) - set(known))
+        if unknown:
+            raise BadInput(
+                f"unknown view {', '.join(unknown)}", hint=f"choose from: {', '.join(known)}"
+            )
+        if all_views:
+            targets = known
+        elif views:
+            targets = [view for view in known if view in views]
+        else:
+            targets = [
+                row[0]
+                for row in conn.execute(
+                    refresh_sql["due_views"],
+                    {
+                        "debounce_s": settings.refresh_debounce_s,
+                        "max_wait_s": settings.refresh_max_wait_s,
+                    },
+                )
+            ]
+        runs = [refresh_view(conn, view, settings.refresh_workers) for view in targets]
+        conn.execute(refresh_sql["forget_old_done"])
+    return runs
+
+
+def refresh_view(conn: psycopg.Connection, view: str, slots: int) -> RefreshRun:
+    """One refresh of `view` on an autocommit connection (see the module docstring)."""
+    refresh_sql = queries("refresh.sql")
+    view_lock = {"space": LOCK_SPACE_VIEW, "key": view_lock_key(view)}
+    if not conn.execute(refresh_sql["try_lock"], view_lock).fetchone()[0]:
+        return RefreshRun(view, "skipped", 0, None, "another refresher is refreshing it")
+    try:
+        slot = _take_slot(conn, slots)
+        if slot is None:
+            return RefreshRun(view, "skipped", 0, None, f"all {slots} refresh slots are busy")
+        try:
+            return _refresh_claimed(conn, view)
+        finally:
+            conn.execute(refresh_sql["unlock"], slot)
+    finally:
+        conn.execute(refresh_sql["unlock"], view_lock)
+
+
+def _take_slot(conn: psycopg.Connection, slots: int) -> dict | None:
+    for number in range(slots):
+        slot = {"space": LOCK_SPACE_SLOT, "key": number}
+        if conn.execute(queries("refresh.sql")["try_lock"], slot).fetchone()[0]:
+            return slot
+    return None
+
+
+def _refresh_claimed(conn: psycopg.Connection, view: str) -> RefreshRun:
+    refresh_sql = queries("refresh.sql")
+    worker = worker_id()
+    claimed = [
+        row[0] for row in conn.execute(refresh_sql["claim"], {"view": view, "worker": worker})
+    ]
+    log_id = None
+    try:
+        _wait_for_older_transactions(conn)
+        log_id = conn.execute(
+            refresh_sql["log_start"], {"view": view, "worker": worker}
+        ).fetchone()[0]
+        conn.execute(
+            sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.Identifier(view))
+        )
+    except (psycopg.Error, TimeoutError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        conn.execute(refresh_sql["release_claims"], {"ids": claimed})
+        duration = None
+        if log_id is not None:
+            duration = _finish_log(conn, log_id, "failed", message, 0)
+        return RefreshRun(view, "failed", 0, duration, message)
+    with conn.transaction():
+        duration = _finish_log(conn, log_id, "completed", None, len(claimed))
+        conn.execute(refresh_sql["mark_done"], {"ids": claimed, "duration_ms": duration})
+    return RefreshRun(view, "completed", len(claimed), duration, None)
+
+
+def _finish_log(
+    conn: psycopg.Connection, log_id: int, status: str, error: str | None, requests: int
+) -> int:
+    return conn.execute(
+        queries("refresh.sql")["log_finish"],
+        {"log_id": log_id, "status": status, "error": error, "requests": requests},
+    ).fetchone()[0]
+
+
+def _wait_for_older_transactions(conn: psycopg.Connection) -> None:
+    """Wait until every transaction that was running when the claim committed has ended."""
+    refresh_sql = queries("refresh.sql")
+    xmax = conn.execute(refresh_sql["snapshot_xmax"]).fetchone()[0]
+    deadline = time.monotonic() + OLD_TRANSACTIONS_TIMEOUT_S
+    while conn.execute(refresh_sql["older_transactions_running"], {"xmax": xmax}).fetchone()[0]:
+        if time.monotonic() > deadline:
+            limit = f"{OLD_TRANSACTIONS_TIMEOUT_S:.0f} s"
+            raise TimeoutError(f"a transaction older than the claim ran for over {limit}")
+        time.sleep(0.01)

@@ -1,0 +1,168 @@
+"""`opskit refresh`: queue-driven refresh of the materialized views on real PostgreSQL."""
+
+import json
+import threading
+import time
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from opskit import migrations, refresh
+from opskit.cli import app
+from opskit.settings import Settings
+
+
+def _run(url, *args, **env):
+    return CliRunner().invoke(
+        app, list(args), env={"OPSKIT_DATABASE_URL": url, **env}, catch_exceptions=False
+    )
+
+
+@pytest.fixture
+def migrated(tiny_db_url):
+    migrations.migrate(tiny_db_url)
+    return tiny_db_url
+
+
+def _upvotes(conn, project_id):
+    return conn.execute(
+        "SELECT upvotes FROM mv_feed_projects WHERE project_id = %s", (project_id,)
+    ).fetchone()[0]
+
+
+def _truth_upvotes(conn, project_id):
+    return conn.execute(
+        "SELECT count(*) FROM votes WHERE project_id = %s AND vote_type = 'up'", (project_id,)
+    ).fetchone()[0]
+
+
+def _live_project_and_new_voters(conn, count):
+    project = conn.execute(
+        "SELECT project_id FROM mv_feed_projects ORDER BY project_id LIMIT 1"
+    ).fetchone()[0]
+    voters = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM users u WHERE NOT EXISTS (SELECT FROM votes v "
+            "WHERE v.user_id = u.id AND v.project_id = %s) ORDER BY id LIMIT %s",
+            (project, count),
+        )
+    ]
+    return project, voters
+
+
+def test_refresh_all_logs_every_view_and_marks_requests_done(migrated):
+    result = _run(migrated, "refresh", "--all", "--json")
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert len(runs) == 8 and {r["status"] for r in runs} == {"completed"}
+    with psycopg.connect(migrated) as conn:
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM mv_refresh_log WHERE status = 'completed' "
+                "AND refresh_finished_at >= refresh_started_at AND duration_ms >= 0"
+            ).fetchone()[0]
+            == 8
+        )
+        states = dict(conn.execute("SELECT status, count(*) FROM mv_refresh_queue GROUP BY 1"))
+        assert states == {"done": 8}  # the catch-up request each view got when migrated
+        assert conn.execute(
+            "SELECT bool_and(last_refresh_duration_ms IS NOT NULL) FROM mv_refresh_queue"
+        ).fetchone()[0]
+
+
+def test_a_write_shows_after_its_view_is_refreshed(migrated):
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        project, (voter,) = _live_project_and_new_voters(conn, 1)
+        before = _upvotes(conn, project)
+        conn.execute(
+            "INSERT INTO votes (user_id, project_id, vote_type) VALUES (%s, %s, 'up')",
+            (voter, project),
+        )
+        assert _upvotes(conn, project) == before
+        assert _run(migrated, "refresh", "mv_feed_projects").exit_code == 0
+        assert _upvotes(conn, project) == before + 1
+
+
+def test_due_views_wait_for_the_debounce_window(migrated):
+    env = {"OPSKIT_REFRESH_DEBOUNCE_S": "0.5", "OPSKIT_REFRESH_MAX_WAIT_S": "30"}
+    _run(migrated, "refresh", "--all")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute("UPDATE follows SET created_at = created_at WHERE follower_id = 1")
+    assert json.loads(_run(migrated, "refresh", "--json", **env).stdout)["runs"] == []
+    time.sleep(0.7)
+    due = {r["view"] for r in json.loads(_run(migrated, "refresh", "--json", **env).stdout)["runs"]}
+    assert due == {"mv_leaderboard_builders", "mv_investors_directory", "mv_search_index"}
+
+
+def test_max_wait_refreshes_even_while_requests_keep_coming(migrated):
+    env = {"OPSKIT_REFRESH_DEBOUNCE_S": "5", "OPSKIT_REFRESH_MAX_WAIT_S": "5"}
+    _run(migrated, "refresh", "--all")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO mv_refresh_queue (view_name, refresh_requested_at) VALUES "
+            "('mv_chain_posts', now() - interval '6 seconds'), ('mv_chain_posts', now())"
+        )
+    runs = json.loads(_run(migrated, "refresh", "--json", **env).stdout)["runs"]
+    assert [(r["view"], r["requests_done"]) for r in runs] == [("mv_chain_posts", 2)]
+
+
+def test_a_writer_that_skipped_enqueueing_is_in_the_refresh_and_later_requests_stay(migrated):
+    settings = Settings.from_env({})
+    _run(migrated, "refresh", "--all")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        project, (first, skipper, late) = _live_project_and_new_voters(conn, 3)
+        conn.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (first, project))  # request R0
+        writer = psycopg.connect(migrated)
+        writer.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (skipper, project))
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM mv_refresh_queue WHERE status = 'pending' "
+                "AND view_name = 'mv_feed_projects'"
+            ).fetchone()[0]
+            == 1
+        )  # the open writer saw R0 pending and added no request
+
+        runs = []
+        worker = threading.Thread(
+            target=lambda: runs.extend(
+                refresh.refresh(migrated, settings, views=["mv_feed_projects"])
+            )
+        )
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive()  # waiting for the writer that was running at the claim
+        conn.execute(
+            "INSERT INTO votes VALUES (%s, %s, 'up')", (late, project)
+        )  # R2, after the claim
+        writer.commit()
+        writer.close()
+        worker.join(30)
+
+        assert [(r.status, r.requests_done) for r in runs] == [("completed", 1)]
+        # both committed before the refresh snapshot (taken after the writer ended): both are in
+        assert _upvotes(conn, project) == _truth_upvotes(conn, project)
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM mv_refresh_queue WHERE status = 'pending' "
+                "AND view_name = 'mv_feed_projects'"
+            ).fetchone()[0]
+            == 1
+        )
+
+
+def test_two_refreshers_never_refresh_one_view_at_once(migrated):
+    with psycopg.connect(migrated, autocommit=True) as holder:
+        holder.execute(
+            "SELECT pg_advisory_lock(%s, %s)",
+            (refresh.LOCK_SPACE_VIEW, refresh.view_lock_key("mv_chain_posts")),
+        )
+        runs = json.loads(_run(migrated, "refresh", "mv_chain_posts", "--json").stdout)["runs"]
+    assert runs[0]["status"] == "skipped"
+
+
+def test_bad_input(migrated, fresh_database, base_template):
+    assert _run(migrated, "refresh", "mv_nope").exit_code == 2
+    unmigrated = fresh_database(base_template)
+    assert _run(unmigrated, "refresh", "--all").exit_code == 3
