@@ -32,6 +32,7 @@ class WriteLoad:
     hot: bool = False
     seed: int = 1
     rate: int | None = None  # votes/s over all writers (open model); None: flat out
+    warmup_s: float = 2.0  # run first, then discarded: connection start-up and plan caching
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
             "--jobs",
             str(min(load.writers, 2)),
             "--time",
-            str(max(1, round(load.seconds))),
+            str(max(1, round(load.seconds + load.warmup_s))),
             "--file",
             str(script),
             "--random-seed",
@@ -114,24 +115,29 @@ def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
             *(["--rate", str(load.rate)] if load.rate else []),
             url,
         ]
+        started_at = time.time()
         completed = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
         if completed.returncode not in (0, 2):  # 2: some transactions failed, reported below
             raise ProblemFound(
                 f"pgbench failed: {(completed.stderr or completed.stdout).strip().splitlines()[-1]}"
             )
-        latencies_ms = np.array(
+        # pgbench log: client, tx number, latency µs, script, end epoch s, end µs [, lag µs];
+        # under --rate the latency counts from the scheduled start (no coordinated omission).
+        rows = np.array(
             [
-                int(line.split()[2]) / 1000
+                [int(fields[2]), int(fields[4]) + int(fields[5]) / 1e6]
                 for log in Path(workdir).glob("tx*")
-                for line in log.read_text().splitlines()
-                if line.split()[2].isdigit()
+                for fields in (line.split() for line in log.read_text().splitlines())
+                if len(fields) >= 6 and fields[2].isdigit()
             ]
-        )
+        ).reshape(-1, 2)
+        measured = rows[rows[:, 1] >= started_at + load.warmup_s]
+        latencies_ms = measured[:, 0] / 1000
     with connect(url, autocommit=True) as conn:
         wal_bytes = conn.execute(bench_sql["wal_bytes_since"], (wal_start,)).fetchone()[0]
     report = completed.stdout
     count = len(latencies_ms)
-    seconds = _reported(report, r"^duration: (\d+) s", float(load.seconds))
+    seconds = _reported(report, r"^duration: (\d+) s", load.seconds + load.warmup_s) - load.warmup_s
     return WriteBenchResult(
         label=label,
         hot=load.hot,
@@ -143,7 +149,7 @@ def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
         p99_ms=round(float(np.percentile(latencies_ms, 99)), 3) if count else 0.0,
         deadlocks=int(_reported(report, r"number of deadlock failures: (\d+)", 0)),
         other_errors=int(_reported(report, r"number of serialization failures: (\d+)", 0)),
-        wal_bytes_per_write=round(float(wal_bytes) / count, 1) if count else 0.0,
+        wal_bytes_per_write=round(float(wal_bytes) / len(rows), 1) if len(rows) else 0.0,
     )
 
 
