@@ -13,7 +13,14 @@ from pathlib import Path
 
 import sqlparse
 
-from opskit.migrations import MIGRATIONS_DIR, PHASES, PhaseFile, load_phases, split_statements
+from opskit.migrations import (
+    MIGRATIONS_DIR,
+    PHASES,
+    SET_TIMEOUT,
+    PhaseFile,
+    load_phases,
+    split_statements,
+)
 from opskit.schema import APP_TABLES
 
 BACKFILL_PHASE = "phase1_backfill_data"
@@ -60,9 +67,6 @@ _APP_DATA_CHANGE = re.compile(
         )
     ),
     re.IGNORECASE,
-)
-_SET_TIMEOUT = re.compile(
-    r"^SET\s+(?:SESSION\s+)?(lock_timeout|statement_timeout)\b", re.IGNORECASE
 )
 
 
@@ -159,7 +163,7 @@ def lint(directory: Path = MIGRATIONS_DIR) -> list[Finding]:
 
 
 def _timeouts(phase: PhaseFile, statements: list[str]) -> list[Finding]:
-    found = {m.group(1).lower() for s in statements if (m := _SET_TIMEOUT.match(s))}
+    found = {m.group(1).lower() for s in statements if (m := SET_TIMEOUT.match(s))}
     return [
         Finding(
             phase.path.name,

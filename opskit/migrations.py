@@ -45,7 +45,7 @@ NO_TRANSACTION = "-- opskit: no-transaction"
 LOCK_SPACE = 0x6F70736B  # "opsk"
 MIGRATE_LOCK = 1
 
-_SET_TIMEOUT = re.compile(
+SET_TIMEOUT = re.compile(
     r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(lock_timeout|statement_timeout)\s*(?:=|TO)\s*'?([^';]*)'?\s*;?\s*$",
     re.IGNORECASE,
 )
@@ -360,11 +360,11 @@ def _plan(phase: PhaseFile) -> list[PlannedStatement]:
     return planned
 
 
-def _timeout_settings(phase: PhaseFile, timeouts: Timeouts) -> dict[str, str]:
-    """lock_timeout and statement_timeout for a phase: flag, else the file's SET, else default."""
+def _timeout_settings(statements: list[str], timeouts: Timeouts) -> dict[str, str]:
+    """lock_timeout and statement_timeout for a script: flag, else the file's SET, else default."""
     from_file = {}
-    for statement in phase.statements():
-        match = _SET_TIMEOUT.match(sqlparse.format(statement, strip_comments=True).strip())
+    for statement in statements:
+        match = SET_TIMEOUT.match(sqlparse.format(statement, strip_comments=True).strip())
         if match:
             from_file[match.group(1).lower()] = match.group(2).strip()
     return {
@@ -376,7 +376,53 @@ def _timeout_settings(phase: PhaseFile, timeouts: Timeouts) -> dict[str, str]:
 
 
 def _is_timeout_set(statement: str) -> bool:
-    return bool(_SET_TIMEOUT.match(sqlparse.format(statement, strip_comments=True).strip()))
+    return bool(SET_TIMEOUT.match(sqlparse.format(statement, strip_comments=True).strip()))
+
+
+def _set_timeouts(conn: psycopg.Connection, settings: dict[str, str], is_local: bool) -> None:
+    for name, value in settings.items():
+        conn.execute("SELECT set_config(%s, %s, %s)", (name, value, is_local))
+
+
+def _reset_timeouts(conn: psycopg.Connection) -> None:
+    conn.execute("RESET lock_timeout")
+    conn.execute("RESET statement_timeout")
+
+
+def _run_in_one_transaction(
+    conn: psycopg.Connection,
+    phase: PhaseFile,
+    label: str,
+    statements: list[str],
+    timeouts: Timeouts,
+    progress: MigrateProgress,
+    finish: Callable[[], None],
+) -> None:
+    """Run `statements` and then `finish` (the ledger update) in one transaction.
+
+    A lock timeout or deadlock retries the whole transaction; any other error is reported with
+    the number of the statement that failed, and nothing of the attempt remains.
+    """
+    settings = _timeout_settings(statements, timeouts)
+
+    def attempt() -> int:
+        progress.phase_started(label, len(statements))
+        number = 0
+        try:
+            with conn.transaction():
+                _set_timeouts(conn, settings, is_local=True)
+                for number, statement in enumerate(statements, start=1):  # noqa: B007
+                    if not _is_timeout_set(statement):
+                        conn.execute(statement)
+                    progress.statement_finished(label)
+                finish()
+        except _LOCK_CONFLICTS:
+            raise
+        except psycopg.Error as err:
+            raise _phase_error(phase, number, err) from err
+        return len(statements)
+
+    _with_lock_retries(attempt, phase.name, timeouts, progress)
 
 
 def _with_lock_retries(
@@ -416,28 +462,17 @@ def _apply_in_one_transaction(
     conn: psycopg.Connection, phase: PhaseFile, timeouts: Timeouts, progress: MigrateProgress
 ) -> int:
     statements = phase.statements()
-    settings = _timeout_settings(phase, timeouts)
-
-    def attempt() -> int:
-        progress.phase_started(phase.name, len(statements))
-        started = time.perf_counter()
-        number = 0
-        try:
-            with conn.transaction():
-                for name, value in settings.items():
-                    conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-                for number, statement in enumerate(statements, start=1):  # noqa: B007
-                    if not _is_timeout_set(statement):
-                        conn.execute(statement)
-                    progress.statement_finished(phase.name)
-                _record_applied(conn, phase, started)
-        except _LOCK_CONFLICTS:
-            raise
-        except psycopg.Error as err:
-            raise _phase_error(phase, number, err) from err
-        return len(statements)
-
-    return _with_lock_retries(attempt, phase.name, timeouts, progress)
+    started = time.perf_counter()
+    _run_in_one_transaction(
+        conn,
+        phase,
+        phase.name,
+        statements,
+        timeouts,
+        progress,
+        finish=lambda: _record_applied(conn, phase, started),
+    )
+    return len(statements)
 
 
 def _apply_statement_by_statement(
@@ -447,9 +482,7 @@ def _apply_statement_by_statement(
     sql = queries("migrations.sql")
     key = {"phase": phase.name, "checksum": phase.checksum}
     done = {row[0] for row in conn.execute(sql["completed_steps"], key)}
-    settings = _timeout_settings(phase, timeouts)
-    for name, value in settings.items():
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    _set_timeouts(conn, _timeout_settings(statements, timeouts), is_local=False)
     progress.phase_started(phase.name, len(statements))
     started = time.perf_counter()
     try:
@@ -477,8 +510,7 @@ def _apply_statement_by_statement(
             _record_applied(conn, phase, started)
             conn.execute(sql["clear_steps"], {"phase": phase.name})
     finally:
-        conn.execute("RESET lock_timeout")
-        conn.execute("RESET statement_timeout")
+        _reset_timeouts(conn)
     return len(statements)
 
 
@@ -577,58 +609,34 @@ def _undo(
     """Run the phase's down script and forget the phase, in one transaction when it can."""
     text = phase.down_path.read_text() if phase.down_path else ""
     statements = split_statements(text)
-    settings = {
-        "lock_timeout": timeouts.lock_timeout or Timeouts.default_lock_timeout,
-        "statement_timeout": timeouts.statement_timeout or Timeouts.default_statement_timeout,
-    }
     sql = queries("migrations.sql")
-    transactional = NO_TRANSACTION not in text.split("\n", 3)[0:3]
     label = f"undo {phase.name}"
-
-    def run_statements(is_local: bool) -> None:
-        number = 0
-        try:
-            for name, value in settings.items():
-                conn.execute("SELECT set_config(%s, %s, %s)", (name, value, is_local))
-            for number, statement in enumerate(statements, start=1):  # noqa: B007
-                if _is_timeout_set(statement):
-                    pass
-                elif is_local:  # inside the transaction: a lock timeout retries the whole undo
-                    conn.execute(statement)
-                else:
-                    _with_lock_retries(
-                        lambda s=statement: _execute(conn, s), phase.name, timeouts, progress
-                    )
-                progress.statement_finished(label)
-        except _LOCK_CONFLICTS:
-            raise
-        except psycopg.Error as err:
-            raise _phase_error(phase, number, err) from err
 
     def forget() -> None:
         conn.execute(sql["forget_applied"], {"name": phase.name})
         conn.execute(sql["clear_steps"], {"phase": phase.name})
 
-    def attempt() -> int:
-        progress.phase_started(label, len(statements))
-        with conn.transaction():
-            run_statements(is_local=True)
-            forget()
-        return len(statements)
-
-    if transactional:
-        _with_lock_retries(attempt, phase.name, timeouts, progress)
+    if NO_TRANSACTION not in text.split("\n", 3)[0:3]:
+        _run_in_one_transaction(conn, phase, label, statements, timeouts, progress, forget)
         return
     # Statement by statement (e.g. DROP INDEX CONCURRENTLY); every statement is idempotent
     # (IF EXISTS), so a crash here is mended by running the rollback again.
     progress.phase_started(label, len(statements))
+    _set_timeouts(conn, _timeout_settings(statements, timeouts), is_local=False)
     try:
-        run_statements(is_local=False)
+        for number, statement in enumerate(statements, start=1):
+            if not _is_timeout_set(statement):
+                try:
+                    _with_lock_retries(
+                        lambda s=statement: _execute(conn, s), phase.name, timeouts, progress
+                    )
+                except psycopg.Error as err:
+                    raise _phase_error(phase, number, err) from err
+            progress.statement_finished(label)
         with conn.transaction():
             forget()
     finally:
-        conn.execute("RESET lock_timeout")
-        conn.execute("RESET statement_timeout")
+        _reset_timeouts(conn)
 
 
 # ---------------------------------------------------------------------------- status
