@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from opskit.db import connect
-from opskit.errors import BadInput, DatabaseError, EnvironmentProblem
+from opskit.errors import BadInput, DatabaseError, EnvironmentProblem, first_line
 
 # Relation -> its per-batch backfill function (phase1_backfill_data), the identifier whitelist.
 BACKFILL_FUNCTIONS: dict[str, str] = {
@@ -99,7 +99,7 @@ def _backfill_one(
         except psycopg.Error as err:
             raise DatabaseError(
                 f"backfill of {table} failed at user ids {lo}..{lo + batch_size - 1}: "
-                f"{str(err).strip().splitlines()[0]}",
+                f"{first_line(err)}",
                 hint="earlier batches are committed and correct; run the backfill again",
             ) from err
         if on_batch:

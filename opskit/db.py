@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import psycopg
 import redis
 
-from opskit.errors import ConnectFailed
+from opskit.errors import ConnectFailed, first_line
 from opskit.settings import mask_url
 
 CONNECT_TIMEOUT_S = 5
@@ -33,10 +33,9 @@ def connect(url: str, *, autocommit: bool = False, **kwargs) -> psycopg.Connecti
             url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S, **kwargs
         )
     except psycopg.OperationalError as err:
-        lines = str(err).strip().splitlines() or [repr(err)]
-        first_line = lines[0].removeprefix("connection failed: ")
+        reason = first_line(err).removeprefix("connection failed: ")
         raise ConnectFailed(
-            f"cannot connect to {mask_url(url)}: {first_line}", hint=_connect_hint(str(err))
+            f"cannot connect to {mask_url(url)}: {reason}", hint=_connect_hint(str(err))
         ) from err
     except psycopg.ProgrammingError as err:  # malformed conninfo
         raise ConnectFailed(

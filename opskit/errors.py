@@ -9,6 +9,12 @@ from __future__ import annotations
 from enum import IntEnum
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (driver errors run to several lines)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
+
+
 class ExitCode(IntEnum):
     OK = 0
     PROBLEM_FOUND = 1  # the command ran and found a problem it reports (drift, refusal, ...)

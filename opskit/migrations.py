@@ -27,7 +27,7 @@ import sqlparse
 
 from opskit import __version__
 from opskit.db import connect
-from opskit.errors import BadInput, DatabaseError, EnvironmentProblem, ProblemFound
+from opskit.errors import BadInput, DatabaseError, EnvironmentProblem, ProblemFound, first_line
 from opskit.schema import require_base_schema
 from opskit.sql import queries
 
@@ -451,9 +451,8 @@ def _with_lock_retries(
 
 
 def _phase_error(phase: PhaseFile, number: int, err: psycopg.Error) -> DatabaseError:
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
     return DatabaseError(
-        f"{phase.path.name} statement {number} failed: {first_line}",
+        f"{phase.path.name} statement {number} failed: {first_line(err)}",
         hint="the phase was not recorded as applied; fix the cause and run migrate again",
     )
 

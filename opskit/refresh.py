@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from opskit.db import connect
-from opskit.errors import BadInput, EnvironmentProblem
+from opskit.errors import BadInput, EnvironmentProblem, first_line
 from opskit.settings import Settings
 from opskit.sql import queries
 
@@ -134,7 +134,7 @@ def _refresh_claimed(conn: psycopg.Connection, view: str) -> RefreshRun:
             sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.Identifier(view))
         )
     except (psycopg.Error, TimeoutError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        message = first_line(err)
         conn.execute(refresh_sql["release_claims"], {"ids": claimed})
         duration = None
         if log_id is not None:

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from opskit.db import connect
-from opskit.errors import BadInput, DatabaseError, DatabaseNotEmpty, ProblemFound
+from opskit.errors import BadInput, DatabaseError, DatabaseNotEmpty, ProblemFound, first_line
 from opskit.schema import (
     APP_TABLES,
     app_table_triggers,
@@ -240,14 +240,14 @@ def seed_database(
         _seed_in_one_transaction(url, scale, seed, force, progress, result)
     except psycopg.Error as err:
         raise DatabaseError(
-            f"seeding failed: {str(err).strip().splitlines()[0]}",
+            f"seeding failed: {first_line(err)}",
             hint="nothing was written (the seed runs in one transaction)",
         ) from err
     try:
         _settle(url, progress, result)
     except psycopg.Error as err:
         raise DatabaseError(
-            f"the data is seeded, but VACUUM (ANALYZE) failed: {err}",
+            f"the data is seeded, but VACUUM (ANALYZE) failed: {first_line(err)}",
             hint="run VACUUM (ANALYZE) on the app tables before measuring anything",
         ) from err
     result.total_seconds = time.perf_counter() - started
