@@ -173,20 +173,6 @@ def env(as_json: JsonOption = False) -> None:
 ScaleName = Enum("ScaleName", {name: name for name in seed.SCALES}, type=str)
 
 
-class _RichSeedProgress:
-    """One progress bar per table (and per finishing step)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._tasks: dict[str, int] = {}
-
-    def step_started(self, step: str, expected: int) -> None:
-        self._tasks[step] = self._progress.add_task(step, total=max(expected, 1))
-
-    def step_advanced(self, step: str, amount: int) -> None:
-        self._progress.advance(self._tasks[step], amount)
-
-
 @app.command("seed")
 def seed_command(
     scale: Annotated[
@@ -209,15 +195,9 @@ def seed_command(
     """
     settings = _settings()
     url = services.resolve_database_url(settings)
-    columns = (
-        TextColumn("{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=stderr, transient=as_json) as progress:
+    with _progress_bars(transient=as_json) as progress:
         result = seed.seed_database(
-            url, scale.value, seed_value, force=force, progress=_RichSeedProgress(progress)
+            url, scale.value, seed_value, force=force, progress=_ProgressBars(progress)
         )
     if as_json:
         _print_json(
@@ -271,33 +251,45 @@ LockRetriesOption = Annotated[
 ]
 
 
-class _RichMigrateProgress:
-    """A bar per phase, a bar per concurrent index build, timestamped notices."""
+class _ProgressBars:
+    """Rich bars keyed by name, speaking the core modules' progress protocols.
+
+    Seeding (step_started / step_advanced), migrations (phase_started / statement_finished /
+    index_build / notice) and the backfill (set) all draw through it.
+    """
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
         self._tasks: dict[str, int] = {}
 
-    def phase_started(self, phase: str, statements: int) -> None:
-        if phase in self._tasks:  # a retry starts the phase again
-            self._progress.reset(self._tasks[phase], total=max(statements, 1))
+    def start(self, name: str, total: int) -> None:
+        if name in self._tasks:  # a retried phase starts again
+            self._progress.reset(self._tasks[name], total=max(total, 1))
         else:
-            self._tasks[phase] = self._progress.add_task(phase, total=max(statements, 1))
+            self._tasks[name] = self._progress.add_task(name, total=max(total, 1))
+
+    def advance(self, name: str, amount: int = 1) -> None:
+        self._progress.advance(self._tasks[name], amount)
+
+    def set(self, name: str, done: int, total: int) -> None:
+        if name not in self._tasks:
+            self.start(name, total)
+        self._progress.update(self._tasks[name], completed=done, total=total)
+
+    step_started = phase_started = start
+    step_advanced = advance
 
     def statement_finished(self, phase: str) -> None:
-        self._progress.advance(self._tasks[phase])
+        self.advance(phase)
 
     def index_build(self, index: str, blocks_done: int, blocks_total: int) -> None:
-        key = f"index {index}"
-        if key not in self._tasks:
-            self._tasks[key] = self._progress.add_task(key, total=blocks_total)
-        self._progress.update(self._tasks[key], completed=blocks_done, total=blocks_total)
+        self.set(f"index {index}", blocks_done, blocks_total)
 
     def notice(self, message: str) -> None:
         self._progress.console.log(message)
 
 
-def _migrate_progress_bars(transient: bool) -> Progress:
+def _progress_bars(transient: bool) -> Progress:
     return Progress(
         TextColumn("{task.description:<32}"),
         BarColumn(),
@@ -338,7 +330,7 @@ def migrate(
     """
     url = services.resolve_database_url(_settings())
     timeouts = migrations.Timeouts(lock_timeout, statement_timeout, lock_retries)
-    with _migrate_progress_bars(transient=as_json or dry_run) as progress:
+    with _progress_bars(transient=as_json or dry_run) as progress:
         result = migrations.migrate(
             url,
             to=to.value if to else None,
@@ -346,7 +338,7 @@ def migrate(
             allow_changed=allow_changed,
             wait=not no_wait,
             timeouts=timeouts,
-            progress=_RichMigrateProgress(progress),
+            progress=_ProgressBars(progress),
         )
     if as_json:
         _print_json(
@@ -393,9 +385,9 @@ def rollback(
     """
     url = services.resolve_database_url(_settings())
     timeouts = migrations.Timeouts(lock_timeout, statement_timeout, lock_retries)
-    with _migrate_progress_bars(transient=True) as progress:
+    with _progress_bars(transient=True) as progress:
         undone = migrations.rollback(
-            url, to=to.value, timeouts=timeouts, progress=_RichMigrateProgress(progress)
+            url, to=to.value, timeouts=timeouts, progress=_ProgressBars(progress)
         )
     if as_json:
         _print_json({"rolled_back": undone, "to": to.value})
@@ -464,13 +456,11 @@ def backfill_command(
     counted twice. Batches are idempotent: run it again to resume after an interruption.
     """
     url = services.resolve_database_url(_settings())
-    with _migrate_progress_bars(transient=as_json) as progress:
-        tasks: dict[str, int] = {}
+    with _progress_bars(transient=as_json) as progress:
+        bars = _ProgressBars(progress)
 
         def on_batch(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(f"backfill {name}", total=total)
-            progress.update(tasks[name], completed=done)
+            bars.set(f"backfill {name}", done, total)
 
         results = backfill.backfill(
             url,
