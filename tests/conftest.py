@@ -20,7 +20,7 @@ import pytest
 import redis
 from psycopg import sql
 
-from opskit import schema, seed, services
+from opskit import migrations, schema, seed, services
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _names = itertools.count()
@@ -102,6 +102,18 @@ def tiny_template(test_servers: TestServers) -> Iterator[str]:
     _drop_database(test_servers, name)
 
 
+@pytest.fixture(scope="session")
+def migrated_template(test_servers: TestServers, tiny_template: str) -> Iterator[str]:
+    """Name of a template database: `tiny` data (seed 1) with every phase applied.
+
+    Phase 2 and 3 create their views populated, so the views match the data without a refresh.
+    """
+    name = _unique_name("tpl_migrated")
+    migrations.migrate(_create_database(test_servers, name, tiny_template))
+    yield name
+    _drop_database(test_servers, name)
+
+
 @pytest.fixture
 def fresh_database(test_servers: TestServers):
     """Factory: a new database (optionally cloned from a template), dropped after the test."""
@@ -133,6 +145,12 @@ def base_db_url(fresh_database, base_template: str) -> str:
 def tiny_db_url(fresh_database, tiny_template: str) -> str:
     """URL of a new database with `tiny` data (seed 1)."""
     return fresh_database(tiny_template)
+
+
+@pytest.fixture
+def migrated_db_url(fresh_database, migrated_template: str) -> str:
+    """URL of a new database with `tiny` data (seed 1) and every phase applied."""
+    return fresh_database(migrated_template)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from opskit import migrations, refresh
+from opskit import refresh
 from opskit.cli import app
 from opskit.settings import Settings
 
@@ -20,9 +20,8 @@ def _run(url, *args, **env):
 
 
 @pytest.fixture
-def migrated(tiny_db_url):
-    migrations.migrate(tiny_db_url)
-    return tiny_db_url
+def migrated(migrated_db_url):
+    return migrated_db_url
 
 
 def _upvotes(conn, project_id):
