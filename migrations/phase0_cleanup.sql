@@ -30,19 +30,29 @@ DROP INDEX IF EXISTS projects_tags_gin_idx;
 DROP INDEX IF EXISTS users_username_trgm_idx;
 DROP INDEX IF EXISTS users_display_name_trgm_idx;
 DROP INDEX IF EXISTS chains_name_trgm_idx;
+DROP INDEX IF EXISTS mv_search_index_popularity_idx;
 
 -- ------------------------------------------------------------------ phases 3 and 2 (views, queue)
 -- Triggers first so no write can reach a dropped queue; CASCADE on the function also removes
 -- enqueue triggers of older names. pg_trgm is kept on purpose: other objects may use it.
 DROP TRIGGER IF EXISTS trg_opskit_mvq_projects ON projects;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_projects_truncate ON projects;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_users ON users;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_users_truncate ON users;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_chains ON chains;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chains_truncate ON chains;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_votes ON votes;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_votes_truncate ON votes;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_comments ON comments;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_comments_truncate ON comments;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_follows ON follows;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_follows_truncate ON follows;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_members ON chain_members;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_members_truncate ON chain_members;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_posts ON chain_posts;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_posts_truncate ON chain_posts;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_post_replies ON chain_post_replies;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_post_replies_truncate ON chain_post_replies;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_intro_requests ON intro_requests;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_investor_profiles ON investor_profiles;
 DROP FUNCTION IF EXISTS opskit_mv_enqueue_refresh() CASCADE;
@@ -61,7 +71,8 @@ DROP TABLE IF EXISTS mv_refresh_log;
 DROP TABLE IF EXISTS mv_refresh_queue;
 
 -- ------------------------------------------------------------------ phase1 (denormalized tables)
--- Same objects as phase1_denormalized_tables.down.sql + phase1_backfill_data.down.sql.
+-- Same objects as phase1_denormalized_tables.down.sql + phase1_backfill_data.down.sql, plus the
+-- projects triggers of the first phase1 design (per-owner deltas), which later ones dropped.
 
 DROP TRIGGER IF EXISTS trg_opskit_users_del ON users;
 DROP TRIGGER IF EXISTS trg_opskit_users_upd ON users;
@@ -96,15 +107,18 @@ DROP FUNCTION IF EXISTS opskit_fold_user_dashboard_deltas(integer);
 DROP FUNCTION IF EXISTS opskit_fold_intro_request_deltas(integer);
 -- phase1_backfill_data's functions
 DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_user_columns(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_projects(bigint[]);
 DROP FUNCTION IF EXISTS opskit_backfill_intro_request_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_message_conversations(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_truth_user_dashboard_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_truth_intro_request_stats(bigint, bigint);
 
 
--- The three relations readers query may have been tables or views in an earlier attempt:
--- drop whatever kind each name has.
+-- The relations readers query (and project_stats) may have been tables or views in an earlier
+-- attempt: drop whatever kind each name has.
 DO $cleanup$
 DECLARE
     r record;
@@ -115,7 +129,8 @@ BEGIN
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = current_schema()
           AND c.relname IN ('user_dashboard_stats', 'intro_request_stats',
-                            'message_conversations_denorm')
+                            'message_conversations_denorm', 'project_stats')
+        ORDER BY c.relname = 'project_stats'  -- user_dashboard_stats reads it: drop it last
     LOOP
         EXECUTE format(
             CASE r.relkind
@@ -129,5 +144,7 @@ END
 $cleanup$;
 DROP TABLE IF EXISTS user_dashboard_stats_delta;
 DROP TABLE IF EXISTS user_dashboard_stats_base;
+DROP TABLE IF EXISTS project_stats_delta;
+DROP TABLE IF EXISTS project_stats_base;
 DROP TABLE IF EXISTS intro_request_stats_delta;
 DROP TABLE IF EXISTS intro_request_stats_base;

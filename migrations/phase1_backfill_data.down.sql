@@ -6,7 +6,10 @@ SET statement_timeout = '15min';
 -- their rows are not touched.
 
 DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_user_columns(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_projects(bigint[]);
 DROP FUNCTION IF EXISTS opskit_backfill_intro_request_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_message_conversations(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_truth_user_dashboard_stats(bigint, bigint);

@@ -8,22 +8,32 @@ SET statement_timeout = '1h';
 --
 -- Per batch functions (the runner may call them one batch per transaction; lo inclusive, hi
 -- exclusive; each returns the number of rows written):
---   opskit_backfill_user_dashboard_stats(lo, hi)
---   opskit_backfill_intro_request_stats(lo, hi)
---   opskit_backfill_message_conversations(lo, hi)
--- and opskit_backfill_all_denormalized(batch_size) runs all three over every user id.
+--   opskit_backfill_project_stats(lo, hi)            project ids  (project_stats, hence
+--                                                                  user_dashboard_stats' counts
+--                                                                  of projects and received)
+--   opskit_backfill_user_columns(lo, hi)             user ids     (its per-user columns)
+--   opskit_backfill_user_dashboard_stats(lo, hi)     user ids     (both, for the users' own
+--                                                                  projects: a targeted repair)
+--   opskit_backfill_intro_request_stats(lo, hi)      user ids
+--   opskit_backfill_message_conversations(lo, hi)    user ids
+-- and opskit_backfill_all_denormalized(batch_size) runs them all over every id.
 --
 -- Why a write racing the backfill is neither lost nor counted twice
 --
--- Delta relations (user_dashboard_stats, intro_request_stats; relation = base + pending deltas).
+-- Delta relations (user_dashboard_stats with project_stats, intro_request_stats; relation =
+-- base + pending deltas).
 --   1. Take the relation's advisory lock exclusively: it waits for running folds to commit and
 --      makes new folds return 0 until we commit. From now on nobody but us changes base rows,
 --      and pending delta rows are only ever added (writers) - the fold is the only other
---      remover, the users trigger removes those of deleted users, see 2.
+--      remover, the users trigger removes (or, in project_stats_delta, detaches the voter of)
+--      those of deleted users, see 2.
 --   2. Lock the batch's users FOR KEY SHARE (id order): none of them can be deleted (and their
---      base/delta rows removed) until we commit; a delete in progress is waited for.
+--      base/delta rows removed) until we commit; a delete in progress is waited for. Project
+--      batches need no row lock: nothing but the fold removes project deltas, and a project
+--      deleted after our snapshot only leaves a base row project_stats ignores.
 --   3. In ONE statement, hence one snapshot S, compute truth(S) and the sum of the delta rows
---      visible in S, and write base := truth(S) - deltas(S).
+--      visible in S, and write base := truth(S) - deltas(S). A user's votes_cast deltas are
+--      the user_dashboard_stats_delta rows plus the project_stats_delta rows with that voter.
 --   A transaction is either committed in S - then its app rows are in truth(S) and its delta
 --   rows in deltas(S) - or not - then neither is, and its delta rows are added by the view once
 --   it commits. So after we commit, base + all pending deltas = truth(S) + the deltas of the
@@ -45,38 +55,17 @@ SET statement_timeout = '1h';
 -- ------------------------------------------------------------------ truth per batch
 -- STABLE: evaluated with the snapshot of the statement that calls it.
 
+-- The per-user columns (projects_count and the *_received columns come from project_stats).
 CREATE OR REPLACE FUNCTION opskit_truth_user_dashboard_stats(lo bigint, hi bigint)
 RETURNS TABLE (
-    user_id bigint, projects_count bigint, upvotes_received bigint, downvotes_received bigint,
-    comments_received bigint, votes_cast bigint, followers_count bigint, following_count bigint,
+    user_id bigint, votes_cast bigint, followers_count bigint, following_count bigint,
     unread_messages bigint, pending_intros_received bigint)
 LANGUAGE sql
 STABLE
 AS $fn$
-    SELECT u.id,
-           coalesce(p.n, 0), coalesce(pv.up, 0), coalesce(pv.down, 0), coalesce(pc.n, 0),
-           coalesce(vc.n, 0), coalesce(fr.n, 0), coalesce(fg.n, 0), coalesce(um.n, 0),
+    SELECT u.id, coalesce(vc.n, 0), coalesce(fr.n, 0), coalesce(fg.n, 0), coalesce(um.n, 0),
            coalesce(pi.n, 0)
     FROM users u
-    LEFT JOIN (
-        SELECT owner_id, count(*) AS n FROM projects
-        WHERE owner_id >= lo AND owner_id < hi AND deleted_at IS NULL
-        GROUP BY owner_id
-    ) p ON p.owner_id = u.id
-    LEFT JOIN (
-        SELECT pr.owner_id,
-               count(*) FILTER (WHERE v.vote_type = 'up') AS up,
-               count(*) FILTER (WHERE v.vote_type = 'down') AS down
-        FROM projects pr JOIN votes v ON v.project_id = pr.id
-        WHERE pr.owner_id >= lo AND pr.owner_id < hi AND pr.deleted_at IS NULL
-        GROUP BY pr.owner_id
-    ) pv ON pv.owner_id = u.id
-    LEFT JOIN (
-        SELECT pr.owner_id, count(*) AS n
-        FROM projects pr JOIN comments c ON c.project_id = pr.id
-        WHERE pr.owner_id >= lo AND pr.owner_id < hi AND pr.deleted_at IS NULL
-        GROUP BY pr.owner_id
-    ) pc ON pc.owner_id = u.id
     LEFT JOIN (
         SELECT v.user_id, count(*) AS n FROM votes v
         WHERE v.user_id >= lo AND v.user_id < hi GROUP BY v.user_id
@@ -139,7 +128,58 @@ $fn$;
 
 -- ------------------------------------------------------------------ per batch backfill
 
-CREATE OR REPLACE FUNCTION opskit_backfill_user_dashboard_stats(lo bigint, hi bigint)
+-- The projects `ids`: upvotes, downvotes and comments of each (soft-deleted ones too). The
+-- caller holds the advisory lock. Projects created after the phase1 triggers need no base row
+-- (every vote and comment they ever had is a delta), so an id list read a moment earlier than
+-- this statement's snapshot misses nothing that matters.
+CREATE OR REPLACE FUNCTION opskit_backfill_projects(ids bigint[])
+RETURNS bigint
+LANGUAGE sql
+AS $fn$
+    WITH truth AS (
+        SELECT p.id AS project_id,
+               coalesce(v.up, 0) AS upvotes, coalesce(v.down, 0) AS downvotes,
+               coalesce(c.n, 0) AS comments
+        FROM projects p
+        LEFT JOIN (
+            SELECT project_id,
+                   count(*) FILTER (WHERE vote_type = 'up') AS up,
+                   count(*) FILTER (WHERE vote_type = 'down') AS down
+            FROM votes WHERE project_id = ANY (ids)
+            GROUP BY project_id
+        ) v ON v.project_id = p.id
+        LEFT JOIN (
+            SELECT project_id, count(*) AS n
+            FROM comments WHERE project_id = ANY (ids)
+            GROUP BY project_id
+        ) c ON c.project_id = p.id
+        WHERE p.id = ANY (ids)
+    ), pending AS (
+        SELECT d.project_id, sum(d.upvotes) AS upvotes, sum(d.downvotes) AS downvotes,
+               sum(d.comments) AS comments
+        FROM project_stats_delta d
+        WHERE d.project_id = ANY (ids)
+        GROUP BY d.project_id
+    ), upserted AS (
+        INSERT INTO project_stats_base AS b (project_id, upvotes, downvotes, comments)
+        SELECT t.project_id,
+               t.upvotes - coalesce(p.upvotes, 0),
+               t.downvotes - coalesce(p.downvotes, 0),
+               t.comments - coalesce(p.comments, 0)
+        FROM truth t
+        LEFT JOIN pending p ON p.project_id = t.project_id
+        ORDER BY t.project_id
+        ON CONFLICT (project_id) DO UPDATE SET
+            upvotes = EXCLUDED.upvotes,
+            downvotes = EXCLUDED.downvotes,
+            comments = EXCLUDED.comments
+        RETURNING 1
+    )
+    SELECT count(*) FROM upserted
+$fn$;
+
+-- Projects lo <= id < hi (the full backfill's batches of project_stats).
+CREATE OR REPLACE FUNCTION opskit_backfill_project_stats(lo bigint, hi bigint)
 RETURNS bigint
 LANGUAGE plpgsql
 AS $fn$
@@ -147,35 +187,57 @@ DECLARE
     written bigint;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'opskit_backfill_user_dashboard_stats must run in READ COMMITTED';
+        RAISE EXCEPTION 'opskit_backfill_project_stats must run in READ COMMITTED';
+    END IF;
+    PERFORM pg_advisory_xact_lock(1869640555, 11);
+    written := opskit_backfill_projects(
+        ARRAY(SELECT id FROM projects WHERE id >= lo AND id < hi ORDER BY id));
+    -- Base rows of hard-deleted projects (project_stats ignores them).
+    DELETE FROM project_stats_base b
+    WHERE b.project_id >= lo AND b.project_id < hi
+      AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = b.project_id);
+    RETURN written;
+END
+$fn$;
+
+-- Users lo <= id < hi: the per-user columns of user_dashboard_stats (the full backfill's user
+-- batches, after the project batches).
+CREATE OR REPLACE FUNCTION opskit_backfill_user_columns(lo bigint, hi bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    written bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'opskit_backfill_user_columns must run in READ COMMITTED';
     END IF;
     PERFORM pg_advisory_xact_lock(1869640555, 11);
     PERFORM 1 FROM users WHERE id >= lo AND id < hi ORDER BY id FOR KEY SHARE;
 
     WITH pending AS (
-        SELECT d.user_id,
-               sum(d.projects_count) AS projects_count,
-               sum(d.upvotes_received) AS upvotes_received,
-               sum(d.downvotes_received) AS downvotes_received,
-               sum(d.comments_received) AS comments_received,
-               sum(d.votes_cast) AS votes_cast,
-               sum(d.followers_count) AS followers_count,
-               sum(d.following_count) AS following_count,
-               sum(d.unread_messages) AS unread_messages,
-               sum(d.pending_intros_received) AS pending_intros_received
-        FROM user_dashboard_stats_delta d
-        WHERE d.user_id >= lo AND d.user_id < hi
-        GROUP BY d.user_id
+        SELECT m.user_id,
+               sum(m.votes_cast) AS votes_cast,
+               sum(m.followers_count) AS followers_count,
+               sum(m.following_count) AS following_count,
+               sum(m.unread_messages) AS unread_messages,
+               sum(m.pending_intros_received) AS pending_intros_received
+        FROM (
+            SELECT d.user_id, d.votes_cast, d.followers_count, d.following_count,
+                   d.unread_messages, d.pending_intros_received
+            FROM user_dashboard_stats_delta d
+            WHERE d.user_id >= lo AND d.user_id < hi
+            UNION ALL
+            SELECT pd.voter_id, pd.upvotes + pd.downvotes, 0, 0, 0, 0
+            FROM project_stats_delta pd
+            WHERE pd.voter_id >= lo AND pd.voter_id < hi
+        ) AS m
+        GROUP BY m.user_id
     ), upserted AS (
         INSERT INTO user_dashboard_stats_base AS b (
-            user_id, projects_count, upvotes_received, downvotes_received, comments_received,
-            votes_cast, followers_count, following_count, unread_messages,
+            user_id, votes_cast, followers_count, following_count, unread_messages,
             pending_intros_received)
         SELECT t.user_id,
-               t.projects_count - coalesce(p.projects_count, 0),
-               t.upvotes_received - coalesce(p.upvotes_received, 0),
-               t.downvotes_received - coalesce(p.downvotes_received, 0),
-               t.comments_received - coalesce(p.comments_received, 0),
                t.votes_cast - coalesce(p.votes_cast, 0),
                t.followers_count - coalesce(p.followers_count, 0),
                t.following_count - coalesce(p.following_count, 0),
@@ -185,10 +247,6 @@ BEGIN
         LEFT JOIN pending p ON p.user_id = t.user_id
         ORDER BY t.user_id
         ON CONFLICT (user_id) DO UPDATE SET
-            projects_count = EXCLUDED.projects_count,
-            upvotes_received = EXCLUDED.upvotes_received,
-            downvotes_received = EXCLUDED.downvotes_received,
-            comments_received = EXCLUDED.comments_received,
             votes_cast = EXCLUDED.votes_cast,
             followers_count = EXCLUDED.followers_count,
             following_count = EXCLUDED.following_count,
@@ -203,6 +261,24 @@ BEGIN
     WHERE b.user_id >= lo AND b.user_id < hi
       AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = b.user_id);
     RETURN written;
+END
+$fn$;
+
+-- Users lo <= id < hi: makes their user_dashboard_stats rows equal the truth, i.e. the per-user
+-- columns and the projects they own (a targeted repair, e.g. by `opskit reconcile --fix`).
+-- Returns the user rows written.
+CREATE OR REPLACE FUNCTION opskit_backfill_user_dashboard_stats(lo bigint, hi bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $fn$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'opskit_backfill_user_dashboard_stats must run in READ COMMITTED';
+    END IF;
+    PERFORM pg_advisory_xact_lock(1869640555, 11);
+    PERFORM opskit_backfill_projects(
+        ARRAY(SELECT id FROM projects WHERE owner_id >= lo AND owner_id < hi ORDER BY id));
+    RETURN opskit_backfill_user_columns(lo, hi);
 END
 $fn$;
 
@@ -330,18 +406,27 @@ BEGIN
                left(pm.body, 100) AS preview
         FROM pair_messages pm
         ORDER BY pm.user_id, pm.other_user_id, pm.created_at DESC, pm.id DESC
+    ), recomputed AS MATERIALIZED (
+        -- Joined apart from the table: joined with it, the planner estimates one row for the
+        -- keys x table join and loops over counts and newest once per key (67 s per batch on
+        -- medium once the table is filled, instead of under a second).
+        SELECT k.user_id, k.other_user_id,
+               coalesce(c.message_count, 0) AS message_count,
+               coalesce(c.unread_count, 0) AS unread_count,
+               n.id, n.created_at, n.sender_id, n.preview
+        FROM unnest(key_users, key_others) AS k(user_id, other_user_id)
+        LEFT JOIN counts c ON c.user_id = k.user_id AND c.other_user_id = k.other_user_id
+        LEFT JOIN newest n ON n.user_id = k.user_id AND n.other_user_id = k.other_user_id
     )
     UPDATE message_conversations_denorm AS cv
-    SET message_count = coalesce(c.message_count, 0),
-        unread_count = coalesce(c.unread_count, 0),
-        last_message_id = n.id,
-        last_message_at = n.created_at,
-        last_message_sender_id = n.sender_id,
-        last_message_preview = n.preview
-    FROM unnest(key_users, key_others) AS k(user_id, other_user_id)
-    LEFT JOIN counts c ON c.user_id = k.user_id AND c.other_user_id = k.other_user_id
-    LEFT JOIN newest n ON n.user_id = k.user_id AND n.other_user_id = k.other_user_id
-    WHERE cv.user_id = k.user_id AND cv.other_user_id = k.other_user_id;
+    SET message_count = r.message_count,
+        unread_count = r.unread_count,
+        last_message_id = r.id,
+        last_message_at = r.created_at,
+        last_message_sender_id = r.sender_id,
+        last_message_preview = r.preview
+    FROM recomputed r
+    WHERE cv.user_id = r.user_id AND cv.other_user_id = r.other_user_id;
     GET DIAGNOSTICS written = ROW_COUNT;
 
     DELETE FROM message_conversations_denorm AS cv
@@ -354,14 +439,17 @@ $fn$;
 
 -- ------------------------------------------------------------------ all batches
 
--- Every batch of user ids from the smallest to the largest id, relation by relation (all
--- dashboard batches first: when everything runs in one transaction, the users' KEY SHARE locks
--- are then taken before any conversation row lock). Returns one row per relation.
+-- Every batch of ids from the smallest to the largest, relation by relation (all dashboard
+-- batches first: when everything runs in one transaction, the users' KEY SHARE locks are then
+-- taken before any conversation row lock). user_dashboard_stats runs batches of project ids
+-- (opskit_backfill_project_stats: every project, whoever owns it meanwhile), then of user ids
+-- (opskit_backfill_user_columns). Returns one row per relation.
 CREATE OR REPLACE FUNCTION opskit_backfill_all_denormalized(batch_size bigint DEFAULT 5000)
 RETURNS TABLE (relation text, batches bigint, rows_written bigint)
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
+    step text;
     first_id bigint;
     last_id bigint;
     lo bigint;
@@ -370,23 +458,33 @@ BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be a positive number, not %', batch_size;
     END IF;
-    SELECT min(id), max(id) INTO first_id, last_id FROM users;
     FOREACH relation IN ARRAY ARRAY['user_dashboard_stats', 'intro_request_stats',
                                     'message_conversations_denorm'] LOOP
         batches := 0;
         rows_written := 0;
-        lo := first_id;
-        WHILE lo IS NOT NULL AND lo <= last_id LOOP
-            IF relation = 'user_dashboard_stats' THEN
-                n := opskit_backfill_user_dashboard_stats(lo, lo + batch_size);
-            ELSIF relation = 'intro_request_stats' THEN
-                n := opskit_backfill_intro_request_stats(lo, lo + batch_size);
+        FOREACH step IN ARRAY CASE relation
+                WHEN 'user_dashboard_stats' THEN ARRAY['project_stats', 'user_columns']
+                ELSE ARRAY[relation] END LOOP
+            IF step = 'project_stats' THEN
+                SELECT min(id), max(id) INTO first_id, last_id FROM projects;
             ELSE
-                n := opskit_backfill_message_conversations(lo, lo + batch_size);
+                SELECT min(id), max(id) INTO first_id, last_id FROM users;
             END IF;
-            batches := batches + 1;
-            rows_written := rows_written + n;
-            lo := lo + batch_size;
+            lo := first_id;
+            WHILE lo IS NOT NULL AND lo <= last_id LOOP
+                IF step = 'project_stats' THEN
+                    n := opskit_backfill_project_stats(lo, lo + batch_size);
+                ELSIF step = 'user_columns' THEN
+                    n := opskit_backfill_user_columns(lo, lo + batch_size);
+                ELSIF step = 'intro_request_stats' THEN
+                    n := opskit_backfill_intro_request_stats(lo, lo + batch_size);
+                ELSE
+                    n := opskit_backfill_message_conversations(lo, lo + batch_size);
+                END IF;
+                batches := batches + 1;
+                rows_written := rows_written + n;
+                lo := lo + batch_size;
+            END LOOP;
         END LOOP;
         RETURN NEXT;
     END LOOP;

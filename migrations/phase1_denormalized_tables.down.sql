@@ -8,9 +8,6 @@ SET statement_timeout = '15min';
 
 DROP TRIGGER IF EXISTS trg_opskit_users_del ON users;
 DROP TRIGGER IF EXISTS trg_opskit_users_upd ON users;
-DROP TRIGGER IF EXISTS trg_opskit_projects_ins ON projects;
-DROP TRIGGER IF EXISTS trg_opskit_projects_upd ON projects;
-DROP TRIGGER IF EXISTS trg_opskit_projects_before_del ON projects;
 DROP TRIGGER IF EXISTS trg_opskit_votes_ins ON votes;
 DROP TRIGGER IF EXISTS trg_opskit_votes_upd ON votes;
 DROP TRIGGER IF EXISTS trg_opskit_votes_del ON votes;
@@ -28,8 +25,6 @@ DROP TRIGGER IF EXISTS trg_opskit_intro_requests_upd ON intro_requests;
 DROP TRIGGER IF EXISTS trg_opskit_intro_requests_del ON intro_requests;
 
 DROP FUNCTION IF EXISTS opskit_trg_users_gone();
-DROP FUNCTION IF EXISTS opskit_trg_projects();
-DROP FUNCTION IF EXISTS opskit_trg_projects_before_delete();
 DROP FUNCTION IF EXISTS opskit_trg_votes();
 DROP FUNCTION IF EXISTS opskit_trg_comments();
 DROP FUNCTION IF EXISTS opskit_trg_follows();
@@ -39,16 +34,22 @@ DROP FUNCTION IF EXISTS opskit_fold_user_dashboard_deltas(integer);
 DROP FUNCTION IF EXISTS opskit_fold_intro_request_deltas(integer);
 -- phase1_backfill_data's functions
 DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_user_columns(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_projects(bigint[]);
 DROP FUNCTION IF EXISTS opskit_backfill_intro_request_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_message_conversations(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_truth_user_dashboard_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_truth_intro_request_stats(bigint, bigint);
 
 DROP VIEW IF EXISTS user_dashboard_stats;
+DROP VIEW IF EXISTS project_stats;
 DROP VIEW IF EXISTS intro_request_stats;
 DROP TABLE IF EXISTS message_conversations_denorm;
 DROP TABLE IF EXISTS user_dashboard_stats_delta;
 DROP TABLE IF EXISTS user_dashboard_stats_base;
+DROP TABLE IF EXISTS project_stats_delta;
+DROP TABLE IF EXISTS project_stats_base;
 DROP TABLE IF EXISTS intro_request_stats_delta;
 DROP TABLE IF EXISTS intro_request_stats_base;

@@ -6,32 +6,51 @@ SET statement_timeout = '15min';
 -- path of the app, from many READ COMMITTED connections at once.
 --
 -- Relations readers query
---   user_dashboard_stats          VIEW  = users LEFT JOIN base LEFT JOIN sum(pending deltas)
+--   user_dashboard_stats          VIEW  = users LEFT JOIN base + pending deltas
+--                                         LEFT JOIN (own live projects JOIN project_stats)
 --   intro_request_stats           VIEW  = users LEFT JOIN base LEFT JOIN sum(pending deltas)
 --   message_conversations_denorm  TABLE maintained row by row by the messages trigger
+--   project_stats                 VIEW  = projects LEFT JOIN base + pending deltas (per-project
+--                                         upvotes, downvotes, comments; the dashboard reads it)
 --
--- 1. Append-only deltas (user_dashboard_stats, intro_request_stats)
---    Triggers never UPDATE a counter row: every statement appends one signed delta row per
---    affected user to *_delta. A popular builder therefore is no hot row: thousands of
---    concurrent votes on their project insert thousands of independent rows and nobody waits
---    for anybody. The view adds base + sum(deltas) per user; opskit_fold_*_deltas() moves
---    deltas into the base rows in the background (one statement: DELETE the claimed deltas
---    ... RETURNING, aggregated into an upsert of base), so readers see either the deltas or
---    their sum in base, never both and never neither. The views are driven by `users`, so
---    they have exactly one row per existing user (zeros for a user without base row or
---    deltas) and `WHERE user_id = $1` is three index lookups.
+-- 1. Append-only deltas
+--    Triggers never UPDATE a counter row: every write appends signed delta rows to *_delta. A
+--    popular builder therefore is no hot row: thousands of concurrent votes on their project
+--    insert thousands of independent rows and nobody waits for anybody. The views add base +
+--    sum(deltas); opskit_fold_*_deltas() moves deltas into the base rows in the background (one
+--    statement: DELETE the claimed deltas ... RETURNING, aggregated into upserts of base), so
+--    readers see either the deltas or their sum in base, never both and never neither.
 --    intro_request_stats uses the same design although intros are low volume: a direct upsert
 --    would lock the requester's and the target's rows until commit, and two transactions
 --    touching the same two users in different statement orders could deadlock. With deltas an
 --    intro write takes no lock at all, and fold/backfill are the same code as the dashboard's.
---    Neither table has a foreign key to users: an FK check on every delta would lock the user
---    row (KEY SHARE) and fail when the delta belongs to a user deleted in the same statement
+--    No delta table has a foreign key: an FK check on every delta would lock the user or project
+--    row (KEY SHARE) and fail when the delta belongs to a row deleted in the same statement
 --    (cascades). Instead a DEFERRED constraint trigger on users deletes the base and delta rows
---    of a deleted user at commit, after every cascade of the DELETE and the child tables'
---    statement triggers (which fire at the END of the DELETE, after its own) have run; see
---    opskit_trg_users_gone below.
+--    of a deleted user at commit (see opskit_trg_users_gone below), and rows of hard-deleted
+--    projects are ignored by project_stats (it is driven by `projects`) and dropped by the fold
+--    and the backfill.
 --
--- 2. message_conversations_denorm is a plain table (last_message_* are not additive; two
+-- 2. Votes and comments count per PROJECT; owner and live state are joined at read time
+--    A vote or comment only ever changes facts about its own row: its project gained or lost
+--    an up/down vote or a comment, its voter cast one vote more or less. The vote trigger writes
+--    exactly that, ONE row per vote into project_stats_delta (project_id, voter_id, upvotes,
+--    downvotes; votes_cast of the voter is upvotes + downvotes), the comment trigger one row
+--    (project_id, comments). Whose project it is and whether it is live are read from
+--    `projects` when user_dashboard_stats is queried, in the reader's snapshot:
+--      upvotes_received(u) = sum of project_stats.upvotes over u's projects with deleted_at null
+--    (likewise downvotes, comments; projects_count is the count of those projects). So:
+--      * a vote needs no owner lookup, no project lock, and no ordering with project writes:
+--        soft delete, restore, owner move and hard delete of a project write no delta at all
+--        (projects has no phase1 trigger), and no write path can deadlock on phase1's account;
+--      * the per-vote cost is one plpgsql row-trigger call and one heap row + two index entries:
+--        about 30 us of server CPU per vote on the hot key, where the first design (statement
+--        triggers with transition tables, owner lookup, FOR SHARE project lock, a projects
+--        trigger moving owners' counts) took about 90 us (README, "Write cost").
+--    A single user's row stays a few index lookups: users, base and delta by user_id, the
+--    user's projects by projects_owner_id_idx, each project's base row and pending deltas.
+--
+-- 3. message_conversations_denorm is a plain table (last_message_* are not additive; two
 --    transactions writing the same pair at the same moment are rare). The trigger first locks
 --    every affected (user_id, other_user_id) row in key order, creating a placeholder for a
 --    missing one (INSERT ... ORDER BY key ON CONFLICT DO UPDATE ... WHERE false locks without
@@ -49,60 +68,27 @@ SET statement_timeout = '15min';
 --    of our result by its own transaction once we commit. Rows are therefore correct from
 --    their creation on, even while the backfill runs.
 --
--- 3. The project race (votes/comments vs. soft delete, restore, owner move, hard delete)
---    A vote counts for the owner of its project only while the project is live. Which project
---    state does a vote trigger use, and which votes does a project trigger move?
---      * INSERT of votes/comments, and UPDATEs that move a row to another project: the trigger
---        locks the target projects FOR SHARE, in ascending id order, before it reads them.
---        FOR SHARE conflicts with the FOR NO KEY UPDATE lock of an UPDATE of projects (the
---        FK check only takes FOR KEY SHARE, which does not). Either the vote trigger gets the
---        lock first, and the project UPDATE waits until the vote commits, so the project
---        trigger (which runs after the UPDATE got its lock, with a new snapshot) counts the
---        vote; or the project UPDATE holds the lock, and the vote trigger waits, and under
---        READ COMMITTED SELECT ... FOR SHARE returns the newest committed version, so the
---        vote is attributed to the new state. Shared locks do not conflict with each other,
---        so concurrent voters on a hot project never wait for one another.
---      * DELETE and UPDATE in place (vote flip) take no project lock. Instead the project
---        triggers lock the project's votes and comments FOR SHARE (ordered) before counting
---        them: a vote deleted or flipped by an uncommitted transaction makes the project
---        trigger wait, and a vote locked first by the project trigger makes the flip/delete
---        wait until the project change committed; the vote trigger then reads the project
---        with a new snapshot and sees the new state. Either way each vote is moved exactly
---        once. (Locking the project from a flip/delete would deadlock: the flip holds the
---        vote, the project trigger holds the project and waits for the vote.)
---      * Hard DELETE of a project: a BEFORE DELETE row trigger (the row is already locked
---        when it runs, OLD is the newest version) removes the project's whole contribution;
---        the cascaded deletes of its votes/comments then find no project and only change
---        votes_cast.
---    Lock order: a transaction holding a project lock only ever waits for vote/comment rows,
---    and a vote/comment writer that waits for a project lock holds no row a project trigger
---    can wait for (its new rows are invisible to others). The app's write paths (vote, unvote,
---    flip, comment, uncomment, soft delete, restore, owner move, hard delete, user deletion)
---    therefore never deadlock, whatever their mix (tests/integration/test_phase1_exactness.py
---    counts). Deadlocks remain possible for statements the app does not issue, when they run
---    concurrently with a soft delete / owner move of the same project: a multi-row UPDATE of
---    one project's votes or comments (it locks them in its scan order, the project trigger in
---    (project_id, ctid) order), moving a vote or comment to another project or user (the row is
---    held while waiting for the target project or a concurrent insert of the same key), a
---    transaction that flips or deletes a vote and then inserts a vote or comment on the same
---    project, and multi-row UPDATEs of projects in random order. A deadlock aborts one
---    transaction (the app retries it); it never leaves a wrong count.
---    Alternative if those matter one day: keep vote/comment deltas per project and join the
---    owner and deleted_at of projects at read time; project changes then need no delta at all.
-
--- 4. Triggers are statement-level AFTER triggers with transition tables (one per event,
---    PostgreSQL allows no transition tables with column lists or several events). An UPDATE
---    only counts rows whose relevant columns changed (NEW EXCEPT ALL OLD over those columns);
---    an UPDATE that changes nothing relevant returns before taking any lock.
+-- 4. Trigger shapes
+--    votes and comments (the hot paths) have ROW-level AFTER triggers: the app writes one row
+--    per statement, and a row trigger reads NEW/OLD directly where a statement trigger has to
+--    build and scan transition tables; it also never fires for a statement that changed no row
+--    (an upsert that hit the same vote, a delete that found nothing). UPDATE triggers list the
+--    columns they depend on (UPDATE OF ...) and a WHEN clause, so an update that changes
+--    nothing relevant does not even call the function. Multi-row statements fire once per row;
+--    deltas are additive, so that is exact, just slower for bulk statements the app never runs.
+--    follows, messages and intro_requests keep statement-level AFTER triggers with transition
+--    tables (one per event): an UPDATE only counts rows whose relevant columns changed (NEW
+--    EXCEPT ALL OLD over those columns) and returns early when nothing relevant changed.
+--    Lock order: the vote, comment, follow and intro triggers take no row lock at all; the
+--    messages trigger locks conversation rows in key order; the fold locks base rows in key
+--    order and folds run one at a time. So the app's write paths never deadlock on phase1's
+--    account (tests/integration/test_phase1_exactness.py counts).
 
 -- ------------------------------------------------------------------ user_dashboard_stats
 
+-- The per-user columns. projects_count and the *_received columns come from project_stats.
 CREATE TABLE user_dashboard_stats_base (
     user_id                 bigint PRIMARY KEY,
-    projects_count          bigint NOT NULL DEFAULT 0,
-    upvotes_received        bigint NOT NULL DEFAULT 0,
-    downvotes_received      bigint NOT NULL DEFAULT 0,
-    comments_received       bigint NOT NULL DEFAULT 0,
     votes_cast              bigint NOT NULL DEFAULT 0,
     followers_count         bigint NOT NULL DEFAULT 0,
     following_count         bigint NOT NULL DEFAULT 0,
@@ -113,10 +99,6 @@ CREATE TABLE user_dashboard_stats_base (
 -- Append-only; rows are only ever inserted (triggers) and deleted (fold, user deletion).
 CREATE TABLE user_dashboard_stats_delta (
     user_id                 bigint NOT NULL,
-    projects_count          bigint NOT NULL DEFAULT 0,
-    upvotes_received        bigint NOT NULL DEFAULT 0,
-    downvotes_received      bigint NOT NULL DEFAULT 0,
-    comments_received       bigint NOT NULL DEFAULT 0,
     votes_cast              bigint NOT NULL DEFAULT 0,
     followers_count         bigint NOT NULL DEFAULT 0,
     following_count         bigint NOT NULL DEFAULT 0,
@@ -125,16 +107,53 @@ CREATE TABLE user_dashboard_stats_delta (
 ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
 CREATE INDEX user_dashboard_stats_delta_user_id_idx ON user_dashboard_stats_delta (user_id);
 
+-- Per project, soft-deleted ones included (a restore brings their counts back).
+CREATE TABLE project_stats_base (
+    project_id bigint PRIMARY KEY,
+    upvotes    bigint NOT NULL DEFAULT 0,
+    downvotes  bigint NOT NULL DEFAULT 0,
+    comments   bigint NOT NULL DEFAULT 0
+);
+
+-- One row per vote or comment change (section 2). voter_id is the user whose votes_cast moves
+-- by upvotes + downvotes (NULL for comments); append-only like user_dashboard_stats_delta.
+CREATE TABLE project_stats_delta (
+    project_id bigint NOT NULL,
+    voter_id   bigint,
+    upvotes    integer NOT NULL DEFAULT 0,
+    downvotes  integer NOT NULL DEFAULT 0,
+    comments   integer NOT NULL DEFAULT 0
+) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
+CREATE INDEX project_stats_delta_project_id_idx ON project_stats_delta (project_id);
+CREATE INDEX project_stats_delta_voter_id_idx ON project_stats_delta (voter_id)
+    WHERE voter_id IS NOT NULL;
+
+-- LATERAL: one index probe per project, so a user's row (a few projects) never aggregates the
+-- whole pending delta table.
+CREATE OR REPLACE VIEW project_stats AS
+SELECT p.id AS project_id,
+       (coalesce(b.upvotes, 0) + coalesce(d.upvotes, 0))::bigint AS upvotes,
+       (coalesce(b.downvotes, 0) + coalesce(d.downvotes, 0))::bigint AS downvotes,
+       (coalesce(b.comments, 0) + coalesce(d.comments, 0))::bigint AS comments
+FROM projects p
+LEFT JOIN project_stats_base b ON b.project_id = p.id
+CROSS JOIN LATERAL (
+    SELECT sum(pd.upvotes) AS upvotes, sum(pd.downvotes) AS downvotes,
+           sum(pd.comments) AS comments
+    FROM project_stats_delta pd
+    WHERE pd.project_id = p.id
+) d;
+
+-- Driven by `users`, so exactly one row per existing user (zeros for a user without rows);
+-- `WHERE user_id = $1` pushes the key into every subquery (test: ..._single_lookups_use_indexes).
 CREATE OR REPLACE VIEW user_dashboard_stats AS
 SELECT u.id AS user_id,
-       (coalesce(b.projects_count, 0) + coalesce(d.projects_count, 0))::bigint AS projects_count,
-       (coalesce(b.upvotes_received, 0) + coalesce(d.upvotes_received, 0))::bigint
-           AS upvotes_received,
-       (coalesce(b.downvotes_received, 0) + coalesce(d.downvotes_received, 0))::bigint
-           AS downvotes_received,
-       (coalesce(b.comments_received, 0) + coalesce(d.comments_received, 0))::bigint
-           AS comments_received,
-       (coalesce(b.votes_cast, 0) + coalesce(d.votes_cast, 0))::bigint AS votes_cast,
+       coalesce(pr.projects_count, 0)::bigint AS projects_count,
+       coalesce(pr.upvotes_received, 0)::bigint AS upvotes_received,
+       coalesce(pr.downvotes_received, 0)::bigint AS downvotes_received,
+       coalesce(pr.comments_received, 0)::bigint AS comments_received,
+       (coalesce(b.votes_cast, 0) + coalesce(d.votes_cast, 0) + coalesce(vd.votes_cast, 0))::bigint
+           AS votes_cast,
        (coalesce(b.followers_count, 0) + coalesce(d.followers_count, 0))::bigint
            AS followers_count,
        (coalesce(b.following_count, 0) + coalesce(d.following_count, 0))::bigint
@@ -147,10 +166,6 @@ FROM users u
 LEFT JOIN user_dashboard_stats_base b ON b.user_id = u.id
 LEFT JOIN (
     SELECT user_id,
-           sum(projects_count) AS projects_count,
-           sum(upvotes_received) AS upvotes_received,
-           sum(downvotes_received) AS downvotes_received,
-           sum(comments_received) AS comments_received,
            sum(votes_cast) AS votes_cast,
            sum(followers_count) AS followers_count,
            sum(following_count) AS following_count,
@@ -158,7 +173,24 @@ LEFT JOIN (
            sum(pending_intros_received) AS pending_intros_received
     FROM user_dashboard_stats_delta
     GROUP BY user_id
-) d ON d.user_id = u.id;
+) d ON d.user_id = u.id
+LEFT JOIN (
+    SELECT voter_id, sum(upvotes + downvotes) AS votes_cast
+    FROM project_stats_delta
+    WHERE voter_id IS NOT NULL
+    GROUP BY voter_id
+) vd ON vd.voter_id = u.id
+LEFT JOIN (
+    SELECT p.owner_id,
+           count(*) AS projects_count,
+           sum(s.upvotes) AS upvotes_received,
+           sum(s.downvotes) AS downvotes_received,
+           sum(s.comments) AS comments_received
+    FROM projects p
+    JOIN project_stats s ON s.project_id = p.id
+    WHERE p.deleted_at IS NULL
+    GROUP BY p.owner_id
+) pr ON pr.owner_id = u.id;
 
 -- ------------------------------------------------------------------ intro_request_stats
 
@@ -235,13 +267,15 @@ CREATE INDEX message_conversations_denorm_other_user_id_idx
 
 -- ------------------------------------------------------------------ fold
 
--- Moves up to max_rows pending deltas into the base rows; returns how many it moved. Safe while
--- writers go on and with several folds at once: claimed rows are locked (SKIP LOCKED, so two
--- folds never claim the same row and a fold never waits for a writer), deleted and added to base
--- in one statement, so they are counted once, either as deltas or in base. Base rows are
--- locked in user_id order (the upsert follows the ORDER BY), so folds do not deadlock each
--- other. Deltas of users deleted meanwhile are dropped, not folded. While a backfill holds the
--- exclusive advisory lock the fold does nothing and returns 0 (call it again later).
+-- Moves up to max_rows pending deltas (user_dashboard_stats_delta first, then
+-- project_stats_delta) into the base rows; returns how many it moved. Safe while writers go on:
+-- claimed rows are locked (SKIP LOCKED: a fold never waits for the users trigger deleting a
+-- deleted user's rows), deleted and added to base in one statement, so they are counted once,
+-- either as deltas or in base. One fold runs at a time (a second one returns 0 at once): a fold
+-- locks user base rows and project base rows, each in key order, and two at once could still
+-- wait for each other across the two tables. Parts of deleted users and projects are dropped,
+-- not folded (their base rows go too). While a backfill holds the exclusive advisory lock the
+-- fold does nothing and returns 0 (call it again later).
 CREATE OR REPLACE FUNCTION opskit_fold_user_dashboard_deltas(max_rows integer DEFAULT 10000)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -249,52 +283,83 @@ AS $fn$
 DECLARE
     v_folded bigint;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock_shared(1869640555, 11) THEN
+    IF NOT pg_try_advisory_xact_lock_shared(1869640555, 11)
+       OR NOT pg_try_advisory_xact_lock(1869640555, 13) THEN
         RETURN 0;
     END IF;
-    WITH moved AS (
+    WITH user_moved AS (
         DELETE FROM user_dashboard_stats_delta
         WHERE ctid = ANY (ARRAY(
             SELECT ctid FROM user_dashboard_stats_delta LIMIT max_rows FOR UPDATE SKIP LOCKED
         ))
-        RETURNING *
-    ), agg AS (
-        SELECT user_id, count(*) AS n,
-               sum(projects_count) AS projects_count,
-               sum(upvotes_received) AS upvotes_received,
-               sum(downvotes_received) AS downvotes_received,
-               sum(comments_received) AS comments_received,
-               sum(votes_cast) AS votes_cast,
-               sum(followers_count) AS followers_count,
-               sum(following_count) AS following_count,
-               sum(unread_messages) AS unread_messages,
-               sum(pending_intros_received) AS pending_intros_received
-        FROM moved
-        GROUP BY user_id
-    ), applied AS (
+        RETURNING user_id, votes_cast, followers_count, following_count, unread_messages,
+                  pending_intros_received
+    ), project_moved AS (
+        DELETE FROM project_stats_delta
+        WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM project_stats_delta
+            LIMIT greatest(max_rows - (SELECT count(*) FROM user_moved), 0)
+            FOR UPDATE SKIP LOCKED
+        ))
+        RETURNING project_id, voter_id, upvotes, downvotes, comments
+    ), user_agg AS (
+        SELECT m.user_id,
+               sum(m.votes_cast) AS votes_cast,
+               sum(m.followers_count) AS followers_count,
+               sum(m.following_count) AS following_count,
+               sum(m.unread_messages) AS unread_messages,
+               sum(m.pending_intros_received) AS pending_intros_received
+        FROM (
+            SELECT user_id, votes_cast, followers_count, following_count, unread_messages,
+                   pending_intros_received
+            FROM user_moved
+            UNION ALL
+            SELECT voter_id, upvotes + downvotes, 0, 0, 0, 0
+            FROM project_moved
+            WHERE voter_id IS NOT NULL
+        ) AS m
+        GROUP BY m.user_id
+    ), project_agg AS (
+        SELECT project_id, sum(upvotes) AS upvotes, sum(downvotes) AS downvotes,
+               sum(comments) AS comments
+        FROM project_moved
+        GROUP BY project_id
+    ), user_applied AS (
         INSERT INTO user_dashboard_stats_base AS b (
-            user_id, projects_count, upvotes_received, downvotes_received, comments_received,
-            votes_cast, followers_count, following_count, unread_messages,
+            user_id, votes_cast, followers_count, following_count, unread_messages,
             pending_intros_received)
-        SELECT a.user_id, a.projects_count, a.upvotes_received, a.downvotes_received,
-               a.comments_received, a.votes_cast, a.followers_count, a.following_count,
+        SELECT a.user_id, a.votes_cast, a.followers_count, a.following_count,
                a.unread_messages, a.pending_intros_received
-        FROM agg a
+        FROM user_agg a
         WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = a.user_id)
         ORDER BY a.user_id
         ON CONFLICT (user_id) DO UPDATE SET
-            projects_count = b.projects_count + EXCLUDED.projects_count,
-            upvotes_received = b.upvotes_received + EXCLUDED.upvotes_received,
-            downvotes_received = b.downvotes_received + EXCLUDED.downvotes_received,
-            comments_received = b.comments_received + EXCLUDED.comments_received,
             votes_cast = b.votes_cast + EXCLUDED.votes_cast,
             followers_count = b.followers_count + EXCLUDED.followers_count,
             following_count = b.following_count + EXCLUDED.following_count,
             unread_messages = b.unread_messages + EXCLUDED.unread_messages,
             pending_intros_received = b.pending_intros_received + EXCLUDED.pending_intros_received
         RETURNING 1
+    ), project_applied AS (
+        INSERT INTO project_stats_base AS b (project_id, upvotes, downvotes, comments)
+        SELECT a.project_id, a.upvotes, a.downvotes, a.comments
+        FROM project_agg a
+        WHERE EXISTS (SELECT 1 FROM projects p WHERE p.id = a.project_id)
+        ORDER BY a.project_id
+        ON CONFLICT (project_id) DO UPDATE SET
+            upvotes = b.upvotes + EXCLUDED.upvotes,
+            downvotes = b.downvotes + EXCLUDED.downvotes,
+            comments = b.comments + EXCLUDED.comments
+        RETURNING 1
+    ), projects_gone AS (
+        DELETE FROM project_stats_base b
+        USING project_agg a
+        WHERE b.project_id = a.project_id
+          AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = a.project_id)
+        RETURNING 1
     )
-    SELECT coalesce(sum(n), 0) INTO v_folded FROM agg;
+    SELECT (SELECT count(*) FROM user_moved) + (SELECT count(*) FROM project_moved)
+    INTO v_folded;
     RETURN v_folded;
 END
 $fn$;
@@ -358,11 +423,14 @@ $fn$;
 -- a user nothing references - the rows of the old id). A DEFERRED constraint trigger, so it runs
 -- at commit, after everything else of the transaction: the statement-level triggers of the
 -- tables a DELETE FROM users cascades to fire only at the end of that statement (after its own
--- statement triggers), and they still add deltas for the deleted user (e.g. votes_cast); and a
+-- statement triggers), and they still add deltas for the deleted user (e.g. followers_count,
+-- and votes_cast through the voter_id of the cascaded votes' project_stats_delta rows); and a
 -- concurrent transaction whose write conflicted with one of the cascaded deletes has committed
 -- by then (the cascade waited for it), so its deltas for this user are visible here too. Later
 -- transactions cannot add any: every write that produces a delta for a user references the user
 -- or one of their rows and waits for, then fails against, the delete.
+-- project_stats_delta rows of the user's votes still count for their projects: only their voter
+-- part is dropped (voter_id := NULL).
 -- Limitation: deleting a user and re-creating the same id in ONE transaction drops the new
 -- user's deltas of that transaction too (ids are identities; the app never reuses them).
 CREATE OR REPLACE FUNCTION opskit_trg_users_gone() RETURNS trigger
@@ -371,6 +439,7 @@ AS $fn$
 BEGIN
     DELETE FROM user_dashboard_stats_delta WHERE user_id = OLD.id;
     DELETE FROM user_dashboard_stats_base WHERE user_id = OLD.id;
+    UPDATE project_stats_delta SET voter_id = NULL WHERE voter_id = OLD.id;
     DELETE FROM intro_request_stats_delta WHERE user_id = OLD.id;
     DELETE FROM intro_request_stats_base WHERE user_id = OLD.id;
     DELETE FROM message_conversations_denorm
@@ -379,227 +448,47 @@ BEGIN
 END
 $fn$;
 
--- projects INSERT / UPDATE: the owner's projects_count, and on soft delete, restore or owner
--- move the project's votes and comments (counted after locking them, see section 3 above).
-CREATE OR REPLACE FUNCTION opskit_trg_projects() RETURNS trigger
-LANGUAGE plpgsql
-AS $fn$
-DECLARE
-    v_signs int[];
-    v_ids bigint[];
-    v_owners bigint[];
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        -- A project that did not exist has no votes or comments yet.
-        INSERT INTO user_dashboard_stats_delta (user_id, projects_count)
-        SELECT owner_id, count(*) FROM new_rows WHERE deleted_at IS NULL GROUP BY owner_id;
-        RETURN NULL;
-    END IF;
-
-    -- UPDATE: only rows whose (id, owner, live) changed; the old version leaves, the new arrives.
-    SELECT array_agg(c.sign), array_agg(c.id), array_agg(c.owner_id)
-    INTO v_signs, v_ids, v_owners
-    FROM (
-        SELECT 1 AS sign, n.id, n.owner_id
-        FROM (SELECT id, owner_id, deleted_at IS NULL AS live FROM new_rows
-              EXCEPT ALL
-              SELECT id, owner_id, deleted_at IS NULL FROM old_rows) AS n
-        WHERE n.live
-        UNION ALL
-        SELECT -1, o.id, o.owner_id
-        FROM (SELECT id, owner_id, deleted_at IS NULL AS live FROM old_rows
-              EXCEPT ALL
-              SELECT id, owner_id, deleted_at IS NULL FROM new_rows) AS o
-        WHERE o.live
-    ) AS c;
-    IF v_signs IS NULL THEN
-        RETURN NULL;
-    END IF;
-
-    -- Lock the votes and comments of these projects, then count them with a snapshot taken
-    -- after the locks. Lock order (project_id, ctid) is the order in which an index or bitmap
-    -- scan of votes_project_id_idx (duplicates are kept in heap order) or a sequential scan
-    -- finds them, so a multi-row UPDATE/DELETE of a project's votes locks them in the same order
-    -- and cannot deadlock with us.
-    PERFORM 1 FROM votes WHERE project_id = ANY (v_ids) ORDER BY project_id, ctid FOR SHARE;
-    PERFORM 1 FROM comments WHERE project_id = ANY (v_ids) ORDER BY project_id, ctid FOR SHARE;
-
-    INSERT INTO user_dashboard_stats_delta
-        (user_id, projects_count, upvotes_received, downvotes_received, comments_received)
-    SELECT c.owner_id,
-           sum(c.sign),
-           sum(c.sign * coalesce(v.up, 0)),
-           sum(c.sign * coalesce(v.down, 0)),
-           sum(c.sign * coalesce(m.n, 0))
-    FROM unnest(v_signs, v_ids, v_owners) AS c(sign, id, owner_id)
-    LEFT JOIN (
-        SELECT project_id,
-               count(*) FILTER (WHERE vote_type = 'up') AS up,
-               count(*) FILTER (WHERE vote_type = 'down') AS down
-        FROM votes WHERE project_id = ANY (v_ids) GROUP BY project_id
-    ) AS v ON v.project_id = c.id
-    LEFT JOIN (
-        SELECT project_id, count(*) AS n
-        FROM comments WHERE project_id = ANY (v_ids) GROUP BY project_id
-    ) AS m ON m.project_id = c.id
-    GROUP BY c.owner_id
-    HAVING sum(c.sign) <> 0
-        OR sum(c.sign * coalesce(v.up, 0)) <> 0
-        OR sum(c.sign * coalesce(v.down, 0)) <> 0
-        OR sum(c.sign * coalesce(m.n, 0)) <> 0;
-    RETURN NULL;
-END
-$fn$;
-
--- projects DELETE, BEFORE, per row: runs before the cascades delete the votes and comments
--- (afterwards they could no longer be counted) and after the row is locked, with OLD being its
--- newest version.
-CREATE OR REPLACE FUNCTION opskit_trg_projects_before_delete() RETURNS trigger
-LANGUAGE plpgsql
-AS $fn$
-BEGIN
-    IF OLD.deleted_at IS NULL THEN
-        PERFORM 1 FROM votes WHERE project_id = OLD.id ORDER BY ctid FOR SHARE;
-        PERFORM 1 FROM comments WHERE project_id = OLD.id ORDER BY ctid FOR SHARE;
-        INSERT INTO user_dashboard_stats_delta
-            (user_id, projects_count, upvotes_received, downvotes_received, comments_received)
-        SELECT OLD.owner_id, -1,
-               -(SELECT count(*) FROM votes WHERE project_id = OLD.id AND vote_type = 'up'),
-               -(SELECT count(*) FROM votes WHERE project_id = OLD.id AND vote_type = 'down'),
-               -(SELECT count(*) FROM comments WHERE project_id = OLD.id);
-    END IF;
-    RETURN OLD;
-END
-$fn$;
-
--- votes: votes_cast of the voter; up/downvotes_received of the owner of a live project.
+-- votes, per row (sections 2 and 4): the project's up/down votes and the voter's votes_cast,
+-- as one project_stats_delta row per side of the change. A flip is one row (-1 up, +1 down).
 CREATE OR REPLACE FUNCTION opskit_trg_votes() RETURNS trigger
 LANGUAGE plpgsql
 AS $fn$
-DECLARE
-    v_signs int[];
-    v_users bigint[];
-    v_projects bigint[];
-    v_types text[];
-    v_lock_ids bigint[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(1), array_agg(user_id), array_agg(project_id), array_agg(vote_type)
-        INTO v_signs, v_users, v_projects, v_types
-        FROM new_rows;
-        v_lock_ids := v_projects;
+        INSERT INTO project_stats_delta (project_id, voter_id, upvotes, downvotes)
+        VALUES (NEW.project_id, NEW.user_id,
+                (NEW.vote_type = 'up')::int, (NEW.vote_type = 'down')::int);
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(-1), array_agg(user_id), array_agg(project_id), array_agg(vote_type)
-        INTO v_signs, v_users, v_projects, v_types
-        FROM old_rows;
+        INSERT INTO project_stats_delta (project_id, voter_id, upvotes, downvotes)
+        VALUES (OLD.project_id, OLD.user_id,
+                -(OLD.vote_type = 'up')::int, -(OLD.vote_type = 'down')::int);
+    ELSIF NEW.user_id = OLD.user_id AND NEW.project_id = OLD.project_id THEN
+        INSERT INTO project_stats_delta (project_id, voter_id, upvotes, downvotes)
+        VALUES (NEW.project_id, NEW.user_id,
+                (NEW.vote_type = 'up')::int - (OLD.vote_type = 'up')::int,
+                (NEW.vote_type = 'down')::int - (OLD.vote_type = 'down')::int);
     ELSE
-        SELECT array_agg(c.sign), array_agg(c.user_id), array_agg(c.project_id),
-               array_agg(c.vote_type)
-        INTO v_signs, v_users, v_projects, v_types
-        FROM (
-            SELECT 1 AS sign, n.*
-            FROM (SELECT user_id, project_id, vote_type FROM new_rows
-                  EXCEPT ALL
-                  SELECT user_id, project_id, vote_type FROM old_rows) AS n
-            UNION ALL
-            SELECT -1, o.*
-            FROM (SELECT user_id, project_id, vote_type FROM old_rows
-                  EXCEPT ALL
-                  SELECT user_id, project_id, vote_type FROM new_rows) AS o
-        ) AS c;
-        IF v_signs IS NULL THEN
-            RETURN NULL;
-        END IF;
-        -- Votes that arrive at a project they were not on: lock that project (section 3). A
-        -- flip, or a vote given to another user on the same project, stays visible to the
-        -- project trigger under its old version and must not lock the project (it holds the
-        -- vote; locking the project too could deadlock with a project trigger waiting for it).
-        -- One updated row pairs OLD with NEW exactly; for several rows a vote has no identity
-        -- but its key, so any new (user, project) key counts as an arrival (conservative: a
-        -- user_id change in a multi-row UPDATE then locks its project too).
-        IF (SELECT count(*) FROM old_rows) = 1 THEN
-            SELECT array_agg(n.project_id) INTO v_lock_ids
-            FROM new_rows n CROSS JOIN old_rows o
-            WHERE n.project_id <> o.project_id;
-        ELSE
-            SELECT array_agg(project_id) INTO v_lock_ids
-            FROM (SELECT user_id, project_id FROM new_rows
-                  EXCEPT
-                  SELECT user_id, project_id FROM old_rows) AS arrived;
-        END IF;
+        INSERT INTO project_stats_delta (project_id, voter_id, upvotes, downvotes)
+        VALUES (OLD.project_id, OLD.user_id,
+                -(OLD.vote_type = 'up')::int, -(OLD.vote_type = 'down')::int),
+               (NEW.project_id, NEW.user_id,
+                (NEW.vote_type = 'up')::int, (NEW.vote_type = 'down')::int);
     END IF;
-    IF v_signs IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF v_lock_ids IS NOT NULL THEN
-        PERFORM 1 FROM projects WHERE id = ANY (v_lock_ids) ORDER BY id FOR SHARE;
-    END IF;
-
-    INSERT INTO user_dashboard_stats_delta
-        (user_id, votes_cast, upvotes_received, downvotes_received)
-    SELECT x.user_id, sum(x.cast_), sum(x.up), sum(x.down)
-    FROM (
-        SELECT c.user_id, c.sign AS cast_, 0 AS up, 0 AS down
-        FROM unnest(v_signs, v_users) AS c(sign, user_id)
-        UNION ALL
-        SELECT p.owner_id, 0,
-               CASE WHEN c.vote_type = 'up' THEN c.sign ELSE 0 END,
-               CASE WHEN c.vote_type = 'down' THEN c.sign ELSE 0 END
-        FROM unnest(v_signs, v_projects, v_types) AS c(sign, project_id, vote_type)
-        JOIN projects p ON p.id = c.project_id AND p.deleted_at IS NULL
-    ) AS x
-    GROUP BY x.user_id
-    HAVING sum(x.cast_) <> 0 OR sum(x.up) <> 0 OR sum(x.down) <> 0;
     RETURN NULL;
 END
 $fn$;
 
--- comments: comments_received of the owner of a live project.
+-- comments, per row: the project's comments. Only project_id matters (the author counts nowhere).
 CREATE OR REPLACE FUNCTION opskit_trg_comments() RETURNS trigger
 LANGUAGE plpgsql
 AS $fn$
-DECLARE
-    v_signs int[];
-    v_projects bigint[];
-    v_lock_ids bigint[];
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(1), array_agg(project_id) INTO v_signs, v_projects FROM new_rows;
-        v_lock_ids := v_projects;
-    ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(-1), array_agg(project_id) INTO v_signs, v_projects FROM old_rows;
-    ELSE
-        -- A comment is identified by its id: (id, project_id) pairs that changed.
-        SELECT array_agg(c.sign), array_agg(c.project_id) INTO v_signs, v_projects
-        FROM (
-            SELECT 1 AS sign, n.project_id
-            FROM (SELECT id, project_id FROM new_rows
-                  EXCEPT ALL
-                  SELECT id, project_id FROM old_rows) AS n
-            UNION ALL
-            SELECT -1, o.project_id
-            FROM (SELECT id, project_id FROM old_rows
-                  EXCEPT ALL
-                  SELECT id, project_id FROM new_rows) AS o
-        ) AS c;
-        SELECT array_agg(project_id) INTO v_lock_ids
-        FROM (SELECT id, project_id FROM new_rows
-              EXCEPT
-              SELECT id, project_id FROM old_rows) AS arrived;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO project_stats_delta (project_id, comments) VALUES (NEW.project_id, 1);
     END IF;
-    IF v_signs IS NULL THEN
-        RETURN NULL;
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        INSERT INTO project_stats_delta (project_id, comments) VALUES (OLD.project_id, -1);
     END IF;
-    IF v_lock_ids IS NOT NULL THEN
-        PERFORM 1 FROM projects WHERE id = ANY (v_lock_ids) ORDER BY id FOR SHARE;
-    END IF;
-
-    INSERT INTO user_dashboard_stats_delta (user_id, comments_received)
-    SELECT p.owner_id, sum(c.sign)
-    FROM unnest(v_signs, v_projects) AS c(sign, project_id)
-    JOIN projects p ON p.id = c.project_id AND p.deleted_at IS NULL
-    GROUP BY p.owner_id
-    HAVING sum(c.sign) <> 0;
     RETURN NULL;
 END
 $fn$;
@@ -724,7 +613,7 @@ BEGIN
 END
 $fn$;
 
--- messages: unread_messages of the recipient, and message_conversations_denorm (section 2).
+-- messages: unread_messages of the recipient, and message_conversations_denorm (section 3).
 CREATE OR REPLACE FUNCTION opskit_trg_messages() RETURNS trigger
 LANGUAGE plpgsql
 AS $fn$
@@ -916,34 +805,23 @@ CREATE CONSTRAINT TRIGGER trg_opskit_users_upd AFTER UPDATE OF id ON users
     FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
     EXECUTE FUNCTION opskit_trg_users_gone();
 
-CREATE TRIGGER trg_opskit_projects_ins AFTER INSERT ON projects
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_trg_projects();
-CREATE TRIGGER trg_opskit_projects_upd AFTER UPDATE ON projects
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_trg_projects();
-CREATE TRIGGER trg_opskit_projects_before_del BEFORE DELETE ON projects
-    FOR EACH ROW EXECUTE FUNCTION opskit_trg_projects_before_delete();
-
 CREATE TRIGGER trg_opskit_votes_ins AFTER INSERT ON votes
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_trg_votes();
-CREATE TRIGGER trg_opskit_votes_upd AFTER UPDATE ON votes
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_trg_votes();
+    FOR EACH ROW EXECUTE FUNCTION opskit_trg_votes();
+CREATE TRIGGER trg_opskit_votes_upd AFTER UPDATE OF user_id, project_id, vote_type ON votes
+    FOR EACH ROW
+    WHEN ((OLD.user_id, OLD.project_id, OLD.vote_type)
+          IS DISTINCT FROM (NEW.user_id, NEW.project_id, NEW.vote_type))
+    EXECUTE FUNCTION opskit_trg_votes();
 CREATE TRIGGER trg_opskit_votes_del AFTER DELETE ON votes
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_trg_votes();
+    FOR EACH ROW EXECUTE FUNCTION opskit_trg_votes();
 
 CREATE TRIGGER trg_opskit_comments_ins AFTER INSERT ON comments
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_trg_comments();
-CREATE TRIGGER trg_opskit_comments_upd AFTER UPDATE ON comments
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_trg_comments();
+    FOR EACH ROW EXECUTE FUNCTION opskit_trg_comments();
+CREATE TRIGGER trg_opskit_comments_upd AFTER UPDATE OF project_id ON comments
+    FOR EACH ROW WHEN (OLD.project_id IS DISTINCT FROM NEW.project_id)
+    EXECUTE FUNCTION opskit_trg_comments();
 CREATE TRIGGER trg_opskit_comments_del AFTER DELETE ON comments
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_trg_comments();
+    FOR EACH ROW EXECUTE FUNCTION opskit_trg_comments();
 
 CREATE TRIGGER trg_opskit_follows_ins AFTER INSERT ON follows
     REFERENCING NEW TABLE AS new_rows

@@ -7,14 +7,23 @@ SET statement_timeout = '15min';
 -- fails (and changes nothing) instead of leaving triggers that would break every write.
 
 DROP TRIGGER IF EXISTS trg_opskit_mvq_projects ON projects;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_projects_truncate ON projects;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_users ON users;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_users_truncate ON users;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_chains ON chains;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chains_truncate ON chains;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_votes ON votes;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_votes_truncate ON votes;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_comments ON comments;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_comments_truncate ON comments;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_follows ON follows;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_follows_truncate ON follows;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_members ON chain_members;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_members_truncate ON chain_members;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_posts ON chain_posts;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_posts_truncate ON chain_posts;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_post_replies ON chain_post_replies;
+DROP TRIGGER IF EXISTS trg_opskit_mvq_chain_post_replies_truncate ON chain_post_replies;
 
 DROP FUNCTION IF EXISTS opskit_mv_enqueue_refresh();
 

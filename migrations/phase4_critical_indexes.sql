@@ -73,3 +73,6 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS users_display_name_trgm_idx
 -- search (before): fuzzy match on chain names
 CREATE INDEX CONCURRENTLY IF NOT EXISTS chains_name_trgm_idx
     ON chains USING gin (lower(name) gin_trgm_ops);
+-- search (after, whole-word shortcut): the most popular search documents first
+CREATE INDEX CONCURRENTLY IF NOT EXISTS mv_search_index_popularity_idx
+    ON mv_search_index (popularity DESC, kind, entity_id);

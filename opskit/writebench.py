@@ -7,15 +7,18 @@ opskit's phases and on a clone with all of them applied, so the difference is th
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import re
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -23,6 +26,8 @@ from opskit import migrations, seed
 from opskit.db import connect
 from opskit.errors import DatabaseError, ProblemFound
 from opskit.sql import queries
+
+WARMUP_RUN_S = 3.0  # the discarded run on each database before the measured ones
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,10 @@ class WriteLoad:
     seed: int = 1
     rate: int | None = None  # votes/s over all writers (open model); None: flat out
     warmup_s: float = 2.0  # run first, then discarded: connection start-up and plan caching
+    # "on"/"off" for the writers' sessions; None: the server's setting. The embedded server runs
+    # with "off", which makes a write pure CPU, so the triggers' share is as large as it gets;
+    # production runs with "on", where the commit's WAL flush is most of a write's time.
+    synchronous_commit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class WriteBenchResult:
     label: str
     hot: bool
     writers: int
+    synchronous_commit: str  # as the writers' sessions had it
     seconds: float
     transactions: int
     tps: float
@@ -48,6 +58,9 @@ class WriteBenchResult:
     deadlocks: int
     other_errors: int
     wal_bytes_per_write: float
+    # CPU of the whole server (backends and background processes) per write, when the server
+    # runs on this machine; unlike TPS it barely moves when neighbours load the machine.
+    server_cpu_us_per_write: float | None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +97,11 @@ def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
     with connect(url, autocommit=True) as conn:
         n_users, hot_project, n_projects = _targets(conn, bench_sql)
         wal_start = conn.execute(bench_sql["wal_lsn"]).fetchone()[0]
+        postmaster = _local_postmaster(conn.info.backend_pid)
+        cpu_start = _server_cpu_seconds(postmaster)
+        synchronous_commit = load.synchronous_commit or str(
+            conn.execute("SHOW synchronous_commit").fetchone()[0]
+        )
     with tempfile.TemporaryDirectory(prefix="opskit-bench-writes-") as workdir:
         script = Path(workdir) / "votes.sql"
         script.write_text(PGBENCH_SCRIPT)
@@ -116,7 +134,16 @@ def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
             url,
         ]
         started_at = time.time()
-        completed = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+        session_options = (
+            f"{os.environ.get('PGOPTIONS', '')} -c synchronous_commit={synchronous_commit}"
+        )
+        completed = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+            env={**os.environ, "PGOPTIONS": session_options},
+        )
         if completed.returncode not in (0, 2):  # 2: some transactions failed, reported below
             raise ProblemFound(
                 f"pgbench failed: {(completed.stderr or completed.stdout).strip().splitlines()[-1]}"
@@ -135,6 +162,7 @@ def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
         latencies_ms = measured[:, 0] / 1000
     with connect(url, autocommit=True) as conn:
         wal_bytes = conn.execute(bench_sql["wal_bytes_since"], (wal_start,)).fetchone()[0]
+    cpu_end = _server_cpu_seconds(postmaster)
     report = completed.stdout
     count = len(latencies_ms)
     seconds = _reported(report, r"^duration: (\d+) s", load.seconds + load.warmup_s) - load.warmup_s
@@ -142,6 +170,7 @@ def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
         label=label,
         hot=load.hot,
         writers=load.writers,
+        synchronous_commit=synchronous_commit,
         seconds=seconds,
         transactions=count,
         tps=round(count / seconds, 1),
@@ -150,7 +179,37 @@ def run_vote_writes(url: str, load: WriteLoad, label: str) -> WriteBenchResult:
         deadlocks=int(_reported(report, r"number of deadlock failures: (\d+)", 0)),
         other_errors=int(_reported(report, r"number of serialization failures: (\d+)", 0)),
         wal_bytes_per_write=round(float(wal_bytes) / len(rows), 1) if len(rows) else 0.0,
+        server_cpu_us_per_write=(
+            round((cpu_end - cpu_start) * 1e6 / len(rows), 1)
+            if cpu_start is not None and cpu_end is not None and len(rows)
+            else None
+        ),
     )
+
+
+def _local_postmaster(backend_pid: int) -> psutil.Process | None:
+    """The server process of our backend if it runs on this machine (else None)."""
+    try:
+        parent = psutil.Process(backend_pid).parent()
+    except psutil.Error:
+        return None
+    return parent if parent is not None and "postgres" in parent.name() else None
+
+
+def _server_cpu_seconds(postmaster: psutil.Process | None) -> float | None:
+    """User + system CPU of the server so far: live children, and ended ones it has reaped."""
+    if postmaster is None:
+        return None
+    try:
+        times = postmaster.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in postmaster.children():
+            with contextlib.suppress(psutil.Error):  # a backend that ended meanwhile
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+    except psutil.Error:
+        return None
+    return total
 
 
 def _reported(report: str, pattern: str, default: float) -> float:
@@ -176,13 +235,59 @@ def _targets(conn: psycopg.Connection, bench_sql: dict) -> tuple[int, int, int]:
     return n_users, hot_project[0], n_projects
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """All phases vs no phases over the runs: medians, and the spread of the paired ratios."""
+
+    throughput_vs_baseline: float | None  # median TPS with phases / median TPS without
+    p99_vs_baseline: float | None
+    throughput_ratio_range: tuple[float, float] | None  # min, max over (plain, phased) pairs
+    p99_ratio_range: tuple[float, float] | None
+    server_cpu_vs_baseline: float | None = None  # median CPU per write, phased / plain
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(results: list[WriteBenchResult]) -> Comparison:
+    """Ratios of the "all phases" runs to the "no phases" runs of `compare_vote_writes`."""
+    plain = [r for r in results if r.label == "no phases"]
+    phased = [r for r in results if r.label == "all phases"]
+    pairs = [(b, p) for b, p in zip(plain, phased, strict=False) if b.tps and b.p99_ms]
+    if not pairs:
+        return Comparison(None, None, None, None)
+
+    def median_of(runs: list[WriteBenchResult], field: str) -> float:
+        return float(np.median([getattr(r, field) for r in runs]))
+
+    tps_ratios = [p.tps / b.tps for b, p in pairs]
+    p99_ratios = [p.p99_ms / b.p99_ms for b, p in pairs]
+    measured_cpu = all(r.server_cpu_us_per_write for r in plain + phased)
+    return Comparison(
+        throughput_vs_baseline=round(median_of(phased, "tps") / median_of(plain, "tps"), 3),
+        p99_vs_baseline=round(median_of(phased, "p99_ms") / median_of(plain, "p99_ms"), 3),
+        throughput_ratio_range=(round(min(tps_ratios), 3), round(max(tps_ratios), 3)),
+        p99_ratio_range=(round(min(p99_ratios), 3), round(max(p99_ratios), 3)),
+        server_cpu_vs_baseline=(
+            round(
+                median_of(phased, "server_cpu_us_per_write")
+                / median_of(plain, "server_cpu_us_per_write"),
+                3,
+            )
+            if measured_cpu
+            else None
+        ),
+    )
+
+
 def compare_vote_writes(
-    url: str, load: WriteLoad, *, scale: str = "small", progress=None
+    url: str, load: WriteLoad, *, scale: str = "small", repeat: int = 1, progress=None
 ) -> list[WriteBenchResult]:
     """The vote load on two scratch databases of `url`'s server: without phases, then with all.
 
     Both are made here (seeded `scale`, the second a clone with every phase applied) and dropped
-    at the end, so the operator's own database is never written to.
+    at the end, so the operator's own database is never written to. With `repeat` > 1 the two
+    alternate, so a neighbour's load on a shared machine hits both alike; summarize with compare().
     """
     note = progress or (lambda message: None)
     suffix = f"{int(time.time())}_{random.randint(0, 9999)}"
@@ -202,12 +307,22 @@ def compare_vote_writes(
             note(f"applying every phase to {phased}")
             migrations.migrate(phased_url)
             results = []
-            for label, target in (("no phases", plain_url), ("all phases", phased_url)):
-                note(
-                    f"{load.writers} writers for {load.seconds:.0f} s on {label}"
-                    f" ({'one hot project' if load.hot else 'spread keys'})"
-                )
-                results.append(run_vote_writes(target, load, label))
+            keys = "one hot project" if load.hot else "spread keys"
+            commit = load.synchronous_commit or "as the server has it"
+            # A discarded run on each first: the first writes after seeding and migrating pay
+            # full-page images and cold caches, the phased database (more pages) far more, and
+            # that would bias the first pair against the phases.
+            note(f"warming up both databases ({WARMUP_RUN_S:.0f} s each, not measured)")
+            warmup = replace(load, seconds=min(WARMUP_RUN_S, load.seconds), warmup_s=0.0, rate=None)
+            for target in (plain_url, phased_url):
+                run_vote_writes(target, warmup, "warm-up")
+            for run in range(1, repeat + 1):
+                for label, target in (("no phases", plain_url), ("all phases", phased_url)):
+                    note(
+                        f"run {run}/{repeat}: {load.writers} writers for {load.seconds:.0f} s"
+                        f" on {label} ({keys}, synchronous_commit {commit})"
+                    )
+                    results.append(run_vote_writes(target, load, label))
             return results
         except psycopg.Error as err:
             raise DatabaseError(f"write benchmark failed: {err}") from err

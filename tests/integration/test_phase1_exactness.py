@@ -5,19 +5,30 @@ under concurrent writers (real threads, and hypothesis-generated interleavings).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import queue
 import random
 import re
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from opskit.workload import (
+    EXPECTED_ERRORS,
+    OP_NAMES,
+    OPERATIONS,
+    TRANSACTIONS,
+    Writers,
+    add_projects,
+    add_users,
+    make_world,
+    op_params,
+    run_op,
+)
 
 ROOT = Path(__file__).parents[2]
 MIGRATIONS = ROOT / "migrations"
@@ -35,8 +46,9 @@ APP_TABLES = (
     "chain_post_replies, messages, intro_requests, investor_profiles"
 )
 DENORM_TABLES = (
-    "user_dashboard_stats_base, user_dashboard_stats_delta, intro_request_stats_base, "
-    "intro_request_stats_delta, message_conversations_denorm"
+    "user_dashboard_stats_base, user_dashboard_stats_delta, project_stats_base, "
+    "project_stats_delta, intro_request_stats_base, intro_request_stats_delta, "
+    "message_conversations_denorm"
 )
 
 
@@ -99,6 +111,7 @@ def assert_exact(url_or_conn, context: str = "") -> None:
 def pending_deltas(conn: psycopg.Connection) -> int:
     return conn.execute(
         "SELECT (SELECT count(*) FROM user_dashboard_stats_delta)"
+        " + (SELECT count(*) FROM project_stats_delta)"
         " + (SELECT count(*) FROM intro_request_stats_delta)"
     ).fetchone()[0]
 
@@ -113,30 +126,6 @@ def fold_all(conn: psycopg.Connection, max_rows: int = 1000) -> int:
         total += n
         if n == 0:
             return total
-
-
-def add_users(conn: psycopg.Connection, n: int, role: str = "builder") -> list[int]:
-    ids = []
-    for _ in range(n):
-        name = uuid.uuid4().hex[:12]
-        ids.append(
-            conn.execute(
-                "INSERT INTO users (username, display_name, email, role)"
-                " VALUES (%s, %s, %s, %s) RETURNING id",
-                (name, name.upper(), f"{name}@example.com", role),
-            ).fetchone()[0]
-        )
-    return ids
-
-
-def add_projects(conn: psycopg.Connection, owners: list[int]) -> list[int]:
-    return [
-        conn.execute(
-            "INSERT INTO projects (owner_id, title) VALUES (%s, %s) RETURNING id",
-            (owner, f"project of {owner}"),
-        ).fetchone()[0]
-        for owner in owners
-    ]
 
 
 def populate(conn: psycopg.Connection, rng: random.Random, users: int, projects: int) -> None:
@@ -183,142 +172,6 @@ def populate(conn: psycopg.Connection, rng: random.Random, users: int, projects:
                 for _ in range(users * 2)
             ],
         )
-
-
-# ------------------------------------------------------------------ random write operations
-
-PAIR = (
-    "((sender_id = %(a)s AND recipient_id = %(b)s) OR (sender_id = %(b)s AND recipient_id = %(a)s))"
-)
-OPS: dict[str, str] = {
-    "vote": "INSERT INTO votes (user_id, project_id, vote_type) VALUES (%(a)s, %(p)s, %(t)s)"
-    " ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = EXCLUDED.vote_type",
-    "vote_hot": "INSERT INTO votes (user_id, project_id, vote_type) VALUES (%(a)s, %(hot)s, %(t)s)"
-    " ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = EXCLUDED.vote_type",
-    "vote_hot_new": "INSERT INTO votes (user_id, project_id, vote_type)"
-    " VALUES (%(a)s, %(hot)s, %(t)s) ON CONFLICT DO NOTHING",
-    "unvote": "DELETE FROM votes WHERE user_id = %(a)s AND project_id = %(p)s",
-    "unvote_hot": "DELETE FROM votes WHERE user_id = %(a)s AND project_id = %(hot)s",
-    "flip": "UPDATE votes SET vote_type = CASE vote_type WHEN 'up' THEN 'down' ELSE 'up' END"
-    " WHERE user_id = %(a)s AND project_id = %(p)s",
-    "flip_all": "UPDATE votes SET vote_type = CASE vote_type WHEN 'up' THEN 'down' ELSE 'up' END"
-    " WHERE project_id = %(p)s",
-    "move_vote": "UPDATE votes SET project_id = %(p2)s WHERE user_id = %(a)s AND project_id = %(p)s",
-    "give_vote": "UPDATE votes SET user_id = %(b)s WHERE user_id = %(a)s AND project_id = %(p)s",
-    "comment": "INSERT INTO comments (project_id, user_id, body) VALUES (%(p)s, %(a)s, 'hello')",
-    "uncomment": "DELETE FROM comments WHERE id = (SELECT max(id) FROM comments"
-    " WHERE project_id = %(p)s)",
-    "move_comment": "UPDATE comments SET project_id = %(p2)s WHERE id = (SELECT min(id)"
-    " FROM comments WHERE project_id = %(p)s)",
-    "edit_comments": "UPDATE comments SET body = body || '!' WHERE project_id = %(p)s",
-    "soft_delete": "UPDATE projects SET deleted_at = now() WHERE id = %(p)s AND deleted_at IS NULL",
-    "restore": "UPDATE projects SET deleted_at = NULL WHERE id = %(p)s",
-    "move_project": "UPDATE projects SET owner_id = %(a)s, updated_at = now() WHERE id = %(p)s",
-    "touch_project": "UPDATE projects SET updated_at = now(), title = title WHERE id = %(p)s",
-    "new_project": "INSERT INTO projects (owner_id, title) VALUES (%(a)s, 'extra')",
-    "drop_project": "DELETE FROM projects WHERE id = (SELECT max(id) FROM projects"
-    " WHERE id > %(last_base_project)s)",
-    "follow": "INSERT INTO follows (follower_id, followee_id) VALUES (%(a)s, %(b)s)"
-    " ON CONFLICT DO NOTHING",
-    "unfollow": "DELETE FROM follows WHERE follower_id = %(a)s AND followee_id = %(b)s",
-    "message": "INSERT INTO messages (sender_id, recipient_id, body, created_at) VALUES"
-    " (%(a)s, %(b)s, %(body)s, timestamptz '2024-01-01' + make_interval(secs => %(k)s))",
-    "read": "UPDATE messages SET read_at = now() WHERE recipient_id = %(a)s AND sender_id = %(b)s"
-    " AND read_at IS NULL",
-    "unread": "UPDATE messages SET read_at = NULL WHERE id = (SELECT max(id) FROM messages"
-    " WHERE recipient_id = %(a)s AND sender_id = %(b)s)",
-    "edit_last": "UPDATE messages SET body = %(body)s WHERE id = (SELECT id FROM messages WHERE "
-    + PAIR
-    + " ORDER BY created_at DESC, id DESC LIMIT 1)",
-    "delete_newest": "DELETE FROM messages WHERE id = (SELECT id FROM messages WHERE "
-    + PAIR
-    + " ORDER BY created_at DESC, id DESC LIMIT 1)",
-    "delete_oldest": "DELETE FROM messages WHERE id = (SELECT min(id) FROM messages WHERE "
-    + PAIR
-    + ")",
-    "intro": "INSERT INTO intro_requests (requester_id, target_id, project_id)"
-    " VALUES (%(a)s, %(b)s, %(p)s)",
-    "answer": "UPDATE intro_requests SET status = %(answer)s, responded_at = now() WHERE id ="
-    " (SELECT min(id) FROM intro_requests WHERE target_id = %(b)s AND status = 'pending')",
-    "reopen": "UPDATE intro_requests SET status = 'pending', responded_at = NULL WHERE id ="
-    " (SELECT max(id) FROM intro_requests WHERE target_id = %(b)s)",
-    "retarget": "UPDATE intro_requests SET target_id = %(b)s WHERE id ="
-    " (SELECT max(id) FROM intro_requests WHERE requester_id = %(a)s)",
-    "withdraw": "DELETE FROM intro_requests WHERE id = (SELECT max(id) FROM intro_requests"
-    " WHERE requester_id = %(a)s)",
-    "new_user": "WITH u AS (INSERT INTO users (username, display_name, email)"
-    " VALUES (%(name)s, %(name)s, %(name)s || '@example.com') RETURNING id),"
-    " v AS (INSERT INTO votes (user_id, project_id, vote_type) SELECT id, %(hot)s, 'up' FROM u),"
-    " f AS (INSERT INTO follows (follower_id, followee_id) SELECT id, %(a)s FROM u),"
-    " g AS (INSERT INTO follows (follower_id, followee_id) SELECT %(b)s, id FROM u),"
-    " m AS (INSERT INTO messages (sender_id, recipient_id, body) SELECT id, %(a)s, 'hi' FROM u),"
-    " n AS (INSERT INTO messages (sender_id, recipient_id, body) SELECT %(b)s, id, 'yo' FROM u),"
-    " i AS (INSERT INTO intro_requests (requester_id, target_id) SELECT id, %(a)s FROM u),"
-    " c AS (INSERT INTO comments (project_id, user_id, body) SELECT %(p)s, id, 'x' FROM u)"
-    " INSERT INTO projects (owner_id, title) SELECT id, 'ephemeral' FROM u",
-    "delete_user": "DELETE FROM users WHERE id = (SELECT max(id) FROM users"
-    " WHERE id > %(last_base_user)s)",
-    "fold": "SELECT opskit_fold_user_dashboard_deltas(%(k)s), opskit_fold_intro_request_deltas(%(k)s)",
-}
-# Multi-statement transactions. Only inserts before the message: a transaction that flips or
-# deletes a vote and then inserts a vote or comment on the same project can deadlock with a
-# concurrent soft delete of that project (phase1 section 3).
-TRANSACTIONS = {"vote_comment_message": ("vote_hot_new", "comment", "message")}
-# Statements the app never issues and that can deadlock (never corrupt) against a concurrent
-# soft delete / owner move of the same project (phase1 section 3): moving votes or comments to
-# another project or user (the move holds the row while it waits for the target project or for
-# a concurrent insert of the same key), and multi-row UPDATEs of one project's votes or
-# comments (they lock those rows in their scan order, the project trigger in its own).
-# The deadlock-free runs leave them out; test_concurrent_admin_statements_stay_exact has them.
-NOT_APP = {"move_vote", "give_vote", "move_comment", "flip_all", "edit_comments"}
-WEIGHTS = {"vote_hot": 6, "unvote_hot": 3, "vote": 3, "message": 3, "flip": 2, "read": 2}
-OP_NAMES = sorted(OPS) + sorted(TRANSACTIONS)
-
-
-def run_op(conn: psycopg.Connection, name: str, params: dict) -> None:
-    """One operation: a statement, or a few in one transaction (on an autocommit connection)."""
-    if name in TRANSACTIONS:
-        with conn.transaction():
-            for part in TRANSACTIONS[name]:
-                conn.execute(OPS[part], params)
-    else:
-        conn.execute(OPS[name], params)
-
-
-def op_params(rng: random.Random, world: dict) -> dict:
-    a, b = rng.sample(world["users"], 2)
-    p, p2 = rng.sample(world["projects"], 2)
-    return {
-        "a": a,
-        "b": b,
-        "p": p,
-        "p2": p2,
-        "hot": world["projects"][0],
-        "t": rng.choice(["up", "down"]),
-        "k": rng.randrange(1, 20),
-        "body": "b" * rng.randrange(1, 130) + str(rng.randrange(1000)),
-        "answer": rng.choice(["accepted", "declined"]),
-        "name": uuid.uuid4().hex[:16],
-        "last_base_user": world["last_base_user"],
-        "last_base_project": world["last_base_project"],
-    }
-
-
-def make_world(conn: psycopg.Connection, users: int = 6, projects: int = 4) -> dict:
-    uids = add_users(conn, users)
-    pids = add_projects(conn, [uids[i % 3] for i in range(projects)])
-    return {
-        "users": uids,
-        "projects": pids,
-        "last_base_user": max(uids),
-        "last_base_project": max(pids),
-    }
-
-
-EXPECTED_ERRORS = (
-    psycopg.errors.ForeignKeyViolation,  # the project or user was deleted meanwhile
-    psycopg.errors.UniqueViolation,  # a moved vote meets an existing one
-)
 
 
 # ------------------------------------------------------------------ fixtures
@@ -549,6 +402,59 @@ def test_new_users_get_a_zero_row_and_single_lookups_use_indexes(db):
         assert "Seq Scan" not in plan, plan
 
 
+def test_a_vote_writes_one_delta_row_and_project_changes_write_none(db):
+    """The per-project design (phase1 section 2): what each hot write costs in delta rows."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        world = make_world(conn, users=4, projects=2)
+        voter, project = world.users[3], world.projects[1]  # voter owns no project
+
+        def delta_rows() -> tuple[int, int]:
+            return conn.execute(
+                "SELECT (SELECT count(*) FROM project_stats_delta),"
+                " (SELECT count(*) FROM user_dashboard_stats_delta)"
+            ).fetchone()
+
+        steps = [
+            ("vote", f"INSERT INTO votes VALUES ({voter}, {project}, 'up')", (1, 0)),
+            (
+                "flip",
+                f"UPDATE votes SET vote_type = 'down' WHERE user_id = {voter}",
+                (1, 0),
+            ),
+            (
+                "same vote again",
+                f"UPDATE votes SET vote_type = 'down' WHERE user_id = {voter}",
+                (0, 0),
+            ),
+            (
+                "comment",
+                f"INSERT INTO comments (project_id, user_id, body) VALUES ({project}, {voter}, 'x')",
+                (1, 0),
+            ),
+            (
+                "edit comment",
+                f"UPDATE comments SET body = 'y' WHERE project_id = {project}",
+                (0, 0),
+            ),
+            ("soft delete", f"UPDATE projects SET deleted_at = now() WHERE id = {project}", (0, 0)),
+            ("restore", f"UPDATE projects SET deleted_at = NULL WHERE id = {project}", (0, 0)),
+            ("owner move", f"UPDATE projects SET owner_id = {voter} WHERE id = {project}", (0, 0)),
+            ("unvote", f"DELETE FROM votes WHERE user_id = {voter}", (1, 0)),
+        ]
+        for name, statement, (project_rows, user_rows) in steps:
+            before = delta_rows()
+            conn.execute(statement)
+            after = delta_rows()
+            assert (after[0] - before[0], after[1] - before[1]) == (project_rows, user_rows), name
+        assert_exact(conn, "after the hot writes")
+        stats = conn.execute(
+            "SELECT projects_count, downvotes_received, comments_received FROM user_dashboard_stats"
+            " WHERE user_id = %s",
+            (voter,),
+        ).fetchone()
+        assert stats == (1, 0, 1)  # the moved project, its comment; the vote was withdrawn
+
+
 def test_rolled_back_transaction_changes_nothing(db):
     rng = random.Random(7)
     with psycopg.connect(db) as conn:
@@ -566,7 +472,7 @@ def test_rolled_back_transaction_changes_nothing(db):
                     run_op(conn, name, op_params(rng, world))
             except EXPECTED_ERRORS:
                 pass
-        conn.execute("DELETE FROM users WHERE id = %s", (world["users"][0],))
+        conn.execute("DELETE FROM users WHERE id = %s", (world.users[0],))
         conn.rollback()
         after = {
             t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
@@ -600,7 +506,7 @@ def test_fold_keeps_the_relations_exact(db):
         fold_all(conn, max_rows=5)
         assert_exact(check, "second fold")
         # a fold inside a transaction that rolls back folds nothing
-        conn.execute(OPS["vote_hot"], op_params(rng, world))
+        conn.execute(OPERATIONS["vote_hot"], op_params(rng, world))
         before = pending_deltas(conn)
         with conn.transaction(force_rollback=True):
             fold_all(conn)
@@ -648,7 +554,8 @@ def test_rollback_files_drop_every_phase1_object(db):
             " + (SELECT count(*) FROM pg_proc WHERE proname LIKE 'opskit_%')"
             " + (SELECT count(*) FROM pg_class WHERE relname IN ('user_dashboard_stats',"
             "    'intro_request_stats', 'message_conversations_denorm')"
-            "    OR relname LIKE 'user_dashboard_stats_%' OR relname LIKE 'intro_request_stats_%')"
+            "    OR relname LIKE 'user_dashboard_stats_%' OR relname LIKE 'intro_request_stats_%'"
+            "    OR relname LIKE 'project_stats%')"
         ).fetchone()[0]
         assert left == 0
         # phase0 is safe on this now clean database, and phase1 applies again
@@ -659,103 +566,6 @@ def test_rollback_files_drop_every_phase1_object(db):
 
 
 # ------------------------------------------------------------------ concurrency
-
-
-class Writers:
-    """N threads, each with its own connection, running random single-statement writes."""
-
-    def __init__(
-        self,
-        url: str,
-        world: dict,
-        threads: int,
-        ops_each: int | None,
-        seed: int,
-        folder: bool = False,
-        admin: bool = False,
-    ):
-        self.url, self.world = url, world
-        self.names = [
-            n for n in OP_NAMES if admin or n not in NOT_APP for _ in range(WEIGHTS.get(n, 1))
-        ]
-        self.deadlocks = 0
-        self.deadlock_details: list[str] = []
-        self.running: dict[int, str] = {}  # backend pid -> operation, to explain deadlocks
-        self.done = 0
-        self.rejected = 0  # expected errors (FK / unique violations)
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self._run, args=(seed + i, ops_each), daemon=True)
-            for i in range(threads)
-        ]
-        if folder:
-            self.threads.append(threading.Thread(target=self._fold, daemon=True))
-
-    def _fold(self) -> None:
-        """Fold continuously (small batches) until stopped."""
-        try:
-            with psycopg.connect(self.url, autocommit=True) as conn:
-                while not self.stop.is_set():
-                    conn.execute("SELECT opskit_fold_user_dashboard_deltas(5)")
-                    conn.execute("SELECT opskit_fold_intro_request_deltas(5)")
-                    time.sleep(0.002)
-        except Exception as err:  # noqa: BLE001 - reported by the test
-            with self.lock:
-                self.errors.append(f"fold: {type(err).__name__}: {err}")
-
-    def _run(self, seed: int, count: int | None) -> None:
-        """`count` operations, or until stopped when None."""
-        rng = random.Random(seed)
-        names = self.names
-        try:
-            with psycopg.connect(self.url, autocommit=True) as conn:
-                for _ in itertools.repeat(None) if count is None else range(count):
-                    if self.stop.is_set():
-                        return
-                    name = rng.choice(names)
-                    params = op_params(rng, self.world)
-                    self.running[conn.info.backend_pid] = name
-                    for _attempt in range(10):
-                        try:
-                            run_op(conn, name, params)
-                            with self.lock:
-                                self.done += 1
-                            break
-                        except psycopg.errors.DeadlockDetected as err:
-                            with self.lock:
-                                self.deadlocks += 1
-                                detail = re.sub(
-                                    r"Process (\d+)",
-                                    lambda m: f"{self.running.get(int(m.group(1)))}({m.group(1)})",
-                                    err.diag.message_detail or "",
-                                )
-                                self.deadlock_details.append(detail)
-                        except psycopg.errors.SerializationFailure:
-                            continue
-                        except EXPECTED_ERRORS:
-                            with self.lock:
-                                self.rejected += 1
-                            break
-        except Exception as err:  # noqa: BLE001 - reported by the test
-            with self.lock:
-                self.errors.append(f"{type(err).__name__}: {err}")
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def join(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        for t in self.threads:
-            t.join(max(0.1, deadline - time.monotonic()))
-        assert not any(t.is_alive() for t in self.threads), "writers hang"
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.join()
 
 
 def test_concurrent_writers_keep_the_relations_exact(db):
@@ -780,8 +590,10 @@ def test_concurrent_writers_keep_the_relations_exact(db):
     assert not writers.errors, writers.errors
     assert not mismatches, mismatches[0]
     assert writers.deadlocks == 0, "\n".join(writers.deadlock_details)
-    print(f"{writers.done} writes, {writers.rejected} rejected, {checks} checks, {folds} folded")
-    assert writers.done > 2500
+    print(
+        f"{writers.committed} writes, {writers.rejected} rejected, {checks} checks, {folds} folded"
+    )
+    assert writers.committed > 2500
     assert checks > 3 and folds > 0
     assert_exact(db, "after the writers finished")
     with psycopg.connect(db, autocommit=True) as conn:
@@ -797,7 +609,7 @@ def test_concurrent_admin_statements_stay_exact(db):
     with Writers(db, world, threads=6, ops_each=200, seed=300, admin=True) as writers:
         writers.join()
     assert not writers.errors, writers.errors
-    assert writers.done > 900
+    assert writers.committed > 900
     assert_exact(db, f"after concurrent admin statements ({writers.deadlocks} deadlocks retried)")
 
 
@@ -822,7 +634,7 @@ def test_backfill_while_the_app_writes(base_db_url):
                 conn.execute("SELECT opskit_fold_user_dashboard_deltas(30)")
                 time.sleep(0.01)
             # the busiest users again and again, to meet writes on the same rows
-            busy = (min(world["users"]), max(world["users"]) + 1)
+            busy = (min(world.users), max(world.users) + 1)
             for _ in range(25):
                 conn.execute("SELECT opskit_backfill_message_conversations(%s, %s)", busy)
                 conn.execute("SELECT opskit_backfill_user_dashboard_stats(%s, %s)", busy)
@@ -830,7 +642,7 @@ def test_backfill_while_the_app_writes(base_db_url):
         assert all(t.is_alive() for t in writers.threads), writers.errors
     assert not writers.errors, writers.errors
     assert writers.deadlocks == 0, writers.deadlock_details
-    assert writers.done > 100
+    assert writers.committed > 100
     assert_exact(base_db_url, "after the backfill raced the writers")
 
 
@@ -900,10 +712,10 @@ def test_random_interleavings_keep_the_relations_exact(db, sessions, steps):
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {APP_TABLES}, {DENORM_TABLES} RESTART IDENTITY")
         world = make_world(conn, users=4, projects=3)
-        conn.execute(OPS["vote_hot"], op_params(random.Random(1), world))
-        conn.execute(OPS["message"], op_params(random.Random(2), world))
-        conn.execute(OPS["comment"], op_params(random.Random(3), world))
-        conn.execute(OPS["intro"], op_params(random.Random(4), world))
+        conn.execute(OPERATIONS["vote_hot"], op_params(random.Random(1), world))
+        conn.execute(OPERATIONS["message"], op_params(random.Random(2), world))
+        conn.execute(OPERATIONS["comment"], op_params(random.Random(3), world))
+        conn.execute(OPERATIONS["intro"], op_params(random.Random(4), world))
         open_sessions = [Session(db) for _ in range(sessions)]
         try:
             for index, name, seed in steps:
@@ -912,9 +724,9 @@ def test_random_interleavings_keep_the_relations_exact(db, sessions, steps):
                     session.submit(name)
                 elif name in TRANSACTIONS:
                     for part in TRANSACTIONS[name]:
-                        session.submit(OPS[part], op_params(random.Random(seed), world))
+                        session.submit(OPERATIONS[part], op_params(random.Random(seed), world))
                 else:
-                    session.submit(OPS[name], op_params(random.Random(seed), world))
+                    session.submit(OPERATIONS[name], op_params(random.Random(seed), world))
                 assert_exact(conn, f"after {name}")  # a snapshot at any moment is exact
         finally:
             for session in open_sessions:  # commit all first: one may wait for another's locks

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 MIGRATIONS = Path(__file__).parents[2] / "migrations"
 
@@ -420,13 +421,19 @@ def test_writes_enqueue_one_request_per_view_and_second(db):
         _age_requests(conn)
         follow_views = dependents(conn, "follows")
         before = queue_counts(conn)  # a rolled-back write takes its request with it
+        first_follow = (
+            "DELETE FROM follows WHERE (follower_id, followee_id) ="
+            " (SELECT follower_id, followee_id FROM follows ORDER BY 1, 2 LIMIT 1)"
+        )
         with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
-            conn.execute(
-                "INSERT INTO follows (follower_id, followee_id) VALUES (1, 2) ON CONFLICT DO NOTHING"
-            )
+            assert conn.execute(first_follow).rowcount == 1
             conn.execute("SELECT 1 / 0")
         assert added(before, queue_counts(conn)) == {}
-        conn.execute("DELETE FROM follows WHERE follower_id = 1 AND followee_id = 2")
+        # a statement that changes no row enqueues nothing (row-level triggers)
+        conn.execute("DELETE FROM follows WHERE follower_id = -1")
+        conn.execute("UPDATE follows SET created_at = created_at WHERE false")
+        assert added(before, queue_counts(conn)) == {}
+        assert conn.execute(first_follow).rowcount == 1
         assert added(before, queue_counts(conn)) == dict.fromkeys(follow_views, 1)
 
         before = queue_counts(conn)  # a table no view reads enqueues nothing
@@ -436,18 +443,28 @@ def test_writes_enqueue_one_request_per_view_and_second(db):
         assert added(before, queue_counts(conn)) == {}
 
 
-def test_every_source_table_has_one_statement_level_enqueue_trigger(db):
+def test_every_source_table_has_enqueue_triggers_for_rows_and_truncate(db):
     with psycopg.connect(db) as conn:
+        # tgtype bits: 0 row-level, 1 BEFORE, 2 INSERT, 3 DELETE, 4 UPDATE, 5 TRUNCATE
         triggers = rows(
             conn,
-            "SELECT tgrelid::regclass::text, tgname, tgtype & 3 FROM pg_trigger "
-            "WHERE tgname LIKE 'trg_opskit_mvq%' ORDER BY 1",
+            "SELECT tgrelid::regclass::text, tgname, tgtype::int FROM pg_trigger "
+            "WHERE tgname LIKE 'trg_opskit_mvq%' ORDER BY 1, 2",
         )
         sources = {r[0] for r in rows(conn, "SELECT DISTINCT source_table FROM mv_dependencies")}
-        assert [t for t, _, _ in triggers] == sorted(sources)
-        assert all(name == f"trg_opskit_mvq_{table}" for table, name, _ in triggers)
-        # every trigger is statement-level (tgtype bit 0 clear) and AFTER (bit 1 clear)
-        assert {kind for _, _, kind in triggers} == {0}
+        assert {t for t, _, _ in triggers} == sources
+        for table in sources:
+            mine = {name: kind for t, name, kind in triggers if t == table}
+            main = mine[f"trg_opskit_mvq_{table}"]
+            assert main & 0b10 == 0 and main & 0b11100 == 0b11100  # AFTER INSERT/UPDATE/DELETE
+            # TRUNCATE: the same statement-level trigger (phase 3) or a separate one (phase 2)
+            truncate = mine.get(f"trg_opskit_mvq_{table}_truncate", main)
+            assert truncate & 0b100011 == 0b100000, table
+            if main & 1:  # row-level: a statement that changes no row enqueues nothing
+                before = queue_counts(conn)
+                conn.execute(sql.SQL("DELETE FROM {} WHERE false").format(sql.Identifier(table)))
+                assert queue_counts(conn) == before
+            conn.rollback()
         assert {v for (v,) in rows(conn, "SELECT DISTINCT view_name FROM mv_dependencies")} == set(
             VIEWS
         )

@@ -2,6 +2,7 @@
 
 import json
 
+import psycopg
 from typer.testing import CliRunner
 
 from opskit import writebench
@@ -16,12 +17,47 @@ def test_vote_writes_are_measured(tiny_db_url):
     assert 0 < result.p50_ms <= result.p99_ms
     assert result.deadlocks == 0 and result.other_errors == 0
     assert result.wal_bytes_per_write > 0
+    with psycopg.connect(tiny_db_url) as conn:  # a server on this machine: its CPU is measured
+        local = writebench._local_postmaster(conn.info.backend_pid) is not None
+    assert (result.server_cpu_us_per_write or 0) > 0 if local else True
+
+
+def test_synchronous_commit_is_set_for_the_writers(tiny_db_url):
+    for mode in ("on", "off"):
+        load = writebench.WriteLoad(writers=2, seconds=1, synchronous_commit=mode)
+        assert writebench.run_vote_writes(tiny_db_url, load, mode).synchronous_commit == mode
+
+
+def test_compare_takes_medians_and_the_range_of_the_pairs():
+    def run(label, tps, p99):
+        return writebench.WriteBenchResult(
+            label, True, 32, "off", 10, 1000, tps, 1, p99, 0, 0, 100, 50
+        )
+
+    runs = [run("no phases", 100, 2), run("all phases", 50, 4), run("no phases", 200, 2)]
+    runs += [run("all phases", 180, 2), run("no phases", 150, 2), run("all phases", 120, 3)]
+    comparison = writebench.compare(runs)
+    assert comparison.throughput_vs_baseline == 0.8  # 120 / 150
+    assert comparison.throughput_ratio_range == (0.5, 0.9)
+    assert comparison.p99_vs_baseline == 1.5
+    assert comparison.server_cpu_vs_baseline == 1.0
 
 
 def test_the_command_compares_no_phases_with_all_phases(test_servers):
     out = CliRunner().invoke(
         app,
-        ["bench-writes", "--writers", "2", "--seconds", "1", "--scale", "tiny", "--json"],
+        [
+            "bench-writes",
+            "--writers",
+            "2",
+            "--seconds",
+            "1",
+            "--scale",
+            "tiny",
+            "--synchronous-commit",
+            "on",
+            "--json",
+        ],
         env={"OPSKIT_DATABASE_URL": test_servers.admin_url},
         catch_exceptions=False,
     )
@@ -29,3 +65,4 @@ def test_the_command_compares_no_phases_with_all_phases(test_servers):
     payload = json.loads(out.stdout)
     assert [r["label"] for r in payload["results"]] == ["no phases", "all phases"]
     assert payload["throughput_vs_baseline"] > 0
+    assert {r["synchronous_commit"] for r in payload["results"]} == {"on"}
