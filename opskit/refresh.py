@@ -6,11 +6,15 @@ wait until every transaction running at the claim has ended (a writer may have s
 because it saw a request we just claimed: see phase2_materialized_views.sql), then
 REFRESH ... CONCURRENTLY, log the run and mark done exactly the requests claimed. A request that
 arrives during the refresh stays pending for the next run. Advisory locks are session-level, so
-a worker that dies releases them with its connection.
+a worker that dies releases them with its connection; its claims go back to pending once they are
+older than the lease (OPSKIT_REFRESH_MAX_WAIT_S) and we hold the view's lock. A view whose runs
+fail backs off exponentially (from OPSKIT_REFRESH_POLL_S up to 5 minutes) without holding up the
+other views.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -28,6 +32,9 @@ from opskit.sql import queries
 LOCK_SPACE_VIEW = 0x6F707376  # "opsv": one lock per view
 LOCK_SPACE_SLOT = 0x6F707373  # "opss": the refresh slots shared by every refresher
 OLD_TRANSACTIONS_TIMEOUT_S = 60.0
+BACKOFF_MAX_S = 300.0  # a failing view is retried at most this long after its last failure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,24 +79,53 @@ def refresh(
             raise BadInput(
                 f"unknown view {', '.join(unknown)}", hint=f"choose from: {', '.join(known)}"
             )
+        release_expired_claims(conn, lease_s=settings.refresh_max_wait_s)
         if all_views:
             targets = known
         elif views:
             targets = [view for view in known if view in views]
         else:
-            targets = [
-                row[0]
-                for row in conn.execute(
-                    refresh_sql["due_views"],
-                    {
-                        "debounce_s": settings.refresh_debounce_s,
-                        "max_wait_s": settings.refresh_max_wait_s,
-                    },
-                )
-            ]
+            targets = due_views(conn, settings)
         runs = [refresh_view(conn, view, settings.refresh_workers) for view in targets]
         conn.execute(refresh_sql["forget_old_done"])
     return runs
+
+
+def due_views(conn: psycopg.Connection, settings: Settings) -> list[str]:
+    """Views the queue says are due (debounce / max wait), minus those backing off after failing."""
+    params = {
+        "debounce_s": settings.refresh_debounce_s,
+        "max_wait_s": settings.refresh_max_wait_s,
+        "backoff_base_s": settings.refresh_poll_s,
+        "backoff_max_s": BACKOFF_MAX_S,
+    }
+    return [row[0] for row in conn.execute(queries("refresh.sql")["due_views"], params)]
+
+
+def release_expired_claims(conn: psycopg.Connection, *, lease_s: float) -> int:
+    """Put back to pending the claims older than the lease whose view nobody is refreshing.
+
+    A claim is only made while holding the view's lock, so once we hold that lock, a claim
+    still marked claimed belongs to a worker that died (its session, and the lock, are gone).
+    Its run still logged as running is marked failed. Returns the number of requests released.
+    """
+    refresh_sql = queries("refresh.sql")
+    released = 0
+    expired = conn.execute(refresh_sql["views_with_expired_claims"], {"lease_s": lease_s})
+    for (view,) in expired.fetchall():
+        view_lock = {"space": LOCK_SPACE_VIEW, "key": view_lock_key(view)}
+        if not conn.execute(refresh_sql["try_lock"], view_lock).fetchone()[0]:
+            continue  # a live worker is refreshing it: its claims are not orphans
+        try:
+            released += conn.execute(
+                refresh_sql["release_expired_claims"], {"view": view, "lease_s": lease_s}
+            ).rowcount
+            conn.execute(refresh_sql["fail_orphaned_runs"], {"view": view})
+        finally:
+            conn.execute(refresh_sql["unlock"], view_lock)
+    if released:
+        log.warning("released %d refresh requests claimed by dead workers", released)
+    return released
 
 
 def refresh_view(conn: psycopg.Connection, view: str, slots: int) -> RefreshRun:
@@ -99,6 +135,8 @@ def refresh_view(conn: psycopg.Connection, view: str, slots: int) -> RefreshRun:
     if not conn.execute(refresh_sql["try_lock"], view_lock).fetchone()[0]:
         return RefreshRun(view, "skipped", 0, None, "another refresher is refreshing it")
     try:
+        # We hold the view's lock: a run of it still logged as running belongs to a dead worker.
+        conn.execute(refresh_sql["fail_orphaned_runs"], {"view": view})
         slot = _take_slot(conn, slots)
         if slot is None:
             return RefreshRun(view, "skipped", 0, None, f"all {slots} refresh slots are busy")
@@ -156,11 +194,14 @@ def _finish_log(
 
 
 def _wait_for_older_transactions(conn: psycopg.Connection) -> None:
-    """Wait until every transaction that was running when the claim committed has ended."""
+    """Wait until every transaction of this database running when the claim committed has ended."""
     refresh_sql = queries("refresh.sql")
-    xmax = conn.execute(refresh_sql["snapshot_xmax"]).fetchone()[0]
+    xids = conn.execute(refresh_sql["running_transactions"]).fetchone()[0]
     deadline = time.monotonic() + OLD_TRANSACTIONS_TIMEOUT_S
-    while conn.execute(refresh_sql["older_transactions_running"], {"xmax": xmax}).fetchone()[0]:
+    while (
+        xids
+        and conn.execute(refresh_sql["transactions_still_running"], {"xids": xids}).fetchone()[0]
+    ):
         if time.monotonic() > deadline:
             limit = f"{OLD_TRANSACTIONS_TIMEOUT_S:.0f} s"
             raise TimeoutError(f"a transaction older than the claim ran for over {limit}")

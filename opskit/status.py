@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import psycopg
 from psycopg import sql
 
+from opskit.daemon import HEARTBEAT_S, LIVE_AFTER_HEARTBEATS
 from opskit.migrations import PhaseStatus, phase_statuses
 from opskit.sql import queries
 from opskit.truth import DENORMALIZED
@@ -31,6 +32,10 @@ class StatusReport:
     row_counts: dict[str, int | None] = field(default_factory=dict)
     refresh_queue_pending: int | None = None
     refresh_runs_last_hour: dict[str, int] | None = None
+    # view -> {"runs", "p50_s", "p95_s"}: oldest write to the end of the refresh showing it
+    refresh_staleness_last_hour: dict[str, dict] | None = None
+    live_daemons: list[dict] | None = None  # daemons with a recent heartbeat
+    latest_job_runs: list[dict] | None = None  # the newest slot of each scheduled job
 
     def as_dict(self) -> dict:
         return {
@@ -39,6 +44,9 @@ class StatusReport:
             "row_counts": self.row_counts,
             "refresh_queue_pending": self.refresh_queue_pending,
             "refresh_runs_last_hour": self.refresh_runs_last_hour,
+            "refresh_staleness_last_hour": self.refresh_staleness_last_hour,
+            "live_daemons": self.live_daemons,
+            "latest_job_runs": self.latest_job_runs,
         }
 
 
@@ -68,4 +76,21 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
         report.refresh_runs_last_hour = dict(
             conn.execute(status_sql["refresh_runs_last_hour"]).fetchall()
         )
+    if _exists(conn, "mv_refresh_queue"):
+        report.refresh_staleness_last_hour = {
+            view: {"runs": runs, "p50_s": float(p50), "p95_s": float(p95)}
+            for view, runs, p50, p95 in conn.execute(status_sql["refresh_staleness_last_hour"])
+        }
+    if _exists(conn, "opskit_daemon_heartbeats"):
+        live_after_s = HEARTBEAT_S * LIVE_AFTER_HEARTBEATS
+        report.live_daemons = _rows(
+            conn, status_sql["live_daemons"], {"live_after_s": live_after_s}
+        )
+        report.latest_job_runs = _rows(conn, status_sql["latest_job_runs"])
     return report
+
+
+def _rows(conn: psycopg.Connection, query: str, params: dict | None = None) -> list[dict]:
+    cursor = conn.execute(query, params)
+    names = [column.name for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]

@@ -34,10 +34,14 @@ class Diff:
     first_keys: list[str]
 
 
-def diff_against_truth(conn: psycopg.Connection, spec: Denormalized, sample: int = 5) -> Diff:
+def diff_against_truth(
+    conn: psycopg.Connection, spec: Denormalized, sample: int | None = 5
+) -> Diff:
     """Full outer join of the relation with its truth query on the keys; count differing rows.
 
-    Run inside one snapshot (REPEATABLE READ) when several relations must agree with each other.
+    `first_keys` holds the first `sample` differing keys (every one with sample=None, for a
+    repair). Run inside one snapshot (REPEATABLE READ) when several relations must agree with
+    each other.
     """
     truth = queries("truth.sql")[spec.truth_query].rstrip().rstrip(";")
     columns = _columns(conn, truth)
@@ -49,7 +53,8 @@ def diff_against_truth(conn: psycopg.Connection, spec: Denormalized, sample: int
         WITH truth AS ({truth}), relation AS (SELECT {columns} FROM {relation})
         SELECT count(*),
                count(*) FILTER (WHERE differs),
-               (array_agg(key_text ORDER BY key_text) FILTER (WHERE differs))[1:%(sample)s]
+               (array_agg(key_text ORDER BY key_text) FILTER (WHERE differs))
+                   [1:coalesce(%(sample)s::integer, 2147483647)]
         FROM (
             SELECT ROW({truth_columns}) IS DISTINCT FROM ROW({relation_columns}) AS differs,
                    concat_ws(',', {keys}) AS key_text

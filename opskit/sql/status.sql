@@ -10,3 +10,31 @@ SELECT count(*) FROM mv_refresh_queue WHERE status = 'pending';
 SELECT status, count(*) FROM mv_refresh_log
 WHERE refresh_started_at > now() - interval '1 hour'
 GROUP BY status ORDER BY status;
+
+-- name: refresh_staleness_last_hour --
+-- Staleness of each refresh run: from its oldest request (the oldest write it made visible) to
+-- the end of the refresh. A run's requests share finished_at (refresh.sql mark_done).
+SELECT view_name,
+       count(*) AS runs,
+       round((percentile_cont(0.5) WITHIN GROUP (ORDER BY staleness_s))::numeric, 3) AS p50_s,
+       round((percentile_cont(0.95) WITHIN GROUP (ORDER BY staleness_s))::numeric, 3) AS p95_s
+FROM (
+    SELECT view_name,
+           extract(epoch FROM finished_at - min(refresh_requested_at)) AS staleness_s
+    FROM mv_refresh_queue
+    WHERE status = 'done' AND finished_at > now() - interval '1 hour'
+    GROUP BY view_name, finished_at
+) AS runs
+GROUP BY view_name
+ORDER BY view_name;
+
+-- name: live_daemons --
+SELECT worker_id, started_at, last_seen_at
+FROM opskit_daemon_heartbeats
+WHERE stopped_at IS NULL AND last_seen_at > now() - make_interval(secs => %(live_after_s)s)
+ORDER BY started_at;
+
+-- name: latest_job_runs --
+SELECT DISTINCT ON (job) job, scheduled_for, status, worker_id, started_at, finished_at, detail
+FROM opskit_job_runs
+ORDER BY job, scheduled_for DESC;

@@ -165,3 +165,112 @@ def test_bad_input(migrated, fresh_database, base_template):
     assert _run(migrated, "refresh", "mv_nope").exit_code == 2
     unmigrated = fresh_database(base_template)
     assert _run(unmigrated, "refresh", "--all").exit_code == 3
+
+
+def test_a_failing_view_backs_off_and_does_not_hold_up_the_others(migrated):
+    settings = Settings.from_env(
+        {
+            "OPSKIT_REFRESH_POLL_S": "0.2",
+            "OPSKIT_REFRESH_DEBOUNCE_S": "0.1",
+            "OPSKIT_REFRESH_MAX_WAIT_S": "1",
+        }
+    )
+    refresh.refresh(migrated, settings, all_views=True)
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        # Without its unique index, REFRESH ... CONCURRENTLY of the view fails every time.
+        index = conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'mv_chain_posts' "
+            "AND indexdef LIKE 'CREATE UNIQUE%'"
+        ).fetchone()[0]
+        conn.execute(f'DROP INDEX "{index}"')
+        last_run_before = conn.execute("SELECT max(id) FROM mv_refresh_log").fetchone()[0]
+        conn.execute(
+            "INSERT INTO mv_refresh_queue (view_name, refresh_requested_at) VALUES "
+            "('mv_chain_posts', now() - interval '1 minute')"
+        )
+        started = time.monotonic()
+        other_requests = 0
+        while time.monotonic() - started < 3.2:
+            if other_requests < 5 and time.monotonic() - started > other_requests * 0.6:
+                conn.execute(
+                    "INSERT INTO mv_refresh_queue (view_name, refresh_requested_at) VALUES "
+                    "('mv_investors_directory', now() - interval '1 minute')"
+                )
+                other_requests += 1
+            refresh.refresh(migrated, settings)
+            time.sleep(0.02)
+        failures = conn.execute(
+            "SELECT refresh_started_at, refresh_finished_at FROM mv_refresh_log "
+            "WHERE view_name = 'mv_chain_posts' AND status = 'failed' ORDER BY id"
+        ).fetchall()
+        others = conn.execute(
+            "SELECT count(*) FROM mv_refresh_log WHERE view_name = 'mv_investors_directory' "
+            "AND status = 'completed' AND id > %s",
+            (last_run_before,),
+        ).fetchone()[0]
+        pending = conn.execute(
+            "SELECT count(*) FROM mv_refresh_queue WHERE view_name = 'mv_chain_posts' "
+            "AND status = 'pending'"
+        ).fetchone()[0]
+    # 0.2, 0.4, 0.8, 1.6 s apart: 4 or 5 attempts in 3.2 s instead of ~100 without backoff
+    assert 3 <= len(failures) <= 5
+    waits = [
+        (later[0] - earlier[1]).total_seconds()
+        for earlier, later in zip(failures, failures[1:], strict=False)
+    ]
+    assert all(wait >= 0.2 * 2**n - 0.05 for n, wait in enumerate(waits)), waits
+    assert others == 5  # the other view kept refreshing meanwhile
+    assert pending == 1  # the failed view's request is kept for the next attempt
+
+
+def test_claims_of_a_dead_worker_are_released_after_the_lease(migrated):
+    _run(migrated, "refresh", "--all")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        claims = conn.execute(
+            "INSERT INTO mv_refresh_queue (view_name, refresh_requested_at, status, claimed_at, "
+            "claimed_by) VALUES ('mv_chain_posts', now() - interval '1 minute', 'claimed', "
+            "now() - interval '1 minute', 'gone:1'), ('mv_feed_projects', now() - interval "
+            "'1 minute', 'claimed', now() - interval '1 minute', 'alive:2') RETURNING id"
+        ).fetchall()
+        conn.execute(
+            "INSERT INTO mv_refresh_log (view_name, status, worker_id) "
+            "VALUES ('mv_chain_posts', 'running', 'gone:1')"
+        )
+        with psycopg.connect(migrated, autocommit=True) as alive:
+            # A live worker holds mv_feed_projects' lock: its claim is not an orphan.
+            alive.execute(
+                "SELECT pg_advisory_lock(%s, %s)",
+                (refresh.LOCK_SPACE_VIEW, refresh.view_lock_key("mv_feed_projects")),
+            )
+            _run(migrated, "refresh")
+        states = conn.execute(
+            "SELECT view_name, status, claimed_by FROM mv_refresh_queue WHERE id = ANY(%s) "
+            "ORDER BY id",
+            ([claim[0] for claim in claims],),
+        ).fetchall()
+        dead_run = conn.execute(
+            "SELECT status FROM mv_refresh_log WHERE worker_id = 'gone:1'"
+        ).fetchone()[0]
+    assert states == [
+        ("mv_chain_posts", "pending", None),
+        ("mv_feed_projects", "claimed", "alive:2"),
+    ]
+    assert dead_run == "failed"  # so the view backs off one poll before its next attempt
+
+
+def test_status_shows_staleness_per_view(migrated):
+    _run(migrated, "refresh", "--all")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute("DELETE FROM mv_refresh_queue")  # only the run below counts
+        conn.execute(
+            "INSERT INTO mv_refresh_queue (view_name, refresh_requested_at) VALUES "
+            "('mv_chain_posts', now() - interval '4 seconds'), "
+            "('mv_chain_posts', now() - interval '1 second')"
+        )
+    _run(migrated, "refresh", "mv_chain_posts")
+    report = json.loads(_run(migrated, "status", "--json").stdout)
+    staleness = report["refresh_staleness_last_hour"]
+    assert list(staleness) == ["mv_chain_posts"]
+    run = staleness["mv_chain_posts"]
+    assert run["runs"] == 1  # both requests were made visible by one refresh
+    assert 4 <= run["p50_s"] == run["p95_s"] < 60  # from the oldest request to the end
