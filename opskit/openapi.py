@@ -1,0 +1,549 @@
+"""The OpenAPI 3.1 document served at /openapi.json, written by hand from the routes in api.py.
+
+Both modes serve the same document (same routes, same answers); only `info.description` names the
+mode. Schemas are strict about the fields each answer always has, so a schema check of real
+responses (tests/integration/test_api_schema.py) catches a drifting answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opskit import __version__
+
+INTEGER = {"type": "integer"}
+COUNT = {"type": "integer", "minimum": 0}
+ID = {"type": "integer", "minimum": 1}
+TEXT = {"type": "string"}
+TIME = {"type": "string", "format": "date-time"}
+
+
+def _nullable(schema: dict) -> dict:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _object(properties: dict[str, dict], optional: tuple[str, ...] = ()) -> dict:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+    }
+
+
+ERROR = _object({"error": TEXT})
+
+USER_STATS = _object(
+    {
+        "user_id": ID,
+        **{
+            name: COUNT
+            for name in (
+                "projects_count",
+                "upvotes_received",
+                "downvotes_received",
+                "comments_received",
+                "votes_cast",
+                "followers_count",
+                "following_count",
+                "unread_messages",
+                "pending_intros_received",
+            )
+        },
+    }
+)
+INTRO_STATS = _object(
+    {
+        "user_id": ID,
+        **{
+            f"{side}_{what}": COUNT
+            for side in ("sent", "received")
+            for what in ("total", "pending", "accepted", "declined")
+        },
+    }
+)
+FEED_ITEM = _object(
+    {
+        "id": ID,
+        "title": TEXT,
+        "tagline": _nullable(TEXT),
+        "tags": {"type": "array", "items": TEXT},
+        "owner_id": ID,
+        "owner_username": TEXT,
+        "owner_display_name": TEXT,
+        "chain_id": _nullable(ID),
+        "chain_slug": _nullable(TEXT),
+        "chain_name": _nullable(TEXT),
+        "created_at": TIME,
+        "upvotes": COUNT,
+        "downvotes": COUNT,
+        "score": INTEGER,
+        "comments_count": COUNT,
+        "trending_score": {"type": "number"},
+        "has_upvoted": {"type": "boolean", "description": "only with a bearer token"},
+    },
+    optional=("has_upvoted",),
+)
+COMMENT = _object({"id": ID, "user_id": ID, "username": TEXT, "body": TEXT, "created_at": TIME})
+PROJECT = _object(
+    {
+        **{k: v for k, v in FEED_ITEM["properties"].items() if k != "trending_score"},
+        "description": _nullable(TEXT),
+        "updated_at": TIME,
+        "recent_comments": {"type": "array", "items": COMMENT, "maxItems": 5},
+    },
+    optional=("has_upvoted",),
+)
+LEADERBOARD_PROJECT = _object(
+    {
+        "rank": ID,
+        "id": ID,
+        "title": TEXT,
+        "owner_id": ID,
+        "owner_username": TEXT,
+        "upvotes": COUNT,
+        "downvotes": COUNT,
+        "score": INTEGER,
+        "comments_count": COUNT,
+    }
+)
+LEADERBOARD_BUILDER = _object(
+    {
+        "rank": ID,
+        "id": ID,
+        "username": TEXT,
+        "display_name": TEXT,
+        "projects_count": COUNT,
+        "upvotes_received": COUNT,
+        "downvotes_received": COUNT,
+        "score": INTEGER,
+        "followers_count": COUNT,
+    }
+)
+CHAIN = _object(
+    {
+        "id": ID,
+        "slug": TEXT,
+        "name": TEXT,
+        "description": _nullable(TEXT),
+        "created_at": TIME,
+        "members_count": COUNT,
+        "projects_count": COUNT,
+        "posts_count": COUNT,
+        "last_activity_at": TIME,
+    }
+)
+CHAIN_POST = _object(
+    {
+        "id": ID,
+        "chain_id": ID,
+        "chain_slug": TEXT,
+        "author_id": ID,
+        "author_username": TEXT,
+        "title": TEXT,
+        "body_preview": TEXT,
+        "created_at": TIME,
+        "replies_count": COUNT,
+        "last_reply_at": _nullable(TIME),
+        "last_activity_at": TIME,
+    }
+)
+SEARCH_HIT = _object(
+    {
+        "kind": {"type": "string", "enum": ["project", "builder", "chain"]},
+        "id": ID,
+        "title": TEXT,
+        "subtitle": _nullable(TEXT),
+        "similarity": {"type": "number", "minimum": 0, "maximum": 1},
+        "popularity": INTEGER,
+    }
+)
+INVESTOR = _object(
+    {
+        "id": ID,
+        "username": TEXT,
+        "display_name": TEXT,
+        "firm": _nullable(TEXT),
+        "check_size_min": _nullable(INTEGER),
+        "check_size_max": _nullable(INTEGER),
+        "focus": _nullable(TEXT),
+        "intros_received": COUNT,
+        "intros_accepted": COUNT,
+        "acceptance_rate": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+        "followers_count": COUNT,
+    }
+)
+CONVERSATION = _object(
+    {
+        "other_user_id": ID,
+        "other_username": TEXT,
+        "other_display_name": TEXT,
+        "message_count": COUNT,
+        "unread_count": COUNT,
+        "last_message_id": ID,
+        "last_message_at": TIME,
+        "last_message_sender_id": ID,
+        "last_message_preview": TEXT,
+    }
+)
+VOTE_RESULT = _object(
+    {
+        "project_id": ID,
+        "vote_type": {"type": "string", "enum": ["up", "down", "none"]},
+        "has_upvoted": {"type": "boolean"},
+        "upvotes": COUNT,
+        "downvotes": COUNT,
+        "score": INTEGER,
+    }
+)
+MESSAGE = _object(
+    {
+        "id": ID,
+        "sender_id": ID,
+        "recipient_id": ID,
+        "body": TEXT,
+        "created_at": TIME,
+        "read_at": _nullable(TIME),
+    }
+)
+INTRO = _object(
+    {
+        "id": ID,
+        "requester_id": ID,
+        "target_id": ID,
+        "project_id": _nullable(ID),
+        "status": {"type": "string", "enum": ["pending", "accepted", "declined"]},
+        "message": _nullable(TEXT),
+        "created_at": TIME,
+        "responded_at": _nullable(TIME),
+    }
+)
+
+HEALTH = _object(
+    {
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "mode": {"type": "string", "enum": ["before", "after"]},
+        "database": TEXT,
+        "redis": TEXT,
+        "vote_cache_failures": COUNT,
+    },
+    optional=("vote_cache_failures",),
+)
+
+PAGE_PARAMETERS = [
+    {"name": "page", "in": "query", "schema": {**ID, "maximum": 10_000, "default": 1}},
+    {
+        "name": "per_page",
+        "in": "query",
+        "schema": {**ID, "maximum": 100, "default": 20},
+    },
+]
+
+
+def _page_of(item: dict, **extra: dict) -> dict:
+    return _object(
+        {
+            "items": {"type": "array", "items": item},
+            "page": ID,
+            "per_page": ID,
+            "has_more": {"type": "boolean"},
+            **extra,
+        }
+    )
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, dict]:
+    meaning = {
+        400: "bad query string or malformed JSON body",
+        401: "missing, invalid or expired token, or the token's user is gone",
+        403: "not yours",
+        404: "unknown id or slug",
+        409: "already answered",
+        413: "body over 16 KiB",
+        422: "well-formed body with missing or invalid fields",
+        503: "database (or Redis) unreachable",
+    }
+    return {str(status): _json(ERROR, meaning[status]) for status in statuses}
+
+
+def _get(summary: str, schema: dict, *errors: int, parameters=(), auth=None) -> dict:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "parameters": list(parameters),
+        "responses": {"200": _json(schema, "OK"), **_errors(*errors, 503)},
+    }
+    if auth == "required":
+        operation["security"] = [{"bearer": []}]
+        operation["responses"].update(_errors(401))
+    elif auth == "optional":
+        operation["security"] = [{"bearer": []}, {}]
+        operation["responses"].update(_errors(401))
+    return operation
+
+
+def _post(summary: str, body: dict | None, schema: dict, status: int, *errors: int) -> dict:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {
+            str(status): _json(schema, "OK"),
+            **_errors(*errors, 401, 503),
+        },
+    }
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+        operation["responses"].update(_errors(400, 413, 422))
+    return operation
+
+
+def _path_id(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": ID}
+
+
+def openapi_document(mode: str) -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "opskit API",
+            "version": __version__,
+            "description": f"The project discovery app's API, {mode} mode (CONTRACT §9). "
+            "Both modes give the same answers on the same data.",
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            }
+        },
+        "paths": {
+            "/api/health": {
+                "get": {
+                    "summary": "Mode, database and Redis reachability (503 when one is down)",
+                    "responses": {
+                        "200": _json(HEALTH, "every server answers"),
+                        "503": _json(HEALTH, "the database or Redis does not answer"),
+                    },
+                }
+            },
+            "/api/health/db": {
+                "get": _get(
+                    "One SELECT 1 through the pool: the stack's floor for benchmarks",
+                    _object({"ok": {"type": "boolean"}}),
+                )
+            },
+            "/api/users/stats": {
+                "get": _get("The caller's dashboard counters", USER_STATS, auth="required")
+            },
+            "/api/projects": {
+                "get": _get(
+                    "The project feed; with a token each item carries has_upvoted",
+                    _page_of(
+                        FEED_ITEM,
+                        sort={"type": "string", "enum": ["trending", "newest", "top"]},
+                        as_of=TIME,
+                    ),
+                    400,
+                    auth="optional",
+                    parameters=[
+                        {
+                            "name": "sort",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": ["trending", "newest", "top"],
+                                "default": "trending",
+                            },
+                        },
+                        {
+                            "name": "as_of",
+                            "in": "query",
+                            "description": "instant the trending score is computed for "
+                            "(default: now)",
+                            "schema": TIME,
+                        },
+                        *PAGE_PARAMETERS,
+                    ],
+                )
+            },
+            "/api/projects/{project_id}": {
+                "get": _get(
+                    "One live project with its five newest comments",
+                    PROJECT,
+                    404,
+                    auth="optional",
+                    parameters=[_path_id("project_id")],
+                )
+            },
+            "/api/leaderboard/projects": {
+                "get": _get(
+                    "Projects by score (ties: lower id first)",
+                    _page_of(LEADERBOARD_PROJECT),
+                    400,
+                    parameters=PAGE_PARAMETERS,
+                )
+            },
+            "/api/leaderboard/builders": {
+                "get": _get(
+                    "Builders (users with a live project) by score",
+                    _page_of(LEADERBOARD_BUILDER),
+                    400,
+                    parameters=PAGE_PARAMETERS,
+                )
+            },
+            "/api/chains": {
+                "get": _get(
+                    "Chain discovery",
+                    _page_of(CHAIN, sort={"type": "string"}),
+                    400,
+                    parameters=[
+                        {
+                            "name": "sort",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": ["members", "activity", "newest"],
+                                "default": "members",
+                            },
+                        },
+                        *PAGE_PARAMETERS,
+                    ],
+                )
+            },
+            "/api/chains/{slug}/posts": {
+                "get": _get(
+                    "A chain's forum posts, latest activity first",
+                    _page_of(CHAIN_POST, chain=TEXT),
+                    400,
+                    404,
+                    parameters=[
+                        {
+                            "name": "slug",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                        },
+                        *PAGE_PARAMETERS,
+                    ],
+                )
+            },
+            "/api/search": {
+                "get": _get(
+                    "Fuzzy search over projects, builders and chains (pg_trgm word similarity)",
+                    _page_of(SEARCH_HIT, q=TEXT),
+                    400,
+                    parameters=[
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                        },
+                        *PAGE_PARAMETERS,
+                    ],
+                )
+            },
+            "/api/investors": {
+                "get": _get(
+                    "Investors directory, most followed first",
+                    _page_of(INVESTOR),
+                    400,
+                    parameters=PAGE_PARAMETERS,
+                )
+            },
+            "/api/messages/conversations": {
+                "get": _get(
+                    "The caller's conversations, most recent first",
+                    _page_of(CONVERSATION),
+                    400,
+                    auth="required",
+                    parameters=PAGE_PARAMETERS,
+                )
+            },
+            "/api/intros/stats": {
+                "get": _get("The caller's intro request counters", INTRO_STATS, auth="required")
+            },
+            "/api/votes": {
+                "post": _post(
+                    "Vote on a project ('none' removes the vote); the project's new counts",
+                    _object(
+                        {
+                            "project_id": ID,
+                            "vote_type": {"type": "string", "enum": ["up", "down", "none"]},
+                        }
+                    ),
+                    VOTE_RESULT,
+                    200,
+                    404,
+                )
+            },
+            "/api/messages": {
+                "post": _post(
+                    "Send a message",
+                    _object(
+                        {
+                            "recipient_id": ID,
+                            "body": {"type": "string", "minLength": 1, "maxLength": 5000},
+                        }
+                    ),
+                    MESSAGE,
+                    201,
+                    404,
+                )
+            },
+            "/api/messages/{other_user_id}/read": {
+                "post": {
+                    **_post(
+                        "Mark every message from that user to the caller read",
+                        None,
+                        _object({"other_user_id": ID, "marked_read": COUNT}),
+                        200,
+                        404,
+                    ),
+                    "parameters": [_path_id("other_user_id")],
+                }
+            },
+            "/api/intros": {
+                "post": _post(
+                    "Ask for an intro to a user (optionally about a project)",
+                    _object(
+                        {
+                            "target_id": ID,
+                            "project_id": _nullable(ID),
+                            "message": _nullable(
+                                {"type": "string", "minLength": 1, "maxLength": 5000}
+                            ),
+                        },
+                        optional=("project_id", "message"),
+                    ),
+                    INTRO,
+                    201,
+                    404,
+                )
+            },
+            "/api/intros/{intro_id}/respond": {
+                "post": {
+                    **_post(
+                        "Accept or decline an intro request sent to the caller",
+                        _object({"status": {"type": "string", "enum": ["accepted", "declined"]}}),
+                        INTRO,
+                        200,
+                        403,
+                        404,
+                        409,
+                    ),
+                    "parameters": [_path_id("intro_id")],
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+                }
+            },
+        },
+    }
