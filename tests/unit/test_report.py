@@ -1,0 +1,350 @@
+"""opskit.report and `opskit report` on generated result folders in the exact loadtest format."""
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from opskit import charts, report
+from opskit.cli import app
+from tests.unit.result_folders import ENDPOINTS, write_result_folder
+
+STORY = {
+    "scale": "tiny",
+    "seed_s": 1.25,
+    "migrate": [
+        {"phase": "phase1_denormalized_tables", "duration_ms": 310},
+        {"phase": "phase4_critical_indexes", "duration_ms": 4700},
+    ],
+    "write_cost": {
+        "results": [
+            {
+                "label": "no phases",
+                "hot": True,
+                "writers": 32,
+                "seconds": 15.0,
+                "transactions": 45000,
+                "tps": 3000.0,
+                "p50_ms": 0.27,
+                "p99_ms": 0.97,
+                "deadlocks": 0,
+                "other_errors": 0,
+                "wal_bytes_per_write": 180.0,
+            },
+            {
+                "label": "all phases",
+                "hot": True,
+                "writers": 32,
+                "seconds": 15.0,
+                "transactions": 16000,
+                "tps": 1080.0,
+                "p50_ms": 0.71,
+                "p99_ms": 4.2,
+                "deadlocks": 0,
+                "other_errors": 0,
+                "wal_bytes_per_write": 900.0,
+            },
+        ],
+        "throughput_vs_baseline": 0.36,
+        "p99_vs_baseline": 4.33,
+    },
+    "staleness": {"p50_s": 5.2, "p95_s": 9.8, "max_s": 31.0, "refreshes": 14},
+    "api_floor": None,
+}
+
+
+class _Tables(HTMLParser):
+    """The text of every cell of every table with an id: {id: [[cell, ...], ...]}."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self._table, self._row, self._cell = {}, None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table" and dict(attrs).get("id"):
+            self._table = self.tables.setdefault(dict(attrs)["id"], [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self._table.append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def tables(html: str) -> dict[str, list[list[str]]]:
+    parser = _Tables()
+    parser.feed(html)
+    return parser.tables
+
+
+def body_rows(table: list[list[str]]) -> dict[str, list[str]]:
+    """Rows after the header, keyed by their first cell."""
+    return {row[0]: row for row in table[1:]}
+
+
+@pytest.fixture
+def folders(tmp_path):
+    before = write_result_folder(
+        tmp_path / "before", seed=1, flags={2: ["generator_cpu_high", "rate_below_target"]}
+    )
+    after = write_result_folder(tmp_path / "after", mode="after", seed=2, speed=2.0)
+    return before, after
+
+
+def test_html_report_has_headline_claims_flags_and_story(folders, tmp_path):
+    out = report.render(*folders, tmp_path / "out" / "report.html", story=STORY)
+    html = out.read_text()
+    found = tables(html)
+
+    headline = body_rows(found["headline-table"])
+    assert sorted(headline) == sorted(ENDPOINTS)
+    stats_row = headline["GET /api/users/stats"]
+    assert stats_row[3].startswith(("1.8", "1.9", "2.0", "2.1"))  # the 2x speed-up
+    assert re.search(r"\[\d+\.\d+x, \d+\.\d+x\]", stats_row[3])  # with its interval
+
+    claims = found["claims-table"]
+    claimed = {(row[0], row[1]): row for row in claims[1:]}
+    assert claimed[("dashboard stats", "GET /api/users/stats")][3] == "12.0x"
+    assert claimed[("upvote", "POST /api/votes")][3] == "40.0x"
+    assert claimed[("feed", "GET /api/projects?sort=trending")][3] == "6.67x"
+    assert claimed[("search", "GET /api/search")][-1] == "not measured"
+    assert claimed[("upvote", "POST /api/votes")][-1].startswith("overstated")
+
+    runs = found["runs-table"]
+    flagged = [row for row in runs[1:] if row[1] == "run-02" and row[0] == "before"]
+    assert "generator_cpu_high" in flagged[0][-1] and "rate_below_target" in flagged[0][-1]
+    assert len(runs) == 1 + 10  # flagged runs are kept
+    assert 'id="flagged-runs"' in html
+
+    assert body_rows(found["story-migrate"])["phase4_critical_indexes"][1] == "4,700 ms"
+    assert body_rows(found["story-write-cost"])["all phases (hot key)"][2] == "1,080"
+    assert body_rows(found["story-staleness"])["5.2 s"][2] == "31 s"
+    environment = body_rows(found["environment-table"])
+    assert environment["data scale"][1:] == ["tiny", "tiny"]
+    assert environment["rows: votes"][1] == "2,000"
+
+    assert html.count("<svg") == len(ENDPOINTS) + 2 * 3  # spectra; latency, rate, CPU per side
+    for external in ("http://", "https://", "src=", "url(", "@import", "<script", "<link"):
+        assert external not in html
+    assert out.stat().st_size <= report.MAX_HTML_BYTES
+
+
+def test_markdown_summary_has_the_headline_verdicts_and_flags(folders, tmp_path):
+    out = report.render(*folders, tmp_path / "summary.md", fmt="md")
+    text = out.read_text()
+    for endpoint in ENDPOINTS:
+        assert f"| `{endpoint}` |" in text
+    assert "| dashboard stats | `GET /api/users/stats` | 12.0x |" in text
+    assert "- before run-02: generator_cpu_high, rate_below_target" in text
+    assert "**3 endpoints: 3 without a significant change (~)." in text
+    assert "use --repeat 6 or more" in text  # 3 endpoints x 5 metrics need 6 runs per side
+    assert "<svg" not in text
+
+
+def test_without_a_story_there_is_no_story_section(folders, tmp_path):
+    html = report.render(*folders, tmp_path / "r.html").read_text()
+    assert 'id="story"' not in html and "story-migrate" not in html
+
+
+def test_a_2x_speed_up_gets_the_verdict_faster_and_an_a_a_comparison_gets_tilde(tmp_path):
+    one = {"GET /api/users/stats": 8.0}
+    before = write_result_folder(tmp_path / "before", endpoints=one, seed=1)
+    faster = write_result_folder(tmp_path / "faster", endpoints=one, seed=2, speed=2.0)
+    same = write_result_folder(tmp_path / "same", endpoints=one, seed=3)
+
+    faster_html = report.render(before, faster, tmp_path / "faster.html").read_text()
+    assert body_rows(tables(faster_html)["headline-table"])["GET /api/users/stats"][-1] == "faster"
+    assert '<p class="summary" id="summary">1 endpoint: 1 faster.' in faster_html
+    assert "claims, one per endpoint, against the measured p50 speed-up intervals: " in faster_html
+
+    same_html = report.render(before, same, tmp_path / "same.html").read_text()
+    assert body_rows(tables(same_html)["headline-table"])["GET /api/users/stats"][-1] == "~"
+
+
+def test_robust_to_one_sided_endpoints_closed_model_and_single_runs(tmp_path):
+    before = write_result_folder(
+        tmp_path / "before", runs=1, model="closed", endpoints={"GET /api/chains": 10.0}
+    )
+    after = write_result_folder(
+        tmp_path / "after",
+        runs=1,
+        model="closed",
+        seed=4,
+        endpoints={"GET /api/chains": 5.0, "GET /api/search": 7.0},
+    )
+    html = report.render(before, after, tmp_path / "r.html").read_text()
+    headline = body_rows(tables(html)["headline-table"])
+    assert headline["GET /api/search"][-1] == "after only"
+    assert headline["GET /api/search"][1] == "n/a"
+    assert headline["GET /api/chains"][-1] == "~"  # one run per side can never be significant
+    assert "fewer than 4 runs per side" in html
+    assert "p99 (CO-corrected)" in html and "n/a" in html
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, ["report", *map(str, args)], catch_exceptions=False)
+
+
+def test_cli_writes_the_report_and_prints_json(folders, tmp_path):
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps(STORY))
+    out = tmp_path / "r.html"
+    result = _cli(*folders, "-o", out, "--story", story, "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload == {"output": str(out), "format": "html", "bytes": out.stat().st_size}
+    assert "story-migrate" in out.read_text()
+
+
+def _mismatch(tmp_path, **kwargs):
+    return write_result_folder(tmp_path / "other", mode="after", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make_after", "message"),
+    [
+        (lambda tmp: tmp / "missing", "after result folder .* does not exist"),
+        (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "holds no run-\\* folder"),
+        (lambda tmp: _mismatch(tmp, scenario="browse"), "differ in scenario"),
+        (lambda tmp: _mismatch(tmp, rate=30.0), "differ in target_rate"),
+        (lambda tmp: _mismatch(tmp, model="closed"), "differ in model"),
+        (lambda tmp: _mismatch(tmp, failing_run=3), "after run-03 has no successful request"),
+    ],
+    ids=["missing", "empty", "scenario", "rate", "model", "no-success"],
+)
+def test_bad_input_exits_2_with_one_line_and_leaves_no_file(tmp_path, make_after, message):
+    before = write_result_folder(tmp_path / "before", runs=2)
+    after = make_after(tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = _cli(before, after, "-o", out_dir / "r.html")
+    assert result.exit_code == 2
+    error_lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and re.search(message, error_lines[0])
+    assert "Traceback" not in result.output
+    assert list(out_dir.iterdir()) == []
+
+
+def test_a_failed_render_keeps_the_previous_report(tmp_path):
+    before = write_result_folder(tmp_path / "before", runs=2)
+    after = write_result_folder(tmp_path / "after", runs=2, scenario="browse")
+    out = tmp_path / "r.html"
+    out.write_text("the previous report")
+    assert _cli(before, after, "-o", out).exit_code == 2
+    assert out.read_text() == "the previous report"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bad_story_and_malformed_run_exit_2(tmp_path):
+    before = write_result_folder(tmp_path / "before", runs=2)
+    after = write_result_folder(tmp_path / "after", runs=2, seed=5)
+    story = tmp_path / "story.json"
+    story.write_text("{not json")
+    result = _cli(before, after, "-o", tmp_path / "r.html", "--story", story)
+    assert result.exit_code == 2 and "not valid JSON" in result.output
+
+    requests = after / "run-02" / "requests.parquet"
+    pd.read_parquet(requests).drop(columns=["latency_ms"]).to_parquet(requests)
+    result = _cli(before, after, "-o", tmp_path / "r.html")
+    assert result.exit_code == 2 and "lacks the column(s) latency_ms" in result.output
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_the_claims_are_the_write_ups_figures():
+    """The claimed factors come from the write-up's table, not from memory."""
+    write_up = Path("/work/shared/seed/000_2da7d69dfd38b286.txt")
+    factors = {claim.path: claim.speedup for claim in report.CLAIMS}
+    assert factors == pytest.approx(
+        {
+            "GET /api/users/stats": 12.0,
+            "GET /api/projects": 800 / 120,
+            "GET /api/leaderboard/projects": 15.0,
+            "GET /api/chains": 500 / 90,
+            "GET /api/search": 10.0,
+            "POST /api/votes": 40.0,
+        }
+    )
+    if write_up.exists():  # the seed document lives outside the repository
+        table = write_up.read_text()
+        for claim in report.CLAIMS:
+            assert f"| {claim.path} " in table
+
+
+def test_a_partial_story_and_a_sparse_meta_still_render(tmp_path):
+    before = write_result_folder(tmp_path / "before", runs=2)
+    after = write_result_folder(tmp_path / "after", runs=2, seed=6)
+    keep = {"format", "mode", "scenario", "model", "target_rate", "started_at", "finished_at"}
+    for meta_path in after.glob("run-*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(
+            json.dumps({k: v for k, v in meta.items() if k in keep | {"warmup_s"}})
+        )
+    story = {
+        "scale": "tiny",
+        "migrate": [{"phase": "phase0_cleanup"}, "not a phase", {"phase": "x", "duration_ms": 5}],
+        "write_cost": None,
+        "staleness": {"p50_s": None},
+        "api_floor": ["not", "a", "mapping"],
+    }
+    html = report.render(before, after, tmp_path / "r.html", story=story).read_text()
+    found = tables(html)
+    migrate = body_rows(found["story-migrate"])
+    assert migrate["phase0_cleanup"][1] == "n/a" and migrate["total"][1] == "5.00 ms"
+    assert "story-write-cost" not in found and "story-api-floor" not in found
+    assert body_rows(found["environment-table"])["data scale"] == ["data scale", "tiny", ""]
+
+
+def test_errors_get_their_own_chart_and_count(tmp_path):
+    before = write_result_folder(tmp_path / "before", runs=2, error_rate=0.05)
+    after = write_result_folder(tmp_path / "after", runs=2, seed=8)
+    html = report.render(before, after, tmp_path / "r.html").read_text()
+    assert "before: errors per second" in html and "after: errors per second" not in html
+    runs = tables(html)["runs-table"]
+    assert all(int(row[4]) > 0 for row in runs[1:] if row[0] == "before")
+    assert all(row[4] == "0" for row in runs[1:] if row[0] == "after")
+
+
+def test_a_new_error_rate_is_reported_in_percentage_points_and_as_worse(tmp_path):
+    one = {"POST /api/votes": 4.0}
+    # 7 testable metrics: Holm needs p <= 0.05 / 7, which 6 runs per side can reach, 5 cannot
+    before = write_result_folder(tmp_path / "before", endpoints=one, runs=6, seed=1)
+    after = write_result_folder(tmp_path / "after", endpoints=one, runs=6, seed=2, error_rate=0.2)
+    html = report.render(before, after, tmp_path / "r.html").read_text()
+    change = re.search(r"<td class=\"text\">error rate</td>.*?<td>([^<]*)</td>\n</tr>", html, re.S)
+    assert re.fullmatch(r"\+(19|20|21)\.\d\d pp", change.group(1))
+
+
+def test_swapped_folders_are_pointed_out(folders, tmp_path):
+    before, after = folders
+    html = report.render(after, before, tmp_path / "r.html").read_text()
+    assert "the before folder holds only after-mode runs: are the two folders swapped?" in html
+    assert (
+        "are the two folders swapped"
+        not in report.render(*folders, tmp_path / "ok.html").read_text()
+    )
+
+
+def test_chart_lines_break_at_gaps_and_log_axes_skip_non_positive_values():
+    line = charts.Series("run", [0, 1, 2, 3, 4], [5.0, float("nan"), 7.0, 0.0, 9.0], "#000")
+    svg = str(
+        charts.line_chart([line], x=charts.Axis("s"), y=charts.Axis("ms", log=True), title="t")
+    )
+    path = re.search(r'<path d="([^"]+)"', svg).group(1)
+    assert path.count("M") == 3 and path.count("L") == 0  # three isolated points, no bridges
+    assert svg.startswith("<svg") and "xmlns" not in svg and "<title>t</title>" in svg
