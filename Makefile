@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint format up down clean
+.PHONY: demo test test-all bench lint format up down clean browser-deps
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -12,11 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: start embedded servers, seed `small` data, print row counts
+## demo: embedded servers, then the whole before-and-after story on `small` data (short runs)
+DEMO_BENCH := --scale small --rate 40 --duration 20 --warmup 5 --repeat 3
 demo: $(STAMP)
 	$(BIN)/opskit up
-	$(BIN)/opskit seed --scale small --force
-	$(BIN)/opskit env
+	$(BIN)/opskit bench $(DEMO_BENCH) -o reports/demo.html
 
 ## test: the default suite (no benchmarks) against real servers
 test: $(STAMP)
@@ -25,6 +25,10 @@ test: $(STAMP)
 ## bench: the benchmarks with speed targets (slow)
 bench: $(STAMP)
 	$(BIN)/pytest -m bench $(PYTEST_ARGS)
+
+## browser-deps: Debian's chromium, for the report's headless-browser test (needs root or sudo)
+browser-deps:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
 lint: $(STAMP)
 	$(BIN)/ruff check opskit tests

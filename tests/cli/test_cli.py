@@ -19,6 +19,15 @@ VERBS = [
     "lint",
     "verify",
     "bench-writes",
+    "reconcile",
+    "scheduler",
+    "report",
+    "serve",
+    "token",
+    "bench-api",
+    "loadtest",
+    "bench",
+    "soak",
 ]
 
 
