@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## demo: embedded servers, then the whole before-and-after story on `small` data (short runs)
-DEMO_BENCH := --scale small --rate 40 --duration 20 --warmup 5 --repeat 3
+DEMO_BENCH := --scale small --rate 40 --duration 10 --warmup 3 --repeat 8
 demo: $(STAMP)
 	$(BIN)/opskit up
 	$(BIN)/opskit bench $(DEMO_BENCH) -o reports/demo.html

@@ -407,15 +407,13 @@ class _SoakRun:
         return env
 
     def _start_daemon(self) -> _Process:
+        # `python scheduler.py` in a checkout; `opskit scheduler` (the same) when installed.
         script = Path(__file__).resolve().parents[1] / "scheduler.py"
-        if not script.is_file():
-            raise EnvironmentProblem(
-                f"{script} is missing", hint="run the soak from an opskit checkout"
-            )
+        argv = [str(script)] if script.is_file() else ["-m", "opskit", "scheduler"]
         number = len(self.daemons)
         daemon = _Process(
             f"daemon {number}",
-            [sys.executable, str(script)],
+            [sys.executable, *argv],
             self._child_env(),
             self.out_dir / f"daemon-{number}.log",
         )
