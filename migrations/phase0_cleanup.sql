@@ -31,6 +31,7 @@ DROP INDEX IF EXISTS users_username_trgm_idx;
 DROP INDEX IF EXISTS users_display_name_trgm_idx;
 DROP INDEX IF EXISTS chains_name_trgm_idx;
 DROP INDEX IF EXISTS mv_search_index_popularity_idx;
+DROP INDEX IF EXISTS message_conversations_denorm_user_recent_idx;
 
 -- ------------------------------------------------------------------ phases 3 and 2 (views, queue)
 -- Triggers first so no write can reach a dropped queue; CASCADE on the function also removes

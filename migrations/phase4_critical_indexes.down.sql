@@ -22,3 +22,4 @@ DROP INDEX CONCURRENTLY IF EXISTS users_username_trgm_idx;
 DROP INDEX CONCURRENTLY IF EXISTS users_display_name_trgm_idx;
 DROP INDEX CONCURRENTLY IF EXISTS chains_name_trgm_idx;
 DROP INDEX CONCURRENTLY IF EXISTS mv_search_index_popularity_idx;
+DROP INDEX CONCURRENTLY IF EXISTS message_conversations_denorm_user_recent_idx;

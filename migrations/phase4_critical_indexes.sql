@@ -76,3 +76,7 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS chains_name_trgm_idx
 -- search (after, whole-word shortcut): the most popular search documents first
 CREATE INDEX CONCURRENTLY IF NOT EXISTS mv_search_index_popularity_idx
     ON mv_search_index (popularity DESC, kind, entity_id);
+-- conversations (after): a user's newest conversations first, a top-N scan even for the
+-- busiest users (thousands of conversations) instead of a sort per request
+CREATE INDEX CONCURRENTLY IF NOT EXISTS message_conversations_denorm_user_recent_idx
+    ON message_conversations_denorm (user_id, last_message_at DESC, last_message_id DESC);

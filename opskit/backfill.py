@@ -60,6 +60,12 @@ class BackfillResult:
         return asdict(self)
 
 
+ANALYZE_BACKFILLED_TABLES = (
+    "ANALYZE user_dashboard_stats_base, project_stats_base, intro_request_stats_base, "
+    "message_conversations_denorm"
+)
+
+
 def backfill(
     url: str,
     *,
@@ -91,6 +97,7 @@ def backfill(
         }
         for table in selected:
             results.append(_backfill_one(conn, table, id_ranges, batch_size, on_batch))
+        conn.execute(ANALYZE_BACKFILLED_TABLES)  # the rows were all rewritten: fresh statistics
     return results
 
 

@@ -141,15 +141,17 @@ def test_rejected_commands_leave_the_database_unchanged(migrated_db_url, redis_u
     env = {"OPSKIT_DATABASE_URL": migrated_db_url, "OPSKIT_REDIS_URL": redis_url}
     before = _fingerprints(migrated_db_url)
     rejected = [
-        (["seed", "--scale", "tiny"], 1),  # holds data (and triggers)
-        (["refresh", "no_such_view"], 2),
-        (["migrate", "--to", "phase1_denormalized_tables"], 2),  # later phases are applied
-        (["soak", "--faults", "daemon_kill,nonsense"], 2),
-        (["backfill", "--batch-size", "-5"], 2),
+        (["seed", "--scale", "tiny"], {1}),  # holds data (and triggers)
+        (["refresh", "no_such_view"], {2}),
+        # later phases are applied (2); or a phase file changed since the template was
+        # migrated, which the ledger check refuses first (1)
+        (["migrate", "--to", "phase1_denormalized_tables"], {1, 2}),
+        (["soak", "--faults", "daemon_kill,nonsense"], {2}),
+        (["backfill", "--batch-size", "-5"], {2}),
     ]
-    for args, code in rejected:
+    for args, codes in rejected:
         result = invoke(args, env)
-        assert result.exit_code == code, (args, result.output)
+        assert result.exit_code in codes, (args, result.output)
         assert_one_error_line(result)
         after = _fingerprints(migrated_db_url)
         assert after == before, (args, [t for t in after if after[t] != before[t]])

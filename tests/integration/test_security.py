@@ -239,8 +239,8 @@ def test_no_verb_prints_a_password(migrated_db_url, redis_url, redis_prefix, tmp
         result = runner.invoke(app, ["-v", *args], env=reachable)
         outputs.append(result.output)
         assert result.exit_code in (0, 1), (args, result.output)
-        if args[0] == "soak":  # the table, with the database's URL masked in soak.json
-            assert "drift per reconcile check" in result.output and "converged" in result.output
+        if args[0] == "soak":  # the table was printed (the URL is in soak.json, masked)
+            assert "drift per reconcile check" in result.output
     outputs += [path.read_text() for path in Path(out).iterdir()]
     leaks = [text for text in outputs if PASSWORD in text]
     assert not leaks, leaks[0][:500]
