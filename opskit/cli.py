@@ -30,13 +30,11 @@ from opskit import (
     apibench,
     auth,
     backfill,
-    bench,
     daemon,
     loadtest,
     migrations,
     reconcile,
     refresh,
-    report,
     seed,
     services,
     soak,
@@ -923,7 +921,9 @@ def bench_api(
 
 # ---------------------------------------------------------------------------- load tests, reports
 
-ReportFormat = Enum("ReportFormat", {name: name for name in report.FORMATS}, type=str)
+# opskit.report and opskit.bench pull in pandas and scipy (most of a second): only the verbs that
+# need them import them, so every other verb (and the daemon) starts fast.
+ReportFormat = Enum("ReportFormat", {name: name for name in ("html", "md")}, type=str)
 
 
 @app.command("report")
@@ -951,6 +951,8 @@ def report_command(
     flagged runs and the environment. Both folders must hold the same scenario, model and rate
     (else exit 2); the file is written whole or not at all.
     """
+    from opskit import report
+
     written = report.render(
         before_dir,
         after_dir,
@@ -1072,6 +1074,8 @@ def bench_command(
     goes into the report). Results land in OUT without its suffix (before/, after/,
     story.json), the report in OUT. The bench databases are dropped at the end.
     """
+    from opskit import bench
+
     settings = _settings()
     plan = bench.BenchPlan(
         scale=scale.value,
