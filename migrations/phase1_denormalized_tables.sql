@@ -437,10 +437,13 @@ CREATE OR REPLACE FUNCTION opskit_trg_users_gone() RETURNS trigger
 LANGUAGE plpgsql
 AS $fn$
 BEGIN
+    -- Delta rows first, base rows last: the same order as the fold functions (they lock delta
+    -- rows, then upsert base rows). Deleting a base row first deadlocked with a fold holding
+    -- this user's delta rows and waiting for that base row (found by `opskit soak`).
     DELETE FROM user_dashboard_stats_delta WHERE user_id = OLD.id;
-    DELETE FROM user_dashboard_stats_base WHERE user_id = OLD.id;
     UPDATE project_stats_delta SET voter_id = NULL WHERE voter_id = OLD.id;
     DELETE FROM intro_request_stats_delta WHERE user_id = OLD.id;
+    DELETE FROM user_dashboard_stats_base WHERE user_id = OLD.id;
     DELETE FROM intro_request_stats_base WHERE user_id = OLD.id;
     DELETE FROM message_conversations_denorm
     WHERE user_id = OLD.id OR other_user_id = OLD.id;

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -28,23 +27,6 @@ FAST = {
 }
 RELATIONS = {spec.relation for spec in DENORMALIZED}
 REDIS_KINDS = ("redis_flush", "flushall", "redis_stop")
-# Known bug, reported: a user deletion's deferred opskit_trg_users_gone deletes the user's
-# user_dashboard_stats_base row, then updates project_stats_delta; the daemon's fold locks delta
-# rows first and base rows second, so `DELETE FROM users` can deadlock with a fold (about once
-# per 100 s of a 32-writer soak). `opskit soak` counts it and exits 1; the tests below are about
-# convergence under one fault at a time and let that one deadlock, and no other, through.
-KNOWN_FOLD_DEADLOCK = re.compile(
-    r"delete_user\(\d+\) waits for ShareLock on transaction \d+; blocked by process \d+\. "
-    r"not a writer\(\d+\) waits for ShareLock"
-)
-
-
-def _problems(result: soak.SoakResult) -> list[str]:
-    """result.problems, less deadlocks that are all the known fold / user deletion one."""
-    known = result.deadlocks <= len(result.deadlock_details) and all(
-        KNOWN_FOLD_DEADLOCK.match(detail) for detail in result.deadlock_details
-    )
-    return [p for p in result.problems if not (known and p.endswith(" deadlocks"))]
 
 
 def _drift(url: str) -> dict[str, int]:
@@ -99,7 +81,7 @@ def test_each_fault_alone_ends_converged(migrated_db_url, redis_url, redis_prefi
     result = soak.soak(settings, options)
 
     assert result.faults.get(kind, 0) >= 1, result.faults_skipped
-    assert _problems(result) == [], result.as_dict()
+    assert result.problems == [], result.as_dict()
     assert set(result.drift_after_fix.values()) == {0}
     assert result.overlapping_refreshes == 0 and result.queue_left == 0
     assert result.writes_committed > 0
@@ -131,7 +113,7 @@ def test_each_redis_fault_alone_ends_converged(migrated_db_url, private_valkey, 
     result = soak.soak(settings, options)
 
     assert result.faults.get(kind, 0) >= 1, result.faults_skipped
-    assert _problems(result) == [], result.as_dict()
+    assert result.problems == [], result.as_dict()
     assert result.api_requests > 0 and result.api_errors == 0
     assert set(result.drift_after_fix.values()) == {0}
     assert services.status(Path(os.environ["OPSKIT_HOME"])).valkey is not None  # restarted
@@ -148,7 +130,7 @@ def test_redis_stop_is_skipped_on_a_foreign_redis_and_flushall_needs_its_name(
     result = soak.soak(settings, options)
     assert "redis_stop" not in result.faults
     assert "not opskit's embedded Valkey" in result.faults_skipped["redis_stop"]
-    assert _problems(result) == []
+    assert result.problems == []
 
 
 def test_the_cli_prints_the_table_as_json_and_exits_0(migrated_db_url, redis_url, redis_prefix):
@@ -164,7 +146,7 @@ def test_the_cli_prints_the_table_as_json_and_exits_0(migrated_db_url, redis_url
     outcome = soak.SoakResult(**{k: v for k, v in table.items() if k not in ("problems", "ok")})
     assert table["problems"] == outcome.problems and table["ok"] == (not outcome.problems)
     assert result.exit_code == (1 if outcome.problems else 0)
-    assert _problems(outcome) == [], result.output  # exit 1 only for the known deadlock
+    assert outcome.problems == [], result.output
     assert table["faults"] == {} and table["writes_committed"] > 0
     assert set(table["drift_after_fix"]) >= RELATIONS | {"redis_upvotes", "view_freshness"}
 
