@@ -310,8 +310,3 @@ def rebuild_users(
         )
     results = pipe.execute()
     return [u for u, at in zip(user_ids, install_positions, strict=True) if results[at] == 1]
-
-
-def rebuild_user(client: redis.Redis, conn: psycopg.Connection, prefix: str, user_id: int) -> bool:
-    """Rebuild one user's cached set from the database; False if a vote raced the rebuild."""
-    return rebuild_users(client, conn, prefix, [user_id]) == [user_id]
