@@ -602,6 +602,14 @@ def bench_writes(
     repeat: Annotated[
         int, typer.Option(min=1, max=20, help="Alternate the two runs this many times.")
     ] = 1,
+    breakdown: Annotated[
+        bool,
+        typer.Option(
+            "--breakdown",
+            help="Instead: one session's server CPU per vote write, with the refresh-queue"
+            " trigger, the phase-1 triggers or both switched off (what each part costs).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Measure what the triggers cost vote writes: no phases vs all phases applied.
@@ -612,8 +620,14 @@ def bench_writes(
     both. --repeat alternates the runs and reports median ratios with their range (for a
     shared, noisy machine). Targets at 32 writers on the hot
     key: throughput at least 80% of the no-phase baseline, p99 at most 1.5x, no deadlock.
+
+    --breakdown attributes the cost instead: it needs the server on this machine, since it
+    reads a backend's CPU time, which a loaded machine barely disturbs.
     """
     url = services.resolve_database_url(_settings())
+    if breakdown:
+        _print_vote_cpu_breakdown(url, scale.value, repeat, as_json)
+        return
     load = writebench.WriteLoad(
         writers=writers,
         seconds=seconds,
@@ -677,6 +691,33 @@ def bench_writes(
         f"with phases (medians of {repeat}): {comparison.throughput_vs_baseline:.0%} of baseline"
         f" throughput, p99 x{comparison.p99_vs_baseline:.2f}{spread}{cpu}"
     )
+
+
+def _print_vote_cpu_breakdown(url: str, scale: str, repeat: int, as_json: bool) -> None:
+    runs = writebench.vote_cpu_breakdown(
+        url, scale=scale, repeat=repeat, progress=None if as_json else stderr.log
+    )
+    summary = writebench.breakdown_summary(runs)
+    if as_json:
+        _print_json({"runs": [r.as_dict() for r in runs], **summary})
+        return
+    table = Table(title=f"server CPU per vote write, one session, hot key (medians of {repeat})")
+    for column in ("variant", "CPU µs/write", "queue rows", "delta rows"):
+        table.add_column(column, justify="right")
+    for label, cpu_us in summary["median_cpu_us_per_write"].items():
+        last = next(r for r in reversed(runs) if r.label == label)
+        table.add_row(
+            label,
+            f"{cpu_us:,.1f}",
+            "-" if last.queue_rows is None else f"{last.queue_rows:,}",
+            "-" if last.delta_rows is None else f"{last.delta_rows:,}",
+        )
+    stdout.print(table)
+    for part, cpu_us in summary["part_cpu_us_per_write"].items():
+        stdout.print(f"{part}: {cpu_us:+,.1f} µs per write")
+    ceiling = summary["cpu_bound_throughput_vs_baseline"]
+    if ceiling:
+        stdout.print(f"a CPU-bound server keeps at most {ceiling:.0%} of its no-phase throughput")
 
 
 @app.command()

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from opskit import migrations, seed
 from opskit.db import connect
-from opskit.errors import DatabaseError, ProblemFound
+from opskit.errors import DatabaseError, EnvironmentProblem, ProblemFound
 from opskit.sql import queries
 
 WARMUP_RUN_S = 3.0  # the discarded run on each database before the measured ones
@@ -280,16 +280,13 @@ def compare(results: list[WriteBenchResult]) -> Comparison:
     )
 
 
-def compare_vote_writes(
-    url: str, load: WriteLoad, *, scale: str = "small", repeat: int = 1, progress=None
-) -> list[WriteBenchResult]:
-    """The vote load on two scratch databases of `url`'s server: without phases, then with all.
+@contextlib.contextmanager
+def scratch_databases(url: str, scale: str, seed_value: int, note):
+    """Yield (plain_url, phased_url): two scratch databases of `url`'s server, dropped after.
 
-    Both are made here (seeded `scale`, the second a clone with every phase applied) and dropped
-    at the end, so the operator's own database is never written to. With `repeat` > 1 the two
-    alternate, so a neighbour's load on a shared machine hits both alike; summarize with compare().
+    The first is seeded with `scale`; the second is its clone with every phase applied. The
+    operator's own database is never written to.
     """
-    note = progress or (lambda message: None)
     suffix = f"{int(time.time())}_{random.randint(0, 9999)}"
     plain, phased = f"opskit_benchw_plain_{suffix}", f"opskit_benchw_phases_{suffix}"
     plain_url = psycopg.conninfo.make_conninfo(url, dbname=plain)
@@ -298,7 +295,7 @@ def compare_vote_writes(
         try:
             note(f"seeding {scale} into {plain}")
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(plain)))
-            seed.seed_database(plain_url, scale, load.seed)
+            seed.seed_database(plain_url, scale, seed_value)
             admin.execute(
                 sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                     sql.Identifier(phased), sql.Identifier(plain)
@@ -306,24 +303,7 @@ def compare_vote_writes(
             )
             note(f"applying every phase to {phased}")
             migrations.migrate(phased_url)
-            results = []
-            keys = "one hot project" if load.hot else "spread keys"
-            commit = load.synchronous_commit or "as the server has it"
-            # A discarded run on each first: the first writes after seeding and migrating pay
-            # full-page images and cold caches, the phased database (more pages) far more, and
-            # that would bias the first pair against the phases.
-            note(f"warming up both databases ({WARMUP_RUN_S:.0f} s each, not measured)")
-            warmup = replace(load, seconds=min(WARMUP_RUN_S, load.seconds), warmup_s=0.0, rate=None)
-            for target in (plain_url, phased_url):
-                run_vote_writes(target, warmup, "warm-up")
-            for run in range(1, repeat + 1):
-                for label, target in (("no phases", plain_url), ("all phases", phased_url)):
-                    note(
-                        f"run {run}/{repeat}: {load.writers} writers for {load.seconds:.0f} s"
-                        f" on {label} ({keys}, synchronous_commit {commit})"
-                    )
-                    results.append(run_vote_writes(target, load, label))
-            return results
+            yield plain_url, phased_url
         except psycopg.Error as err:
             raise DatabaseError(f"write benchmark failed: {err}") from err
         finally:
@@ -331,3 +311,173 @@ def compare_vote_writes(
                 admin.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
+
+
+def compare_vote_writes(
+    url: str, load: WriteLoad, *, scale: str = "small", repeat: int = 1, progress=None
+) -> list[WriteBenchResult]:
+    """The vote load on two scratch databases (scratch_databases): without phases, then with all.
+
+    With `repeat` > 1 the two alternate, so a neighbour's load on a shared machine hits both
+    alike; summarize with compare().
+    """
+    note = progress or (lambda message: None)
+    with scratch_databases(url, scale, load.seed, note) as (plain_url, phased_url):
+        results = []
+        keys = "one hot project" if load.hot else "spread keys"
+        commit = load.synchronous_commit or "as the server has it"
+        # A discarded run on each first: the first writes after seeding and migrating pay
+        # full-page images and cold caches, the phased database (more pages) far more, and
+        # that would bias the first pair against the phases.
+        note(f"warming up both databases ({WARMUP_RUN_S:.0f} s each, not measured)")
+        warmup = replace(load, seconds=min(WARMUP_RUN_S, load.seconds), warmup_s=0.0, rate=None)
+        for target in (plain_url, phased_url):
+            run_vote_writes(target, warmup, "warm-up")
+        for run in range(1, repeat + 1):
+            for label, target in (("no phases", plain_url), ("all phases", phased_url)):
+                note(
+                    f"run {run}/{repeat}: {load.writers} writers for {load.seconds:.0f} s"
+                    f" on {label} ({keys}, synchronous_commit {commit})"
+                )
+                results.append(run_vote_writes(target, load, label))
+        return results
+
+
+# ---- --breakdown: which part of the phases costs a vote write how much server CPU
+
+# The triggers on votes, by part, as the phase files name them (identifiers come from here only).
+VOTE_TRIGGERS = {
+    "queue": ("trg_opskit_mvq_votes",),
+    "phase1": ("trg_opskit_votes_ins", "trg_opskit_votes_upd", "trg_opskit_votes_del"),
+}
+# label, database, parts whose triggers are disabled for the run
+BREAKDOWN_VARIANTS = (
+    ("no phases", "plain", ()),
+    ("all phases", "phased", ()),
+    ("all phases, refresh-queue trigger off", "phased", ("queue",)),
+    ("all phases, phase-1 vote triggers off", "phased", ("phase1",)),
+    ("all phases, both off (indexes only)", "phased", ("queue", "phase1")),
+)
+BREAKDOWN_WRITES = 20000  # measured per run: a second or two, many CPU clock ticks
+BREAKDOWN_WARMUP_WRITES = 2000  # per run, not measured: plan caching, cold pages
+
+
+@dataclass(frozen=True)
+class CpuRun:
+    label: str
+    backend_cpu_us_per_write: float
+    queue_rows: int | None  # rows the run added to mv_refresh_queue (None: no phases)
+    delta_rows: int | None  # rows the run added to project_stats_delta
+    vote_triggers_on: list[str]  # opskit's triggers on votes that were enabled during the run
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def vote_cpu_breakdown(
+    url: str,
+    *,
+    scale: str = "small",
+    seed_value: int = 1,
+    writes: int | None = None,
+    repeat: int = 3,
+    progress=None,
+) -> list[CpuRun]:
+    """One session's backend CPU per vote write, with each part of the phases switched off.
+
+    Unlike throughput, a backend's own CPU time barely moves when neighbours load the machine,
+    so the differences between the variants are what each part costs: on a CPU-bound server
+    they bound the throughput the phases can keep. One session on the hot project runs the
+    pgbench script's mix; triggers are switched off with ALTER TABLE on the scratch clone only.
+    """
+    note = progress or (lambda message: None)
+    writes = writes or BREAKDOWN_WRITES
+    bench_sql = queries("writebench.sql")
+    with scratch_databases(url, scale, seed_value, note) as (plain_url, phased_url):
+        urls = {"plain": plain_url, "phased": phased_url}
+        with connect(plain_url, autocommit=True) as conn:
+            n_users, hot_project, _ = _targets(conn, bench_sql)
+            if _local_postmaster(conn.info.backend_pid) is None:
+                raise EnvironmentProblem(
+                    "--breakdown reads the server's CPU time: it needs PostgreSQL on this machine",
+                    hint="run it against the embedded server (`opskit up`) or a local one",
+                )
+        rng = random.Random(seed_value)
+        mix = []
+        for _ in range(BREAKDOWN_WARMUP_WRITES + writes):
+            user_id, draw = rng.randint(1, n_users), rng.randint(1, 100)
+            if draw <= 25:
+                mix.append((bench_sql["vote_delete"], (user_id, hot_project)))
+            else:
+                vote_type = "up" if draw <= 85 else "down"
+                mix.append((bench_sql["vote_upsert"], (user_id, hot_project, vote_type)))
+        runs = []
+        for run in range(1, repeat + 1):
+            for label, database, parts_off in BREAKDOWN_VARIANTS:
+                note(f"run {run}/{repeat}: {writes:,} vote writes, {label}")
+                with connect(urls[database], autocommit=True) as conn:
+                    _switch_vote_triggers(conn, parts_off, enable=False)
+                    try:
+                        runs.append(_cpu_run(conn, label, mix, bench_sql, database == "phased"))
+                    finally:
+                        _switch_vote_triggers(conn, parts_off, enable=True)
+        return runs
+
+
+def _switch_vote_triggers(conn: psycopg.Connection, parts: tuple[str, ...], *, enable: bool):
+    action = sql.SQL("ENABLE" if enable else "DISABLE")
+    for part in parts:
+        for trigger in VOTE_TRIGGERS[part]:
+            conn.execute(
+                sql.SQL("ALTER TABLE votes {} TRIGGER {}").format(action, sql.Identifier(trigger))
+            )
+
+
+def _cpu_run(
+    conn: psycopg.Connection, label: str, mix: list, bench_sql: dict, phased: bool
+) -> CpuRun:
+    conn.execute("SET synchronous_commit = off")  # CPU, not the WAL flush wait
+    backend = psutil.Process(conn.info.backend_pid)
+    for statement, params in mix[:BREAKDOWN_WARMUP_WRITES]:
+        conn.execute(statement, params, prepare=True)
+
+    def counted(name: str) -> int | None:
+        return conn.execute(bench_sql[name]).fetchone()[0] if phased else None
+
+    queue_before, delta_before = counted("queue_rows"), counted("delta_rows")
+    started = backend.cpu_times()
+    for statement, params in mix[BREAKDOWN_WARMUP_WRITES:]:
+        conn.execute(statement, params, prepare=True)
+    ended = backend.cpu_times()
+    cpu_s = (ended.user + ended.system) - (started.user + started.system)
+    measured = len(mix) - BREAKDOWN_WARMUP_WRITES
+    queue_after, delta_after = counted("queue_rows"), counted("delta_rows")
+    triggers_on = [name for (name,) in conn.execute(bench_sql["vote_triggers_on"])]
+    return CpuRun(
+        label=label,
+        backend_cpu_us_per_write=round(cpu_s * 1e6 / measured, 1),
+        queue_rows=None if queue_before is None else queue_after - queue_before,
+        delta_rows=None if delta_before is None else delta_after - delta_before,
+        vote_triggers_on=triggers_on,
+    )
+
+
+def breakdown_summary(runs: list[CpuRun]) -> dict:
+    """Median CPU per variant, what each part adds, and the CPU-bound throughput ceiling."""
+    median = {
+        label: float(np.median([r.backend_cpu_us_per_write for r in runs if r.label == label]))
+        for label, _, _ in BREAKDOWN_VARIANTS
+    }
+    plain, phased, no_queue, no_phase1, indexes_only = (
+        median[label] for label, _, _ in BREAKDOWN_VARIANTS
+    )
+    return {
+        "median_cpu_us_per_write": median,
+        "part_cpu_us_per_write": {
+            "refresh-queue trigger": round(phased - no_queue, 1),
+            "phase-1 vote triggers (delta rows)": round(phased - no_phase1, 1),
+            "indexes and the rest (triggers off)": round(indexes_only - plain, 1),
+        },
+        # A CPU-bound server's throughput scales with 1 / CPU per write.
+        "cpu_bound_throughput_vs_baseline": round(plain / phased, 3) if phased else None,
+    }

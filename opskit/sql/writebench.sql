@@ -16,3 +16,24 @@ SELECT pg_current_wal_lsn();
 
 -- name: wal_bytes_since --
 SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn);
+
+-- The vote writes of `bench-writes --breakdown` (the same mix as the pgbench script).
+-- name: vote_delete --
+DELETE FROM votes WHERE user_id = %s AND project_id = %s;
+
+-- name: vote_upsert --
+INSERT INTO votes (user_id, project_id, vote_type) VALUES (%s, %s, %s)
+ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = EXCLUDED.vote_type
+WHERE votes.vote_type IS DISTINCT FROM EXCLUDED.vote_type;
+
+-- Rows the phases wrote so far (evidence that a disabled trigger wrote nothing).
+-- name: queue_rows --
+SELECT count(*) FROM mv_refresh_queue;
+
+-- name: delta_rows --
+SELECT count(*) FROM project_stats_delta;
+
+-- name: vote_triggers_on --
+SELECT tgname FROM pg_trigger
+WHERE tgrelid = 'votes'::regclass AND tgname LIKE 'trg_opskit%%' AND tgenabled <> 'D'
+ORDER BY tgname;

@@ -66,3 +66,45 @@ def test_the_command_compares_no_phases_with_all_phases(test_servers):
     assert [r["label"] for r in payload["results"]] == ["no phases", "all phases"]
     assert payload["throughput_vs_baseline"] > 0
     assert {r["synchronous_commit"] for r in payload["results"]} == {"on"}
+
+
+def test_the_breakdown_switches_each_part_off_on_a_scratch_clone(test_servers, monkeypatch):
+    monkeypatch.setattr(writebench, "BREAKDOWN_WRITES", 300)
+    monkeypatch.setattr(writebench, "BREAKDOWN_WARMUP_WRITES", 50)
+    out = CliRunner().invoke(
+        app,
+        ["bench-writes", "--breakdown", "--repeat", "1", "--scale", "tiny", "--json"],
+        env={"OPSKIT_DATABASE_URL": test_servers.admin_url},
+        catch_exceptions=False,
+    )
+    assert out.exit_code == 0, out.output
+    payload = json.loads(out.stdout)
+    runs = {run["label"]: run for run in payload["runs"]}
+    assert list(runs) == [label for label, _, _ in writebench.BREAKDOWN_VARIANTS]
+    queue, phase1 = set(writebench.VOTE_TRIGGERS["queue"]), set(writebench.VOTE_TRIGGERS["phase1"])
+    on = {label: set(run["vote_triggers_on"]) for label, run in runs.items()}
+    assert on["no phases"] == set()
+    assert on["all phases"] >= queue | phase1
+    assert not on["all phases, refresh-queue trigger off"] & queue
+    assert on["all phases, refresh-queue trigger off"] >= phase1
+    assert not on["all phases, phase-1 vote triggers off"] & phase1
+    assert not on["all phases, both off (indexes only)"] & (queue | phase1)
+    # What the runs wrote: delta rows only while phase 1's triggers were on; the queue's
+    # dedupe may add no row in a short run, but never one with its trigger off.
+    wrote = {label: (run["queue_rows"], run["delta_rows"]) for label, run in runs.items()}
+    assert wrote["no phases"] == (None, None)
+    assert wrote["all phases"][1] > 0 and wrote["all phases, refresh-queue trigger off"][1] > 0
+    assert wrote["all phases, phase-1 vote triggers off"][1] == 0
+    assert wrote["all phases, refresh-queue trigger off"][0] == 0
+    assert wrote["all phases, both off (indexes only)"] == (0, 0)
+    assert all(run["backend_cpu_us_per_write"] >= 0 for run in runs.values())
+    assert set(payload["part_cpu_us_per_write"]) == {
+        "refresh-queue trigger",
+        "phase-1 vote triggers (delta rows)",
+        "indexes and the rest (triggers off)",
+    }
+    with psycopg.connect(test_servers.admin_url) as conn:  # the scratch databases are gone
+        left = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'opskit_benchw_%'"
+        ).fetchone()[0]
+    assert left == 0
