@@ -2,11 +2,15 @@
 
 import threading
 import time
+import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
+from typer.testing import CliRunner
 
 from opskit import migrations, schema
+from opskit.cli import app
 from opskit.errors import BadInput, DatabaseError, EnvironmentProblem, ExitCode, ProblemFound
 
 PHASE0 = """SET lock_timeout = '5s';
@@ -284,3 +288,41 @@ def test_missing_base_schema_and_unknown_files_are_environment_errors(empty_db_u
 )
 def test_describe_lock(statement, lock, blocks):
     assert migrations.describe_lock(statement) == (lock, blocks)
+
+
+def test_a_permission_error_mid_phase_exits_3_and_records_only_what_was_applied(tiny_db_url):
+    """A role that may create tables but not triggers on the app's tables (CONTRACT §2, §4)."""
+    role = f"opskit_limited_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(tiny_db_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'limited'").format(sql.Identifier(role))
+        )
+        admin.execute(
+            sql.SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(sql.Identifier(role))
+        )
+        admin.execute(
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(
+                sql.Identifier(role)
+            )
+        )
+    limited_url = psycopg.conninfo.make_conninfo(tiny_db_url, user=role, password="limited")
+    try:
+        result = CliRunner().invoke(
+            app, ["migrate"], env={"OPSKIT_DATABASE_URL": limited_url}, catch_exceptions=False
+        )
+        assert result.exit_code == ExitCode.ENVIRONMENT
+        error = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+        assert error.startswith("error: phase1_denormalized_tables.sql statement")
+        assert "permission denied for table" in error
+        assert "Traceback" not in result.output and "limited@" not in result.output
+        ledger = _ledger(tiny_db_url)
+        assert list(ledger) == ["phase0_cleanup"]
+        with psycopg.connect(tiny_db_url) as conn:  # phase 1's transaction left nothing behind
+            leftovers = conn.execute(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE '%%_stats_base'"
+            ).fetchone()[0]
+        assert leftovers == 0
+    finally:
+        with psycopg.connect(tiny_db_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
