@@ -982,6 +982,10 @@ def report_command(
         Path | None,
         typer.Option("--story", help="story.json from `opskit bench`: migration, writes, views."),
     ] = None,
+    soak: Annotated[
+        Path | None,
+        typer.Option("--soak", help="soak.json from `opskit soak --out DIR`: faults and drift."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compare before and after load-test runs in one self-contained HTML file (or Markdown).
@@ -989,7 +993,8 @@ def report_command(
     Per endpoint: medians over runs with distribution-free intervals, speed-up with a bootstrap
     interval over runs, Mann-Whitney U with Holm correction ("~" = no significant change), the
     original write-up's claims beside the measurement, percentile spectra, runs over time,
-    flagged runs and the environment. Both folders must hold the same scenario, model and rate
+    flagged runs and the environment; with --soak, a table of what `opskit soak` injected and
+    whether everything converged. Both folders must hold the same scenario, model and rate
     (else exit 2); the file is written whole or not at all.
     """
     from opskit import report
@@ -999,6 +1004,7 @@ def report_command(
         after_dir,
         out,
         story=report.load_story(story) if story else None,
+        soak=report.load_soak(soak) if soak else None,
         fmt=fmt.value,
     )
     size = written.stat().st_size

@@ -185,15 +185,27 @@ def _require_same(reference: Run, other: Run) -> None:
 
 def load_story(path: Path) -> dict:
     """The story.json `opskit bench` writes next to the result folders."""
+    return _json_object(path, "story")
+
+
+def load_soak(path: Path) -> dict:
+    """The soak.json `opskit soak` writes into its --out folder."""
+    soak = _json_object(path, "soak")
+    if "writes_committed" not in soak:
+        raise BadInput(f"soak file {path} is not an `opskit soak` result (no writes_committed)")
+    return soak
+
+
+def _json_object(path: Path, what: str) -> dict:
     try:
-        story = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BadInput(f"story file {path} does not exist") from None
+        found = json.loads(Path(path).read_text())
+    except (FileNotFoundError, IsADirectoryError):
+        raise BadInput(f"{what} file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadInput(f"story file {path} is not valid JSON: {error}") from None
-    if not isinstance(story, dict):
-        raise BadInput(f"story file {path} does not hold a JSON object")
-    return story
+        raise BadInput(f"{what} file {path} is not valid JSON: {error}") from None
+    if not isinstance(found, dict):
+        raise BadInput(f"{what} file {path} does not hold a JSON object")
+    return found
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -205,6 +217,7 @@ def render(
     out: Path,
     *,
     story: dict | None = None,
+    soak: dict | None = None,
     fmt: str = "html",
 ) -> Path:
     """Compare the two result folders and write the report to `out` (HTML or Markdown).
@@ -220,6 +233,7 @@ def render(
     _require_same(before[0], after[0])
     comparison = stats.compare([r.metrics for r in before], [r.metrics for r in after])
     context = _context(before, after, comparison, story or {})
+    context["soak"] = _soak_view(soak or {})
     text = _jinja(fmt).get_template(f"report.{fmt}.j2").render(**context)
     if fmt == "html" and len(text.encode()) > MAX_HTML_BYTES:
         raise ProblemFound(
@@ -613,6 +627,47 @@ def _story_view(story: dict) -> dict:
         "migrate": phases,
         "migrate_total_ms": sum(_finite(phase.get("duration_ms")) or 0 for phase in phases),
     }
+
+
+def _soak_view(soak: dict) -> dict:
+    """An `opskit soak` result as the templates show it: what ran, what broke, what converged."""
+    if not soak:
+        return {}
+
+    def total(key: str) -> int | None:
+        values = soak.get(key)
+        return (
+            sum(v for v in values.values() if isinstance(v, int))
+            if isinstance(values, dict)
+            else None
+        )
+
+    faults = soak.get("faults") if isinstance(soak.get("faults"), dict) else {}
+    skipped = soak.get("faults_skipped") if isinstance(soak.get("faults_skipped"), dict) else {}
+    staleness = soak.get("staleness_s") if isinstance(soak.get("staleness_s"), dict) else {}
+    rows = [
+        ("duration (s)", format_number(soak.get("duration_s"))),
+        ("writers", format_number(soak.get("writers"))),
+        ("writes committed", format_number(soak.get("writes_committed"))),
+        ("rolled back on purpose", format_number(soak.get("writes_rolled_back"))),
+        ("faults injected", ", ".join(f"{kind} ×{n}" for kind, n in faults.items()) or "none"),
+        ("faults skipped", "; ".join(f"{kind}: {why}" for kind, why in skipped.items()) or "none"),
+        (
+            "API requests (errors)",
+            f"{format_number(soak.get('api_requests'))} ({format_number(soak.get('api_errors'))})",
+        ),
+        ("deadlocks", format_number(soak.get("deadlocks"))),
+        ("writer errors", format_number(soak.get("writer_errors"))),
+        ("drift found before --fix", format_number(total("drift_before_fix"))),
+        ("drift after --fix", format_number(total("drift_after_fix"))),
+        ("overlapping refreshes of one view", format_number(soak.get("overlapping_refreshes"))),
+        (
+            "view staleness p50 / p95 / max",
+            " / ".join(f"{format_number(staleness.get(q))} s" for q in ("p50", "p95", "max")),
+        ),
+    ]
+    problems = [str(problem) for problem in soak.get("problems") or []]
+    return {"rows": rows, "ok": soak.get("ok") is True and not problems, "problems": problems}
 
 
 def _summary(headline: list[dict], claims: list[dict]) -> str:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from opskit import charts, report
 from opskit.cli import app
+from opskit.soak import SoakResult
 from tests.unit.result_folders import ENDPOINTS, write_result_folder
 
 STORY = {
@@ -348,3 +349,55 @@ def test_chart_lines_break_at_gaps_and_log_axes_skip_non_positive_values():
     path = re.search(r'<path d="([^"]+)"', svg).group(1)
     assert path.count("M") == 3 and path.count("L") == 0  # three isolated points, no bridges
     assert svg.startswith("<svg") and "xmlns" not in svg and "<title>t</title>" in svg
+
+
+def _soak_result(**changes) -> dict:
+    """A soak.json as `opskit soak` writes it (its own dataclass, serialized the same way)."""
+    result = SoakResult(
+        database="postgresql://app:***@db/app",
+        redis="redis://cache:6379/0",
+        out_dir="soak-out",
+        duration_s=300.0,
+        writers=32,
+        fault_kinds=["flushall", "trigger_outage"],
+        writes_committed=668302,
+        writes_rolled_back=35113,
+        api_requests=21384,
+        faults={"flushall": 2, "trigger_outage": 1},
+        trigger_outages_detected=1,
+        drift_before_fix={"user_dashboard_stats": 933, "redis_upvotes": 0},
+        drift_after_fix={"user_dashboard_stats": 0},
+        staleness_s={"p50": 34.0, "p95": 39.5, "max": 61.0},
+    )
+    for name, value in changes.items():
+        setattr(result, name, value)
+    return json.loads(json.dumps(result.as_dict()))
+
+
+def test_a_soak_result_gets_its_table_and_its_verdict(folders, tmp_path):
+    soak_file = tmp_path / "soak.json"
+    soak_file.write_text(json.dumps(_soak_result()))
+    out = tmp_path / "r.html"
+    assert _cli(*folders, "-o", out, "--soak", soak_file).exit_code == 0
+    html = out.read_text()
+    rows = body_rows(tables(html)["soak-table"])
+    assert rows["writes committed"][1] == "668,302"
+    assert rows["faults injected"][1] == "flushall ×2, trigger_outage ×1"
+    assert rows["drift found before --fix"][1] == "933"
+    assert rows["drift after --fix"][1] == "0"
+    assert rows["view staleness p50 / p95 / max"][1] == "34 s / 39.5 s / 61 s"
+    assert "converged to the truth" in html
+
+    failed = _soak_result(deadlocks=2, drift_after_fix={"user_dashboard_stats": 5})
+    text = report.render(*folders, tmp_path / "s.md", fmt="md", soak=failed).read_text()
+    assert "problems: drift after --fix: 5; 2 deadlocks." in text
+    assert "| deadlocks | 2 |" in text
+    assert "converged" not in text
+
+
+def test_a_file_that_is_not_a_soak_result_exits_2(folders, tmp_path):
+    soak_file = tmp_path / "soak.json"
+    soak_file.write_text(json.dumps(STORY))
+    result = _cli(*folders, "-o", tmp_path / "r.html", "--soak", soak_file)
+    assert result.exit_code == 2 and "is not an `opskit soak` result" in result.output
+    assert not (tmp_path / "r.html").exists()
