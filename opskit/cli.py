@@ -773,12 +773,19 @@ def reconcile_command(
         for check in outcome.checks:
             repaired = f", fixed {check.fixed}, left {check.remaining}" if outcome.fix else ""
             sample = f" (first: {', '.join(check.sample)})" if check.sample else ""
+            source = f", from {check.source_rows:,} source rows" if check.source_rows else ""
             stdout.print(
-                f"{check.name}: {check.rows_checked:,} checked, {check.drift} drift"
+                f"{check.name}: {check.rows_checked:,} checked{source}, {check.drift} drift"
                 f"{repaired}{sample}",
                 markup=False,
             )
-        speed = f", {outcome.truth_rows_per_s:,} truth rows/s" if outcome.truth_rows_per_s else ""
+        speed = ""
+        if outcome.relations_seconds and outcome.truth_rows_per_s:
+            speed = (
+                f"; relations in {outcome.relations_seconds:.2f} s: "
+                f"{outcome.truth_rows_per_s:,} truth rows/s, "
+                f"{outcome.source_rows_per_s or 0:,} source rows/s"
+            )
         stdout.print(f"drift total {outcome.drift_total} in {outcome.seconds:.2f} s{speed}")
     if outcome.drift_total:
         raise typer.Exit(1)

@@ -13,7 +13,55 @@ from opskit import refresh, votecache
 from opskit.cli import app
 from opskit.reconcile import id_ranges
 from opskit.settings import Settings
+from opskit.sql import queries
+from opskit.truth import DENORMALIZED, diff_against_truth
 from opskit.votecache import VoteCache, upvotes_key
+
+SPECS = {spec.relation: spec for spec in DENORMALIZED}
+
+# CONTRACT §6 written the obvious way (a subquery per value), independently of truth.sql, whose
+# blocks are written for speed.
+ORACLE = {
+    "truth_user_dashboard_stats": """
+        SELECT u.id,
+          (SELECT count(*) FROM projects p WHERE p.owner_id = u.id AND p.deleted_at IS NULL),
+          (SELECT count(*) FROM votes v JOIN projects p ON p.id = v.project_id
+            WHERE p.owner_id = u.id AND p.deleted_at IS NULL AND v.vote_type = 'up'),
+          (SELECT count(*) FROM votes v JOIN projects p ON p.id = v.project_id
+            WHERE p.owner_id = u.id AND p.deleted_at IS NULL AND v.vote_type = 'down'),
+          (SELECT count(*) FROM comments c JOIN projects p ON p.id = c.project_id
+            WHERE p.owner_id = u.id AND p.deleted_at IS NULL),
+          (SELECT count(*) FROM votes v WHERE v.user_id = u.id),
+          (SELECT count(*) FROM follows f WHERE f.followee_id = u.id),
+          (SELECT count(*) FROM follows f WHERE f.follower_id = u.id),
+          (SELECT count(*) FROM messages m WHERE m.recipient_id = u.id AND m.read_at IS NULL),
+          (SELECT count(*) FROM intro_requests i WHERE i.target_id = u.id AND i.status = 'pending')
+        FROM users u""",
+    "truth_message_conversations": """
+        SELECT c.u, c.o,
+          (SELECT count(*) FROM messages m
+            WHERE (m.sender_id, m.recipient_id) IN ((c.u, c.o), (c.o, c.u))),
+          (SELECT count(*) FROM messages m
+            WHERE m.sender_id = c.o AND m.recipient_id = c.u AND m.read_at IS NULL),
+          last.id, last.created_at, last.sender_id, left(last.body, 100)
+        FROM (SELECT sender_id AS u, recipient_id AS o FROM messages
+              UNION SELECT recipient_id, sender_id FROM messages) c
+        CROSS JOIN LATERAL (
+          SELECT m.id, m.created_at, m.sender_id, m.body FROM messages m
+          WHERE (m.sender_id, m.recipient_id) IN ((c.u, c.o), (c.o, c.u))
+          ORDER BY m.created_at DESC, m.id DESC LIMIT 1) last""",
+    "truth_intro_request_stats": """
+        SELECT u.id,
+          (SELECT count(*) FROM intro_requests i WHERE i.requester_id = u.id),
+          (SELECT count(*) FROM intro_requests i WHERE i.requester_id = u.id AND i.status = 'pending'),
+          (SELECT count(*) FROM intro_requests i WHERE i.requester_id = u.id AND i.status = 'accepted'),
+          (SELECT count(*) FROM intro_requests i WHERE i.requester_id = u.id AND i.status = 'declined'),
+          (SELECT count(*) FROM intro_requests i WHERE i.target_id = u.id),
+          (SELECT count(*) FROM intro_requests i WHERE i.target_id = u.id AND i.status = 'pending'),
+          (SELECT count(*) FROM intro_requests i WHERE i.target_id = u.id AND i.status = 'accepted'),
+          (SELECT count(*) FROM intro_requests i WHERE i.target_id = u.id AND i.status = 'declined')
+        FROM users u""",
+}
 
 
 @pytest.fixture
@@ -66,6 +114,105 @@ def _cache_users(url, redis_url, prefix, count):
     return users
 
 
+def _edge_cases(conn):
+    """Rows the truth queries could get wrong: ties for the newest message, unread mail both
+    ways, a deleted project with votes and comments, a restored one, a user with nothing."""
+    users = [
+        row[0]
+        for row in conn.execute(
+            "INSERT INTO users (username, display_name, email) SELECT 'edge' || g, 'Edge', 'edge' || g || '@x' "
+            "FROM generate_series(1, 4) g RETURNING id"
+        )
+    ]
+    a, b, c, _ = users
+    conn.execute(
+        "INSERT INTO messages (sender_id, recipient_id, body, created_at, read_at) VALUES "
+        "(%(a)s, %(b)s, 'older', '2026-01-01', NULL), "
+        "(%(b)s, %(a)s, 'tie, lower id', '2026-01-02', NULL), "
+        "(%(a)s, %(b)s, 'tie, higher id: the newest', '2026-01-02', '2026-01-03'), "
+        "(%(c)s, %(a)s, repeat('long ', 40), '2026-01-05', NULL)",
+        {"a": a, "b": b, "c": c},
+    )
+    deleted, restored = [
+        row[0]
+        for row in conn.execute(
+            "INSERT INTO projects (owner_id, title) VALUES (%(b)s, 'gone'), (%(b)s, 'back') "
+            "RETURNING id",
+            {"b": b},
+        )
+    ]
+    conn.execute(
+        "INSERT INTO votes (user_id, project_id, vote_type) VALUES "
+        "(%(a)s, %(deleted)s, 'up'), (%(c)s, %(deleted)s, 'down'), (%(a)s, %(restored)s, 'down')",
+        {"a": a, "c": c, "deleted": deleted, "restored": restored},
+    )
+    conn.execute(
+        "INSERT INTO comments (project_id, user_id, body) VALUES (%s, %s, 'x'), (%s, %s, 'y')",
+        (deleted, a, restored, c),
+    )
+    conn.execute("UPDATE projects SET deleted_at = now() WHERE id IN (%s, %s)", (deleted, restored))
+    conn.execute("UPDATE projects SET deleted_at = NULL WHERE id = %s", (restored,))
+
+
+@pytest.mark.parametrize("block", sorted(ORACLE))
+def test_each_truth_query_equals_the_contract_written_plainly(tiny_db_url, block):
+    with psycopg.connect(tiny_db_url, autocommit=True) as conn:
+        _edge_cases(conn)
+        truth = queries("truth.sql")[block].rstrip(";")
+        rows = conn.execute(truth).fetchall()
+        assert len(rows) > 100
+        assert sorted(rows) == sorted(conn.execute(ORACLE[block]).fetchall())
+
+
+def _exact_counts(conn):
+    """The app rows each truth counts (truth.sql's source_rows_* blocks), counted directly."""
+    return {
+        "user_dashboard_stats": conn.execute(
+            "SELECT (SELECT count(*) FROM users)"
+            " + (SELECT count(*) FROM projects WHERE deleted_at IS NULL)"
+            " + (SELECT count(*) FROM votes)"
+            " + (SELECT count(*) FROM comments c JOIN projects p ON p.id = c.project_id"
+            "    WHERE p.deleted_at IS NULL)"
+            " + (SELECT count(*) FROM follows)"
+            " + (SELECT count(*) FROM messages WHERE read_at IS NULL)"
+            " + (SELECT count(*) FROM intro_requests WHERE status = 'pending')"
+        ).fetchone()[0],
+        "message_conversations_denorm": conn.execute("SELECT count(*) FROM messages").fetchone()[0],
+        "intro_request_stats": conn.execute(
+            "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM intro_requests)"
+        ).fetchone()[0],
+    }
+
+
+def test_source_rows_are_the_app_rows_each_truth_counts(migrated_db_url):
+    with psycopg.connect(migrated_db_url, autocommit=True) as conn:
+        expected = _exact_counts(conn)
+        # A relation row without truth (a conversation that never happened) counts nothing.
+        conn.execute(
+            "INSERT INTO message_conversations_denorm (user_id, other_user_id, message_count) "
+            "SELECT a.id, b.id, 5 FROM users a, users b WHERE a.id < b.id AND NOT EXISTS ("
+            "SELECT FROM messages WHERE sender_id IN (a.id, b.id) AND recipient_id IN (a.id, b.id))"
+            " LIMIT 1"
+        )
+        diffs = {spec.relation: diff_against_truth(conn, spec) for spec in DENORMALIZED}
+    assert {name: diff.source_rows for name, diff in diffs.items()} == expected
+    assert diffs["message_conversations_denorm"].differing == 1
+
+
+def test_planner_settings_apply_to_the_diff_only(migrated_db_url):
+    spec = SPECS["user_dashboard_stats"]
+    with psycopg.connect(migrated_db_url, autocommit=True) as conn:
+        with conn.transaction():  # a caller's transaction, like verify's snapshot
+            conn.execute("SET LOCAL work_mem = '1MB'")
+            diff_against_truth(conn, spec)
+            settings = conn.execute(
+                "SELECT current_setting('work_mem'), current_setting('enable_hashagg')"
+            ).fetchone()
+        assert settings == ("1MB", "on")
+        diff_against_truth(conn, spec)  # its own transaction, on an autocommit connection
+        assert conn.execute("SHOW enable_hashagg").fetchone()[0] == "on"
+
+
 def test_id_ranges_cover_every_id_within_the_width():
     assert id_ranges([9, 1, 3, 12, 3], 5) == [(1, 4), (9, 13)]
     assert id_ranges([], 5) == []
@@ -86,6 +233,16 @@ def test_a_clean_database_has_no_drift_and_the_run_is_recorded(run, migrated_db_
     }
     assert checks["user_dashboard_stats"]["rows_checked"] > 0
     assert checks["view_freshness"]["rows_checked"] == 8
+    with psycopg.connect(migrated_db_url) as conn:
+        expected_source_rows = _exact_counts(conn)
+    assert {name: checks[name]["source_rows"] for name in SPECS} == expected_source_rows
+    assert report["source_rows"] == sum(expected_source_rows.values())
+    assert checks["redis_upvotes"]["source_rows"] is None
+    assert report["relations_seconds"] > 0
+    assert report["source_rows_per_s"] == round(report["source_rows"] / report["relations_seconds"])
+    assert report["truth_rows_per_s"] == round(
+        sum(checks[name]["rows_checked"] for name in SPECS) / report["relations_seconds"]
+    )
     assert all(
         set(check) >= {"name", "rows_checked", "drift", "fixed"} for check in report["checks"]
     )
