@@ -1,10 +1,14 @@
 """`opskit bench-api`: each endpoint's latency in before and after mode, against the floor.
 
-For each mode a real `opskit serve` subprocess runs on the database; this process drives every
-endpoint in turn with a fixed number of requests (after a short warm-up) from `concurrency`
-keep-alive connections, and records what the client saw and what the server reports in its
-`Server-Timing` header. The floor is `/api/health/db` (one SELECT 1 through the same pool),
-measured in the same run. Requests are the same seeded sequence in both modes.
+Like `opskit bench`, the seeded database is cloned twice: the app without opskit (no phase) and
+with it (every phase, views refreshed). Three columns are measured: before mode on the first
+(the app as it was: the speed-up targets are judged against it), before mode on the second
+("before + indexes": what phase 4's indexes alone buy the old queries) and after mode on the
+second. Each runs in its own `opskit serve` subprocess; this process drives one endpoint at a
+time, in each column back to back, with a fixed number of requests (after a short warm-up)
+from `concurrency` keep-alive connections, and records what the client saw and what the server
+reports in its `Server-Timing` header. The floor is `/api/health/db` (one SELECT 1 through the
+same pool), measured in the same run. Requests are the same seeded sequence in every column.
 """
 
 from __future__ import annotations
@@ -20,18 +24,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
-from psycopg import conninfo
 from psycopg import sql as pgsql
 
-from opskit import auth, migrations, seed
+from opskit import auth, clones, migrations, refresh, seed
 from opskit.db import connect
 from opskit.errors import EnvironmentProblem, ProblemFound
-from opskit.migrations import PHASES
+from opskit.migrations import BASE, PHASES
 from opskit.settings import Settings
 from opskit.sql import queries
 
@@ -49,6 +53,13 @@ TARGET_SPEEDUPS = {
     "vote": 80.0,
 }
 TARGET_P50_VS_FLOOR, TARGET_P99_VS_FLOOR = 2.0, 3.0
+CLONE_ROLES = ("before", "after")  # <source>_before: no phase; <source>_after: every phase
+# column -> (server mode, clone it serves)
+COLUMNS = {
+    "before": ("before", "before"),
+    "before_indexes": ("before", "after"),
+    "after": ("after", "after"),
+}
 
 
 @dataclass(frozen=True)
@@ -92,11 +103,13 @@ class Latencies:
 
 @dataclass
 class BenchResult:
-    database: str
+    database: str  # the seeded source
+    databases: dict[str, str]  # the clones by role, when kept
+    setup: list[dict]  # {"step": str, "seconds": float}
     requests: int
     concurrency: int
     pool_size: int
-    modes: dict[str, dict[str, dict]]  # mode -> endpoint -> Latencies.summary()
+    modes: dict[str, dict[str, dict]]  # column -> endpoint -> Latencies.summary()
     endpoints: list[dict]
 
     def as_dict(self) -> dict:
@@ -267,44 +280,88 @@ async def _drive(
     return latencies
 
 
-def _server_env(settings: Settings, database_url: str, redis_url: str, secret: str) -> dict:
+def _server_env(
+    settings: Settings, database_url: str, redis_url: str, redis_prefix: str, secret: str
+) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSKIT_")}
     env.update(
         OPSKIT_DATABASE_URL=database_url,
         OPSKIT_REDIS_URL=redis_url,
         OPSKIT_HOME=str(settings.home),
         OPSKIT_JWT_SECRET=secret,
-        OPSKIT_REDIS_PREFIX=settings.redis_prefix,
+        OPSKIT_REDIS_PREFIX=redis_prefix,
     )
     return env
 
 
 def prepare_scale_database(admin_url: str, scale: str, progress=None) -> str:
-    """A database `opskit_benchapi_<scale>` seeded at `scale` with every phase (kept for reuse)."""
+    """A database `opskit_benchapi_<scale>` seeded at `scale` (kept for reuse as the source)."""
     name = f"opskit_benchapi_{scale}"
-    url = conninfo.make_conninfo(admin_url, dbname=name)
+    url = clones.database_url(admin_url, name)
     with connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
             conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
-    with connect(url, autocommit=True) as conn:
-        seeded = conn.execute("SELECT to_regclass('users') IS NOT NULL").fetchone()[0]
-        if seeded:
-            seeded = conn.execute("SELECT EXISTS (SELECT FROM users)").fetchone()[0]
-    if not seeded:
+    if not _is_seeded(url):
         if progress:
             progress(f"seeding {scale} data into {name}")
         seed.seed_database(url, scale, 1, force=True)
-    if _missing_phases(url):
-        if progress:
-            progress(f"applying pending migration phases to {name}")
-        migrations.migrate(url)
     return url
+
+
+def prepare_clones(
+    settings: Settings, source_url: str, progress: Callable[[str], None] | None = None
+) -> tuple[dict[str, str], list[dict]]:
+    """Clone the seeded source into `<source>_before` (no phase) and `<source>_after` (all).
+
+    The after clone is migrated and its views refreshed; a source that already has phases is
+    rolled back to base in the before clone, so "before" is always the app without opskit.
+    Returns the clones' URLs by role and the timed setup steps.
+    """
+    source = clones.database_name(source_url)
+    urls = {role: clones.database_url(source_url, f"{source}_{role}") for role in CLONE_ROLES}
+    steps: list[dict] = []
+
+    def timed(name: str, action: Callable[[], object]) -> None:
+        if progress:
+            progress(name)
+        started = time.perf_counter()
+        action()
+        steps.append({"step": name, "seconds": round(time.perf_counter() - started, 2)})
+
+    clones.drop_databases(source_url, list(urls.values()))  # leftovers of an interrupted run
+
+    def clone_both() -> None:
+        with connect(source_url, autocommit=True) as admin:
+            for role in CLONE_ROLES:
+                clones.clone_database(admin, source_url, urls[role])
+
+    timed(f"clone {source} into {source}_before and {source}_after", clone_both)
+    if len(_missing_phases(urls["before"])) < len(PHASES):
+        timed(
+            "roll the before clone back to base",
+            lambda: migrations.rollback(urls["before"], to=BASE),
+        )
+    timed("migrate the after clone", lambda: migrations.migrate(urls["after"]))
+    timed(
+        "refresh the after clone's views",
+        lambda: refresh.refresh(urls["after"], settings, all_views=True),
+    )
+
+    def vacuum() -> None:
+        # Steady state on both sides, as autovacuum leaves a live database: planner statistics,
+        # and visibility maps so index-only scans skip the heap (fresh views have none).
+        for url in urls.values():
+            with connect(url, autocommit=True) as conn:
+                conn.execute("VACUUM (ANALYZE)")
+
+    timed("vacuum and analyze both clones", vacuum)
+    return urls, steps
 
 
 def bench_api(
     settings: Settings,
-    database_url: str,
+    source_url: str,
     redis_url: str,
     *,
     requests: int = 500,
@@ -312,50 +369,72 @@ def bench_api(
     pool_size: int = 4,
     endpoints: list[str] | None = None,
     budget_s: float = 60.0,
+    keep_databases: bool = False,
     log_dir: Path,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
-    """Run both modes on `database_url` (every phase applied) and compare them per endpoint."""
-    missing = _missing_phases(database_url)
-    if missing:
+    """Bench every endpoint: before mode on a clone without phases and on one with them, after
+    mode on the one with them. `source_url` is a seeded database; it is only read (cloned)."""
+    if not _is_seeded(source_url):
         raise ProblemFound(
-            f"bench-api needs every phase applied (after mode); pending: {', '.join(missing)}",
-            hint="run `opskit migrate`, or use --scale to bench a scratch database",
+            "the database has no seeded app data to benchmark",
+            hint="run `opskit seed`, or use --scale to bench a scratch database",
         )
     secret = secrets.token_urlsafe(32)
-    sample = load_sample(database_url, random.Random(1))
+    sample = load_sample(source_url, random.Random(1))
     tokens = {user_id: auth.mint_token(secret, user_id, 3600) for user_id in sample.user_ids}
     warmup = max(2, min(requests // 5, 2 * concurrency))  # few: slow endpoints have a budget
-    env = _server_env(settings, database_url, redis_url, secret)
-    modes: dict[str, dict[str, dict]] = {}
-    for mode in ("before", "after"):
-        generators = _calls(sample, random.Random(2))
-        names = [FLOOR] + [
-            n for n in generators if n != FLOOR and (not endpoints or n in endpoints)
-        ]
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with ApiServer(mode, env, pool_size, log_dir / f"serve-{mode}.log") as server:
+    redis_prefix = f"{settings.redis_prefix}benchapi:{os.getpid()}:"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    columns: dict[str, dict[str, dict]] = {}
+    with ExitStack() as cleanup:
+        cleanup.callback(clones.forget_redis_keys, redis_url, redis_prefix)
+        urls, setup = prepare_clones(settings, source_url, progress)
+        if not keep_databases:
+            cleanup.callback(clones.drop_databases, source_url, list(urls.values()))
+        servers, generators = {}, {}
+        for column, (mode, role) in COLUMNS.items():
+            env = _server_env(settings, urls[role], redis_url, f"{redis_prefix}{column}:", secret)
+            log_path = log_dir / f"serve-{column}.log"
+            servers[column] = cleanup.enter_context(ApiServer(mode, env, pool_size, log_path))
+            generators[column] = _calls(sample, random.Random(2))  # the same requests in each
+        for column, server in servers.items():
             server.wait_ready()
             # Every user's vote cache key exists before measuring (after mode): steady state.
             priming = [Call("GET", f"/api/projects/{sample.project_ids[0]}", u) for u in tokens]
             asyncio.run(_drive(server.url, priming, tokens, concurrency, warmup=len(priming)))
-            modes[mode] = {}
-            for name in names:
+            columns[column] = {}
+        names = [FLOOR] + [
+            n for n in generators["after"] if n != FLOOR and (not endpoints or n in endpoints)
+        ]
+        # Endpoint by endpoint, the three columns back to back: on a shared machine the load
+        # changes over minutes, and this way it changes little between the figures compared.
+        for name in names:
+            for column, server in servers.items():
                 if progress:
-                    progress(f"{mode}: {name} ({requests} requests)")
-                calls = [generators[name]() for _ in range(warmup + requests)]
+                    progress(f"{column}: {name} ({requests} requests)")
+                calls = [generators[column][name]() for _ in range(warmup + requests)]
                 latencies = asyncio.run(
                     _drive(server.url, calls, tokens, concurrency, warmup, budget_s)
                 )
-                modes[mode][name] = latencies.summary()
+                columns[column][name] = latencies.summary()
     return BenchResult(
-        database=database_url,
+        database=source_url,
+        databases=urls if keep_databases else {},
+        setup=setup,
         requests=requests,
         concurrency=concurrency,
         pool_size=pool_size,
-        modes=modes,
-        endpoints=_compare(modes),
+        modes=columns,
+        endpoints=_compare(columns),
     )
+
+
+def _is_seeded(url: str) -> bool:
+    with connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('users') IS NULL").fetchone()[0]:
+            return False
+        return conn.execute("SELECT EXISTS (SELECT FROM users)").fetchone()[0]
 
 
 def _missing_phases(database_url: str) -> list[str]:
@@ -372,8 +451,8 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 2)
 
 
-def _compare(modes: dict[str, dict[str, dict]]) -> list[dict]:
-    before, after = modes["before"], modes["after"]
+def _compare(columns: dict[str, dict[str, dict]]) -> list[dict]:
+    before, indexed, after = columns["before"], columns["before_indexes"], columns["after"]
     floor = after[FLOOR]
     rows = []
     for name in after:
@@ -386,6 +465,8 @@ def _compare(modes: dict[str, dict[str, dict]]) -> list[dict]:
                 "endpoint": name,
                 "before_p50_ms": before[name]["p50_ms"],
                 "before_p99_ms": before[name]["p99_ms"],
+                "before_indexes_p50_ms": indexed[name]["p50_ms"],
+                "before_indexes_p99_ms": indexed[name]["p99_ms"],
                 "after_p50_ms": after[name]["p50_ms"],
                 "after_p99_ms": after[name]["p99_ms"],
                 "after_p50_vs_floor": p50_vs_floor,
@@ -397,13 +478,13 @@ def _compare(modes: dict[str, dict[str, dict]]) -> list[dict]:
                     and p99_vs_floor <= TARGET_P99_VS_FLOOR
                 ),
                 "speedup_p50": speedup,
+                "indexes_speedup_p50": _ratio(before[name]["p50_ms"], indexed[name]["p50_ms"]),
                 "target_speedup": target,
                 "speedup_target_met": (
                     None if target is None else speedup is not None and speedup >= target
                 ),
-                "before_requests": before[name]["requests"],
-                "after_requests": after[name]["requests"],
-                "errors": before[name]["errors"] + after[name]["errors"],
+                "requests": {column: columns[column][name]["requests"] for column in COLUMNS},
+                "errors": sum(columns[column][name]["errors"] for column in COLUMNS),
             }
         )
     return rows

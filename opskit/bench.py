@@ -30,7 +30,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from opskit import loadtest, migrations, refresh, report, seed, services
+from opskit import clones, loadtest, migrations, refresh, report, seed, services
 from opskit.db import connect, redis_client
 from opskit.errors import BadInput, DatabaseError, ProblemFound, first_line
 from opskit.loadtest import LoadPlan, RunSummary
@@ -133,7 +133,7 @@ def bench(
                 story["write_cost"] = _write_cost(settings, plan, database_url)
         with ExitStack() as cleanup:
             if not plan.keep_databases:
-                cleanup.callback(_drop_databases, database_url, list(urls.values()))
+                cleanup.callback(clones.drop_databases, database_url, list(urls.values()))
             _prepare_databases(settings, plan, database_url, urls, story, steps)
             runs = _alternate_runs(settings, plan, urls, redis_url, staging, story, steps, progress)
         (staging / STORY_FILE).write_text(json.dumps(story, indent=2) + "\n")
@@ -160,21 +160,7 @@ def bench(
 
 
 def _clone_url(database_url: str, plan: BenchPlan, name: str) -> str:
-    return psycopg.conninfo.make_conninfo(database_url, dbname=f"{plan.database_prefix}_{name}")
-
-
-def _database_name(url: str) -> str:
-    return psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-
-
-def _drop_databases(admin_url: str, urls: list[str]) -> None:
-    with connect(admin_url, autocommit=True) as admin:
-        for url in urls:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(_database_name(url))
-                )
-            )
+    return clones.database_url(database_url, f"{plan.database_prefix}_{name}")
 
 
 def _prepare_databases(
@@ -186,23 +172,20 @@ def _prepare_databases(
     steps: _Steps,
 ) -> None:
     """Seed, clone twice, migrate and refresh the after clone; record the timings in `story`."""
-    _drop_databases(admin_url, list(urls.values()))  # leftovers of an interrupted bench
+    clones.drop_databases(admin_url, list(urls.values()))  # leftovers of an interrupted bench
     try:
         with connect(admin_url, autocommit=True) as admin:
             admin.execute(
-                sql.SQL("CREATE DATABASE {}").format(sql.Identifier(_database_name(urls["seed"])))
+                sql.SQL("CREATE DATABASE {}").format(
+                    sql.Identifier(clones.database_name(urls["seed"]))
+                )
             )
             with steps.step(f"seed {plan.scale} data"):
                 seeded = seed.seed_database(urls["seed"], plan.scale, plan.load.seed)
             story["seed_s"] = round(seeded.total_seconds, 2)
             with steps.step("clone the seeded database for before and after"):
                 for mode in ("before", "after"):
-                    admin.execute(
-                        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                            sql.Identifier(_database_name(urls[mode])),
-                            sql.Identifier(_database_name(urls["seed"])),
-                        )
-                    )
+                    clones.clone_database(admin, urls["seed"], urls[mode])
     except psycopg.Error as err:
         raise DatabaseError(f"cannot create the bench databases: {first_line(err)}") from err
     with steps.step("migrate the after clone"):
@@ -234,7 +217,7 @@ def _alternate_runs(
     prefix = f"{plan.database_prefix}:{os.getpid()}:"
     runs: dict[str, list[RunSummary]] = {"before": [], "after": []}
     with ExitStack() as servers:
-        servers.callback(_forget_redis_keys, redis_url, prefix)
+        servers.callback(clones.forget_redis_keys, redis_url, prefix)
         targets = {
             mode: servers.enter_context(
                 loadtest.api_server(
@@ -366,13 +349,6 @@ def _floor(url: str) -> dict[str, float]:
         "p50_ms": round(float(np.percentile(latencies, 50)), 3),
         "p99_ms": round(float(np.percentile(latencies, 99)), 3),
     }
-
-
-def _forget_redis_keys(redis_url: str, prefix: str) -> None:
-    client = redis_client(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 # ---------------------------------------------------------------------------- write side

@@ -874,8 +874,8 @@ def bench_api(
     scale: Annotated[
         ScaleName | None,
         typer.Option(
-            help="Bench a scratch database opskit_benchapi_<scale> on the same server "
-            "(seeded and migrated on first use, kept for reuse) instead of the configured one."
+            help="Clone a scratch database opskit_benchapi_<scale> on the same server "
+            "(seeded on first use, kept for reuse) instead of the configured one."
         ),
     ] = None,
     requests: Annotated[
@@ -895,15 +895,21 @@ def bench_api(
         float,
         typer.Option(min=1, help="Per endpoint and mode: start no request after this long."),
     ] = 60,
+    keep_databases: Annotated[
+        bool, typer.Option(help="Keep the two clones <database>_before and <database>_after.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Latency of every API endpoint in before and after mode, against the floor endpoint.
+    """Latency of every API endpoint before and after opskit, against the floor endpoint.
 
-    Starts `opskit serve` per mode on the database (every phase applied), sends the same
-    requests to each endpoint from --concurrency connections, and prints server p50/p99 (the
-    Server-Timing header), after mode's ratio to /api/health/db (targets: p50 <= 2x, p99 <= 3x)
-    and the after/before speed-up against the write-up's claims doubled (stats 24x, feed 13x,
-    leaderboards 30x, chains 11x, search 20x, vote 80x). Vote requests write to the database.
+    Clones the seeded database (nobody may be connected to it) into <database>_before (no
+    phase) and <database>_after (every phase, views refreshed), then starts `opskit serve`
+    three times: before mode on the first clone, before mode on the second ("+indexes": what
+    indexes alone buy) and after mode on the second. Each gets the same requests from
+    --concurrency connections; prints server p50/p99 (the Server-Timing header), after mode's
+    ratio to /api/health/db (targets: p50 <= 2x, p99 <= 3x) and the after/before speed-up
+    against the write-up's claims doubled (stats 24x, feed 13x, leaderboards 30x, chains 11x,
+    search 20x, vote 80x). Vote requests write to the clones, which are dropped at the end.
     """
     settings = _settings()
     database_url = services.resolve_database_url(settings)
@@ -920,20 +926,29 @@ def bench_api(
         pool_size=pool_size,
         endpoints=endpoint,
         budget_s=max_seconds,
+        keep_databases=keep_databases,
         log_dir=settings.home / "bench-api",
         progress=log,
     )
     if as_json:
-        _print_json({**result.as_dict(), "database": mask_url(result.database)})
+        _print_json(
+            {
+                **result.as_dict(),
+                "database": mask_url(result.database),
+                "databases": {role: mask_url(url) for role, url in result.databases.items()},
+            }
+        )
         return
     table = Table(
-        title=f"bench-api on {mask_url(result.database)}: {requests} requests per endpoint, "
-        f"{concurrency} connections (server ms, Server-Timing)"
+        title=f"bench-api on clones of {mask_url(result.database)}: {requests} requests per "
+        f"endpoint, {concurrency} connections (server ms, Server-Timing)"
     )
     for column in (
         "endpoint",
         "before p50",
         "before p99",
+        "+indexes p50",
+        "+indexes p99",
         "after p50",
         "after p99",
         "p50/floor",
@@ -955,13 +970,15 @@ def bench_api(
             row["endpoint"],
             fmt(row["before_p50_ms"]),
             fmt(row["before_p99_ms"]),
+            fmt(row["before_indexes_p50_ms"]),
+            fmt(row["before_indexes_p99_ms"]),
             fmt(row["after_p50_ms"]),
             fmt(row["after_p99_ms"]),
             fmt(row["after_p50_vs_floor"], "x"),
             fmt(row["after_p99_vs_floor"], "x"),
             fmt(row["speedup_p50"], "x"),
             "" if target is None else f"{target:g}x {'met' if met else 'MISSED'}",
-            f"{row['before_requests']}/{row['after_requests']}",
+            "/".join(str(count) for count in row["requests"].values()),
             str(row["errors"]),
         )
     stdout.print(table)

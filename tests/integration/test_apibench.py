@@ -1,34 +1,86 @@
 """`opskit bench-api` smoke test: real servers, tiny data, few requests; structure only."""
 
-from opskit import apibench
+import pytest
+
+from opskit import apibench, clones
+from opskit.db import connect
+from opskit.errors import ProblemFound
+from opskit.migrations import PHASES
 from opskit.settings import Settings
 
 
-def test_bench_api_measures_every_endpoint_in_both_modes(
-    migrated_db_url, redis_url, redis_prefix, tmp_path
+def _applied_phases(url: str) -> list[str]:
+    with connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('opskit_migrations') IS NULL").fetchone()[0]:
+            return []
+        return [row[0] for row in conn.execute("SELECT name FROM opskit_migrations")]
+
+
+def test_bench_api_measures_every_endpoint_on_clones_before_and_after(
+    tiny_db_url, redis_url, redis_prefix, tmp_path
 ):
     settings = Settings.from_env(
         {"OPSKIT_HOME": str(tmp_path / "home"), "OPSKIT_REDIS_PREFIX": redis_prefix}
     )
-    result = apibench.bench_api(
-        settings,
-        migrated_db_url,
-        redis_url,
-        requests=10,
-        concurrency=2,
-        pool_size=2,
-        log_dir=tmp_path / "logs",
-    )
+    try:
+        result = apibench.bench_api(
+            settings,
+            tiny_db_url,
+            redis_url,
+            requests=10,
+            concurrency=2,
+            pool_size=2,
+            keep_databases=True,
+            log_dir=tmp_path / "logs",
+        )
+        # The source is only cloned; before runs on a clone without phases, after on one with all.
+        assert _applied_phases(tiny_db_url) == []
+        assert _applied_phases(result.databases["before"]) == []
+        assert sorted(_applied_phases(result.databases["after"])) == sorted(PHASES)
+    finally:
+        source = clones.database_name(tiny_db_url)
+        clones.drop_databases(
+            tiny_db_url,
+            [clones.database_url(tiny_db_url, f"{source}_{role}") for role in apibench.CLONE_ROLES],
+        )
+    assert [step["step"] for step in result.setup][1:] == [
+        "migrate the after clone",
+        "refresh the after clone's views",
+        "vacuum and analyze both clones",
+    ]
     names = [row["endpoint"] for row in result.endpoints]
     assert names[0] == apibench.FLOOR
     assert set(apibench.TARGET_SPEEDUPS) <= set(names)
-    for mode in ("before", "after"):
+    assert set(result.modes) == set(apibench.COLUMNS)
+    for column in apibench.COLUMNS:
         for name in names:
-            summary = result.modes[mode][name]
-            assert summary["requests"] == 10 and summary["errors"] == 0, (mode, name)
+            summary = result.modes[column][name]
+            assert summary["requests"] == 10 and summary["errors"] == 0, (column, name)
             assert 0 < summary["p50_ms"] <= summary["p99_ms"]
             assert summary["client_p50_ms"] >= summary["p50_ms"] * 0.5
     floor = next(row for row in result.endpoints if row["endpoint"] == apibench.FLOOR)
     assert floor["after_p50_vs_floor"] == 1.0
     vote = next(row for row in result.endpoints if row["endpoint"] == "vote")
     assert vote["target_speedup"] == 80.0 and vote["speedup_p50"] > 0
+    assert vote["requests"] == {column: 10 for column in apibench.COLUMNS}
+
+
+def test_bench_api_from_a_migrated_source_rolls_the_before_clone_back(
+    migrated_db_url, redis_url, redis_prefix, tmp_path
+):
+    settings = Settings.from_env(
+        {"OPSKIT_HOME": str(tmp_path / "home"), "OPSKIT_REDIS_PREFIX": redis_prefix}
+    )
+    urls, setup = apibench.prepare_clones(settings, migrated_db_url)
+    try:
+        assert _applied_phases(urls["before"]) == []
+        assert sorted(_applied_phases(urls["after"])) == sorted(PHASES)
+        assert "roll the before clone back to base" in [step["step"] for step in setup]
+    finally:
+        clones.drop_databases(migrated_db_url, list(urls.values()))
+
+
+def test_bench_api_refuses_an_unseeded_database(base_db_url, redis_url, tmp_path):
+    settings = Settings.from_env({"OPSKIT_HOME": str(tmp_path / "home")})
+    with pytest.raises(ProblemFound, match="no seeded app data"):
+        apibench.bench_api(settings, base_db_url, redis_url, log_dir=tmp_path / "logs")
