@@ -23,3 +23,5 @@ DROP INDEX CONCURRENTLY IF EXISTS users_display_name_trgm_idx;
 DROP INDEX CONCURRENTLY IF EXISTS chains_name_trgm_idx;
 DROP INDEX CONCURRENTLY IF EXISTS mv_search_index_popularity_idx;
 DROP INDEX CONCURRENTLY IF EXISTS message_conversations_denorm_user_recent_idx;
+DROP INDEX CONCURRENTLY IF EXISTS mv_feed_projects_newest_score_idx;
+DROP INDEX CONCURRENTLY IF EXISTS mv_feed_projects_top_created_idx;

@@ -80,3 +80,9 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS mv_search_index_popularity_idx
 -- busiest users (thousands of conversations) instead of a sort per request
 CREATE INDEX CONCURRENTLY IF NOT EXISTS message_conversations_denorm_user_recent_idx
     ON message_conversations_denorm (user_id, last_message_at DESC, last_message_id DESC);
+-- feed sort=trending (after): the newest projects' scores, index-only (feed_trending_after)
+CREATE INDEX CONCURRENTLY IF NOT EXISTS mv_feed_projects_newest_score_idx
+    ON mv_feed_projects (created_at DESC, project_id DESC) INCLUDE (score);
+-- feed sort=trending (after): high-score candidates with their age, index-only
+CREATE INDEX CONCURRENTLY IF NOT EXISTS mv_feed_projects_top_created_idx
+    ON mv_feed_projects (score DESC, project_id DESC) INCLUDE (created_at);

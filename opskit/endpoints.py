@@ -211,9 +211,15 @@ class Endpoints:
         return page.envelope(await _rows(conn, self._q("investors"), page.params()))
 
     async def conversations(self, conn: psycopg.AsyncConnection, user_id: int, page: Page) -> dict:
-        return page.envelope(
-            await _rows(conn, self._q("conversations"), {"user_id": user_id, **page.params()})
-        )
+        """The user's conversations; ApiError 401 when the user does not exist.
+
+        Deleting a user deletes their messages, so a non-empty page proves the user exists: only
+        an empty one costs the extra lookup.
+        """
+        rows = await _rows(conn, self._q("conversations"), {"user_id": user_id, **page.params()})
+        if not rows and not await self.user_exists(conn, user_id):
+            raise ApiError(401, "the token's user no longer exists")
+        return page.envelope(rows)
 
     # ---------------------------------------------------------------- writes (both modes)
 
@@ -223,8 +229,10 @@ class Endpoints:
         """Cast ('up', 'down') or remove ('none') the user's vote; the project's new counts."""
         params = {"user_id": user_id, "project_id": project_id, "vote_type": vote_type}
         async with conn.transaction():
-            live = await _row(conn, _sql("project_is_live"), params)
-            if not live["live"]:
+            check = await _row(conn, _sql("vote_check"), params)
+            if not check["user_exists"]:
+                raise ApiError(401, "the token's user no longer exists")
+            if not check["live"]:
                 raise ApiError(404, f"no project {project_id}")
             if vote_type == "none":
                 await conn.execute(_sql("vote_delete"), params)

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from starlette.testclient import TestClient
 
-from opskit.api import MAX_BODY_BYTES, create_app
-from opskit.auth import mint_token
+from opskit.api import MAX_BODY_BYTES, VerifiedTokens, create_app
+from opskit.auth import InvalidToken, mint_token, user_id_from_token
 from tests.integration.test_api import SECRET, auth, settings_for
 
 GONE_USER = 10**12  # a well-formed id no user has
@@ -255,3 +255,37 @@ def test_a_token_of_a_deleted_user_stops_working(client, migrated_db_url):
         conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
     assert client.get("/api/messages/conversations", headers=headers).status_code == 401
     assert client.get("/api/users/stats", headers=headers).status_code == 401
+    for vote_type in ("up", "none"):  # 401 comes before the project's 404
+        vote = {"project_id": 1, "vote_type": vote_type}
+        assert client.post("/api/votes", json=vote, headers=headers).status_code == 401
+
+
+def test_a_cached_token_is_verified_again_once_its_exp_has_passed(monkeypatch):
+    verified = []
+
+    def verify(secret: str, token: str) -> int:
+        verified.append(token)
+        return user_id_from_token(secret, token)
+
+    monkeypatch.setattr("opskit.api.auth.user_id_from_token", verify)
+    tokens = VerifiedTokens(SECRET)
+    token = mint_token(SECRET, 7, 60)
+    assert tokens.user_id(token) == 7
+    assert tokens.user_id(token) == 7
+    assert len(verified) == 1  # the second answer came from the cache
+    later = time.time() + 61
+    monkeypatch.setattr("opskit.api.time.time", lambda: later)
+    tokens.user_id(token)  # past exp: the full check runs again (and refuses a truly old token)
+    assert len(verified) == 2
+    with pytest.raises(InvalidToken):
+        tokens.user_id(token[:-2] + "xx")  # a bad signature is never cached
+    with pytest.raises(InvalidToken):
+        tokens.user_id(token[:-2] + "xx")
+    assert len(verified) == 4
+
+
+def test_the_token_cache_keeps_at_most_its_size():
+    tokens = VerifiedTokens(SECRET, size=2)
+    for user_id in (1, 2, 3):
+        assert tokens.user_id(mint_token(SECRET, user_id, 60)) == user_id
+    assert len(tokens._known) == 2
