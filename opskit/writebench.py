@@ -22,7 +22,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
-from opskit import migrations, seed
+from opskit import clones, migrations, seed
 from opskit.db import connect
 from opskit.errors import DatabaseError, EnvironmentProblem, ProblemFound
 from opskit.sql import queries
@@ -288,29 +288,25 @@ def scratch_databases(url: str, scale: str, seed_value: int, note):
     operator's own database is never written to.
     """
     suffix = f"{int(time.time())}_{random.randint(0, 9999)}"
-    plain, phased = f"opskit_benchw_plain_{suffix}", f"opskit_benchw_phases_{suffix}"
-    plain_url = psycopg.conninfo.make_conninfo(url, dbname=plain)
-    phased_url = psycopg.conninfo.make_conninfo(url, dbname=phased)
-    with connect(url, autocommit=True) as admin:
-        try:
-            note(f"seeding {scale} into {plain}")
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(plain)))
-            seed.seed_database(plain_url, scale, seed_value)
+    plain_url = clones.database_url(url, f"opskit_benchw_plain_{suffix}")
+    phased_url = clones.database_url(url, f"opskit_benchw_phases_{suffix}")
+    try:
+        with connect(url, autocommit=True) as admin:
+            note(f"seeding {scale} into {clones.database_name(plain_url)}")
             admin.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(phased), sql.Identifier(plain)
+                sql.SQL("CREATE DATABASE {}").format(
+                    sql.Identifier(clones.database_name(plain_url))
                 )
             )
-            note(f"applying every phase to {phased}")
-            migrations.migrate(phased_url)
-            yield plain_url, phased_url
-        except psycopg.Error as err:
-            raise DatabaseError(f"write benchmark failed: {err}") from err
-        finally:
-            for name in (phased, plain):
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+            seed.seed_database(plain_url, scale, seed_value)
+            clones.clone_database(admin, plain_url, phased_url)
+        note(f"applying every phase to {clones.database_name(phased_url)}")
+        migrations.migrate(phased_url)
+        yield plain_url, phased_url
+    except psycopg.Error as err:
+        raise DatabaseError(f"write benchmark failed: {err}") from err
+    finally:
+        clones.drop_databases(url, [phased_url, plain_url])
 
 
 def compare_vote_writes(
