@@ -431,10 +431,11 @@ def bench_api(
 
 
 def _is_seeded(url: str) -> bool:
+    named = queries("apibench.sql")
     with connect(url, autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass('users') IS NULL").fetchone()[0]:
+        if not conn.execute(named["has_app_tables"]).fetchone()[0]:
             return False
-        return conn.execute("SELECT EXISTS (SELECT FROM users)").fetchone()[0]
+        return conn.execute(named["has_users"]).fetchone()[0]
 
 
 def _missing_phases(database_url: str) -> list[str]:

@@ -16,3 +16,10 @@ FROM (SELECT DISTINCT lower(regexp_split_to_table(title, '\s+')) AS word FROM pr
 WHERE length(word) >= 3
 ORDER BY md5(word)
 LIMIT 40;
+
+-- Whether the database holds the app's tables with some users in them.
+-- name: has_app_tables --
+SELECT to_regclass('users') IS NOT NULL;
+
+-- name: has_users --
+SELECT EXISTS (SELECT FROM users);
