@@ -34,7 +34,15 @@ from starlette.routing import Route
 
 from opskit import auth, services
 from opskit.db import connect, redis_client
-from opskit.endpoints import CHAIN_ORDERS, FEED_ORDERS, MODES, ApiError, Endpoints, Page
+from opskit.endpoints import (
+    CHAIN_ORDERS,
+    FEED_ORDERS,
+    MODES,
+    ApiError,
+    Endpoints,
+    Page,
+    user_gone,
+)
 from opskit.errors import BadInput, EnvironmentProblem, first_line
 from opskit.openapi import openapi_document
 from opskit.schema import APP_TABLES
@@ -314,7 +322,7 @@ def _token_user(request: Request, *, required: bool) -> int | None:
 
 async def _require_existing(state: ApiState, conn, user_id: int | None) -> None:
     if user_id is not None and not await state.endpoints.user_exists(conn, user_id):
-        raise ApiError(401, "the token's user no longer exists")
+        raise user_gone()
 
 
 async def health(request: Request) -> Response:
@@ -357,7 +365,7 @@ async def user_stats(request: Request) -> Response:
     async with state.pool.connection() as conn:
         row = await state.endpoints.user_stats(conn, user_id)
     if row is None:
-        raise ApiError(401, "the token's user no longer exists")
+        raise user_gone()
     return JSONResponse(row)
 
 
@@ -367,7 +375,7 @@ async def intro_stats(request: Request) -> Response:
     async with state.pool.connection() as conn:
         row = await state.endpoints.intro_stats(conn, user_id)
     if row is None:
-        raise ApiError(401, "the token's user no longer exists")
+        raise user_gone()
     return JSONResponse(row)
 
 

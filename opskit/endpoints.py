@@ -55,6 +55,11 @@ class ApiError(Exception):
         self.message = message
 
 
+def user_gone() -> ApiError:
+    """401 for a valid token whose user was deleted since it was minted."""
+    return ApiError(401, "the token's user no longer exists")
+
+
 @dataclass(frozen=True)
 class Page:
     """A page of a list: the rows to skip and to return (one more is fetched for has_more)."""
@@ -218,7 +223,7 @@ class Endpoints:
         """
         rows = await _rows(conn, self._q("conversations"), {"user_id": user_id, **page.params()})
         if not rows and not await self.user_exists(conn, user_id):
-            raise ApiError(401, "the token's user no longer exists")
+            raise user_gone()
         return page.envelope(rows)
 
     # ---------------------------------------------------------------- writes (both modes)
@@ -231,7 +236,7 @@ class Endpoints:
         async with conn.transaction():
             check = await _row(conn, _sql("vote_check"), params)
             if not check["user_exists"]:
-                raise ApiError(401, "the token's user no longer exists")
+                raise user_gone()
             if not check["live"]:
                 raise ApiError(404, f"no project {project_id}")
             if vote_type == "none":
@@ -309,5 +314,5 @@ def _missing_user(err: pg_errors.ForeignKeyViolation, other_user_id: int) -> Api
     """A foreign key failed on a write: the other user is gone (404) or the caller is (401)."""
     constraint = err.diag.constraint_name or ""
     if constraint.endswith(("_sender_id_fkey", "_requester_id_fkey")):
-        return ApiError(401, "the token's user no longer exists")
+        return user_gone()
     return ApiError(404, f"no user {other_user_id}")
