@@ -634,17 +634,23 @@ def _soak_view(soak: dict) -> dict:
     if not soak:
         return {}
 
+    def mapping(key: str) -> dict:
+        value = soak.get(key)
+        return value if isinstance(value, dict) else {}
+
     def total(key: str) -> int | None:
-        values = soak.get(key)
+        values = mapping(key)
         return (
             sum(v for v in values.values() if isinstance(v, int))
-            if isinstance(values, dict)
+            if isinstance(soak.get(key), dict)
             else None
         )
 
-    faults = soak.get("faults") if isinstance(soak.get("faults"), dict) else {}
-    skipped = soak.get("faults_skipped") if isinstance(soak.get("faults_skipped"), dict) else {}
-    staleness = soak.get("staleness_s") if isinstance(soak.get("staleness_s"), dict) else {}
+    faults, skipped, staleness = (
+        mapping("faults"),
+        mapping("faults_skipped"),
+        mapping("staleness_s"),
+    )
     rows = [
         ("duration (s)", format_number(soak.get("duration_s"))),
         ("writers", format_number(soak.get("writers"))),
