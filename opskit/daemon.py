@@ -7,7 +7,7 @@ what makes several daemons safe at once, with PostgreSQL as the only coordinator
   threads, each through `opskit.refresh` (the code path of `opskit refresh`: per-view lock, slot
   locks shared by every daemon, failure backoff, lease recovery of dead workers' claims). A view
   already refreshing in this daemon is not submitted again; a slow view holds up no other.
-- fold: phase1's delta rows are folded into the base rows every FOLD_INTERVAL_S.
+- fold: phase1's delta rows are folded into the base rows every fold.FOLD_INTERVAL_S.
 - reconcile: on OPSKIT_RECONCILE_CRON (UTC), once per slot across every daemon (the first to
   insert opskit_job_runs(job, scheduled_for) runs it); run once at start too, which catches up a
   slot missed within RECONCILE_MISFIRE_GRACE_S.
@@ -33,9 +33,8 @@ from typing import Protocol
 import psycopg
 import redis
 from apscheduler.triggers.cron import CronTrigger
-from psycopg import sql
 
-from opskit import __version__, reconcile, refresh, services
+from opskit import __version__, fold, reconcile, refresh, services
 from opskit.db import connect, redis_client
 from opskit.errors import OpskitError, first_line
 from opskit.settings import Settings, mask_url
@@ -45,12 +44,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
 LIVE_AFTER_HEARTBEATS = 3  # a daemon is live while its last heartbeat is this many periods old
-FOLD_INTERVAL_S = 1.0
-FOLD_BATCH_ROWS = 10_000
-FOLD_BUDGET_S = 2.0  # one fold run stops after this long; the next run goes on
-# The phase-1 functions (max_rows integer) that move delta rows into the base rows and return
-# how many they moved; their names and signatures are stable while phase1 changes inside.
-FOLD_FUNCTIONS = ("opskit_fold_user_dashboard_deltas", "opskit_fold_intro_request_deltas")
 RECONCILE_JOB = "reconcile"
 RECONCILE_MISFIRE_GRACE_S = 6 * 3600
 SHUTDOWN_GRACE_S = 5.0  # then running statements are cancelled; the process exits within 10 s
@@ -147,20 +140,9 @@ class Daemon:
 
     @_survives_outages
     def fold_deltas(self) -> dict[str, int]:
-        """Fold phase1's pending delta rows into the base rows (up to FOLD_BUDGET_S per run)."""
-        folded: dict[str, int] = {}
-        deadline = time.monotonic() + FOLD_BUDGET_S
+        """Fold phase1's pending delta rows into the base rows (fold.FOLD_BUDGET_S per run)."""
         with connect(self.url, autocommit=True) as conn:
-            for function in FOLD_FUNCTIONS:
-                if conn.execute("SELECT to_regproc(%s) IS NULL", (function,)).fetchone()[0]:
-                    continue  # phase1 is not applied (or was rolled back)
-                statement = sql.SQL("SELECT {}(%s)").format(sql.Identifier(function))
-                folded[function] = 0
-                while not self.stopping.is_set() and time.monotonic() < deadline:
-                    rows = conn.execute(statement, (FOLD_BATCH_ROWS,)).fetchone()[0]
-                    folded[function] += rows
-                    if rows < FOLD_BATCH_ROWS:
-                        break
+            folded = fold.fold_pending_deltas(conn, should_stop=self.stopping.is_set)
         if any(folded.values()):
             log.debug("folded delta rows: %s", folded)
         return folded

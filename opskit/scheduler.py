@@ -12,7 +12,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from opskit import daemon
+from opskit import daemon, fold
 
 
 def build_scheduler(worker: daemon.Daemon) -> BackgroundScheduler:
@@ -36,7 +36,7 @@ def build_scheduler(worker: daemon.Daemon) -> BackgroundScheduler:
     )
     scheduler.add_job(
         worker.fold_deltas,
-        IntervalTrigger(seconds=daemon.FOLD_INTERVAL_S),
+        IntervalTrigger(seconds=fold.FOLD_INTERVAL_S),
         id="fold_deltas",
         next_run_time=now,
     )

@@ -22,6 +22,16 @@ def test_vote_writes_are_measured(tiny_db_url):
     assert (result.server_cpu_us_per_write or 0) > 0 if local else True
 
 
+def test_phased_runs_fold_deltas_meanwhile_as_the_daemon_would(migrated_db_url):
+    load = writebench.WriteLoad(writers=2, seconds=2.5, hot=True, warmup_s=0.5)
+    result = writebench.run_vote_writes(migrated_db_url, load, "all phases", fold_deltas=True)
+    assert result.transactions > 0
+    with psycopg.connect(migrated_db_url) as conn:
+        pending = conn.execute("SELECT count(*) FROM project_stats_delta").fetchone()[0]
+    # the fold ran every second: at most the last second's deltas are left of the run's
+    assert pending < result.transactions
+
+
 def test_synchronous_commit_is_set_for_the_writers(tiny_db_url):
     for mode in ("on", "off"):
         load = writebench.WriteLoad(writers=2, seconds=1, synchronous_commit=mode)
