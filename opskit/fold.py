@@ -49,24 +49,19 @@ def fold_pending_deltas(
 
 
 @contextlib.contextmanager
-def folding_in_background(url: str) -> Iterator[dict[str, int]]:
-    """Fold every FOLD_INTERVAL_S on a thread of our own while the block runs, as a daemon would.
-
-    Yields the rows folded per function so far (complete once the block has exited).
-    """
-    folded: dict[str, int] = {}
+def folding_in_background(url: str) -> Iterator[None]:
+    """Fold every FOLD_INTERVAL_S on a thread of our own while the block runs, as a daemon would."""
     done = threading.Event()
 
     def fold_until_done() -> None:
         with connect(url, autocommit=True) as conn:
             while not done.wait(FOLD_INTERVAL_S):
-                for function, rows in fold_pending_deltas(conn, should_stop=done.is_set).items():
-                    folded[function] = folded.get(function, 0) + rows
+                fold_pending_deltas(conn, should_stop=done.is_set)
 
     folder = threading.Thread(target=fold_until_done, name="opskit-fold", daemon=True)
     folder.start()
     try:
-        yield folded
+        yield
     finally:
         done.set()
         folder.join()
