@@ -88,7 +88,10 @@ INSERT INTO mv_dependencies (view_name, source_table) VALUES
 -- the table (mv_dependencies), unless that view already has a pending request younger than a
 -- second. So a writer costs one index probe per dependent view, and a stream of writes adds
 -- about one request per view per second: the debounce still sees requests keep coming, with a
--- one-second resolution, and the queue does not grow with the write rate.
+-- one-second resolution, and the queue does not grow with the write rate. The probe is a plain
+-- SELECT and the INSERT runs only for a view that lacks a recent request: an INSERT ... SELECT
+-- that inserts nothing still starts an insert node, about 10 µs of a hot-key vote write
+-- (README, "Write cost").
 -- Phase 2's triggers are ROW-level for INSERT/UPDATE/DELETE: a statement that changes no row
 -- (an upsert that hit an identical vote, a delete that found nothing) enqueues nothing, and an
 -- upsert fires one trigger, not the INSERT and the UPDATE statement triggers both. Measured
@@ -106,15 +109,19 @@ INSERT INTO mv_dependencies (view_name, source_table) VALUES
 -- claimed; a request that arrived meanwhile stays pending for the next refresh.
 CREATE FUNCTION opskit_mv_enqueue_refresh() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    stale_view text;
 BEGIN
-    INSERT INTO mv_refresh_queue (view_name, source_table)
-    SELECT d.view_name, TG_TABLE_NAME
-    FROM mv_dependencies d
-    WHERE d.source_table = TG_TABLE_NAME
-      AND NOT EXISTS (
-          SELECT FROM mv_refresh_queue q
-          WHERE q.view_name = d.view_name AND q.status = 'pending'
-            AND q.refresh_requested_at > now() - interval '1 second');
+    FOR stale_view IN
+        SELECT d.view_name FROM mv_dependencies d
+        WHERE d.source_table = TG_TABLE_NAME
+          AND NOT EXISTS (
+              SELECT FROM mv_refresh_queue q
+              WHERE q.view_name = d.view_name AND q.status = 'pending'
+                AND q.refresh_requested_at > now() - interval '1 second')
+    LOOP
+        INSERT INTO mv_refresh_queue (view_name, source_table) VALUES (stale_view, TG_TABLE_NAME);
+    END LOOP;
     RETURN NULL;
 END
 $$;

@@ -17,12 +17,8 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS projects_live_newest_idx
 -- chains discovery (before): live projects per chain
 CREATE INDEX CONCURRENTLY IF NOT EXISTS projects_chain_live_idx
     ON projects (chain_id) WHERE deleted_at IS NULL;
--- feed, leaderboards, project page (before): up/down counts per project from the index alone
-CREATE INDEX CONCURRENTLY IF NOT EXISTS votes_project_type_idx
-    ON votes (project_id, vote_type) INCLUDE (user_id);
--- votes POST / has_upvoted (before): a user's upvotes, index-only
-CREATE INDEX CONCURRENTLY IF NOT EXISTS votes_user_up_idx
-    ON votes (user_id, project_id) WHERE vote_type = 'up';
+-- No index here names votes.vote_type: a flip could not be a HOT update and every vote insert
+-- would pay one more entry, for before-mode counts only (README, "Write cost").
 -- project page (before): newest comments of a project
 CREATE INDEX CONCURRENTLY IF NOT EXISTS comments_project_newest_idx
     ON comments (project_id, created_at DESC, id DESC);

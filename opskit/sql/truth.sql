@@ -9,7 +9,7 @@
 -- name: truth_user_dashboard_stats --
 -- Votes and comments are counted per project first, then summed over each owner's live
 -- projects: 20k groups instead of hashing 2M votes by owner. Every aggregate groups by the
--- leading column of an index (votes_project_type_idx, votes_pkey, the follows keys, ...), so
+-- leading column of an index (votes_project_id_idx, votes_pkey, the follows keys, ...), so
 -- with hash aggregation off (truth.py) they stream from index-only scans and merge-join with
 -- users; only the 20k projects get hashed.
 SELECT u.id AS user_id,
