@@ -90,8 +90,7 @@ INSERT INTO mv_dependencies (view_name, source_table) VALUES
 -- about one request per view per second: the debounce still sees requests keep coming, with a
 -- one-second resolution, and the queue does not grow with the write rate. The probe is a plain
 -- SELECT and the INSERT runs only for a view that lacks a recent request: an INSERT ... SELECT
--- that inserts nothing still starts an insert node, about 10 µs of a hot-key vote write
--- (README, "Write cost").
+-- that inserts nothing still sets up its insert on every write (README, "Write cost").
 -- Phase 2's triggers are ROW-level for INSERT/UPDATE/DELETE: a statement that changes no row
 -- (an upsert that hit an identical vote, a delete that found nothing) enqueues nothing, and an
 -- upsert fires one trigger, not the INSERT and the UPDATE statement triggers both. Measured

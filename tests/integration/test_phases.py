@@ -51,6 +51,26 @@ def test_all_phases_apply_verify_then_roll_back_to_base_and_again(tiny_db_url):
     assert _run(tiny_db_url, "migrate").exit_code == 0
 
 
+def test_no_index_on_votes_names_vote_type_so_a_flip_can_stay_hot(tiny_db_url):
+    # A vote flip only changes vote_type: while no index covers that column (key, INCLUDE,
+    # expression or predicate), PostgreSQL can update the row in place (HOT), with no index
+    # entry written. Phase 4 once had two such indexes for before-mode counts.
+    assert _run(tiny_db_url, "migrate").exit_code == 0
+    with psycopg.connect(tiny_db_url) as conn:
+        naming = conn.execute(
+            """
+            SELECT i.indexrelid::regclass::text
+            FROM pg_index i
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attname = 'vote_type'
+            WHERE i.indrelid = 'votes'::regclass
+              AND (a.attnum = ANY (i.indkey)
+                   OR pg_get_expr(i.indexprs, i.indrelid) LIKE '%%vote_type%%'
+                   OR pg_get_expr(i.indpred, i.indrelid) LIKE '%%vote_type%%')
+            """
+        ).fetchall()
+    assert naming == []
+
+
 def test_dry_run_lists_locks_and_changes_nothing(tiny_db_url):
     result = _run(tiny_db_url, "migrate", "--dry-run", "--json")
     assert result.exit_code == 0
