@@ -64,8 +64,8 @@ def test_no_index_on_votes_names_vote_type_so_a_flip_can_stay_hot(tiny_db_url):
             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attname = 'vote_type'
             WHERE i.indrelid = 'votes'::regclass
               AND (a.attnum = ANY (i.indkey)
-                   OR pg_get_expr(i.indexprs, i.indrelid) LIKE '%%vote_type%%'
-                   OR pg_get_expr(i.indpred, i.indrelid) LIKE '%%vote_type%%')
+                   OR pg_get_expr(i.indexprs, i.indrelid) LIKE '%vote_type%'
+                   OR pg_get_expr(i.indpred, i.indrelid) LIKE '%vote_type%')
             """
         ).fetchall()
     assert naming == []
