@@ -385,7 +385,6 @@ async def feed(request: Request) -> Response:
     as_of, page = _as_of(request), _page(request)
     state = _state(request)
     async with state.pool.connection() as conn:
-        await _require_existing(state, conn, viewer)
         return JSONResponse(await state.endpoints.feed(conn, sort, as_of, page, viewer))
 
 
@@ -394,7 +393,6 @@ async def project(request: Request) -> Response:
     project_id = _path_id(request, "project_id", "project")
     state = _state(request)
     async with state.pool.connection() as conn:
-        await _require_existing(state, conn, viewer)
         return JSONResponse(await state.endpoints.project(conn, project_id, viewer))
 
 

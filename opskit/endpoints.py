@@ -14,6 +14,7 @@ lists; they raise `ApiError` for answers that are not 200 (not found, forbidden,
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -103,6 +104,28 @@ async def _row(conn: psycopg.AsyncConnection, query, params: dict) -> dict | Non
     return await cursor.fetchone()
 
 
+async def _rows_for_viewer(
+    conn: psycopg.AsyncConnection, viewer_id: int | None, query, params: dict
+) -> list[dict]:
+    """The query's rows; with a viewer, also checks that their user still exists (401 if not),
+    in the same round trip (pipeline mode: about 100 µs less than two round trips)."""
+    if viewer_id is None:
+        return await _rows(conn, query, params)
+    async with conn.pipeline():
+        exists = await conn.cursor(row_factory=dict_row).execute(
+            _sql("user_exists"), {"user_id": viewer_id}
+        )
+        rows = await conn.cursor(row_factory=dict_row).execute(query, params)
+    if not (await exists.fetchone())["user_exists"]:
+        raise user_gone()
+    return await rows.fetchall()
+
+
+def _mark(items: list[dict], upvoted: set[int]) -> None:
+    for item in items:
+        item["has_upvoted"] = item["id"] in upvoted
+
+
 class Endpoints:
     """The data behind each route, for one mode."""
 
@@ -141,45 +164,57 @@ class Endpoints:
         page: Page,
         viewer_id: int | None,
     ) -> dict:
+        """A page of the feed; with a viewer, each item says whether they upvoted it (401 when
+        the viewer's user is gone)."""
         params = {"as_of": as_of, **page.params()}
         if self.mode == "after" and sort == "trending":
             query = _sql("feed_trending_after")
             params.update(recent_scan=TRENDING_RECENT_SCAN, wanted=page.offset + page.size + 1)
         else:
             query = _ordered(f"feed_{self.mode}", FEED_ORDERS[sort])
-        rows = await _rows(conn, query, params)
+        rows = await _rows_for_viewer(conn, viewer_id, query, params)
         response = page.envelope(rows, sort=sort, as_of=as_of)
         if viewer_id is not None:
-            await self._mark_upvoted(conn, viewer_id, response["items"])
+            project_ids = [item["id"] for item in response["items"]]
+            _mark(response["items"], await self._upvoted_among(conn, viewer_id, project_ids))
         return response
 
     async def project(
         self, conn: psycopg.AsyncConnection, project_id: int, viewer_id: int | None
     ) -> dict:
-        row = await _row(conn, self._q("project"), {"project_id": project_id})
-        if row is None:
+        """One project's page; with a viewer, whether they upvoted it (401 when the viewer's
+        user is gone, checked before the 404 of an unknown project)."""
+        query, params = self._q("project"), {"project_id": project_id}
+        if viewer_id is not None and self.vote_cache is not None:
+            # The id is known up front: Redis answers while the database does.
+            rows, cached = await asyncio.gather(
+                _rows_for_viewer(conn, viewer_id, query, params),
+                self.vote_cache.read(viewer_id, [project_id]),
+            )
+        else:
+            rows, cached = await _rows_for_viewer(conn, viewer_id, query, params), None
+        if not rows:
             raise ApiError(404, f"no project {project_id}")
+        row = rows[0]
         if viewer_id is not None:
-            await self._mark_upvoted(conn, viewer_id, [row])
+            if cached is not None:
+                upvoted = await self.vote_cache.resolve(conn, viewer_id, [project_id], cached)
+            else:
+                upvoted = await self._upvoted_among(conn, viewer_id, [project_id])
+            _mark([row], upvoted)
         return row
 
-    async def _mark_upvoted(
-        self, conn: psycopg.AsyncConnection, user_id: int, items: list[dict]
-    ) -> None:
-        project_ids = [item["id"] for item in items]
+    async def _upvoted_among(
+        self, conn: psycopg.AsyncConnection, user_id: int, project_ids: list[int]
+    ) -> set[int]:
         if self.vote_cache is not None:
-            upvoted = await self.vote_cache.upvoted_among(conn, user_id, project_ids)
-        elif project_ids:
-            rows = await _rows(
-                conn,
-                _sql("upvoted_among_before"),
-                {"user_id": user_id, "project_ids": project_ids},
-            )
-            upvoted = {row["project_id"] for row in rows}
-        else:
-            upvoted = set()
-        for item in items:
-            item["has_upvoted"] = item["id"] in upvoted
+            return await self.vote_cache.upvoted_among(conn, user_id, project_ids)
+        if not project_ids:
+            return set()
+        rows = await _rows(
+            conn, _sql("upvoted_among_before"), {"user_id": user_id, "project_ids": project_ids}
+        )
+        return {row["project_id"] for row in rows}
 
     async def leaderboard_projects(self, conn: psycopg.AsyncConnection, page: Page) -> dict:
         return page.envelope(await _rows(conn, self._q("leaderboard_projects"), page.params()))

@@ -7,6 +7,7 @@ so the pools open) on one migrated, view-populated `tiny` database and a per-tes
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -267,3 +268,31 @@ def test_after_mode_shortcuts_give_the_same_pages(
         for page, term in itertools.product(pages, data["words"] + ["chain", "builder"])
     ]
     assert assert_modes_agree(clients, requests) == len(requests)
+
+
+def test_has_upvoted_comes_from_the_database_when_redis_is_unreachable(
+    clients, migrated_db_url, redis_prefix, tmp_path
+):
+    """The feed and the project page (whose Redis read runs beside its query) fall back."""
+    data = sample(migrated_db_url)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_redis = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    app = create_app(
+        settings_for(tmp_path, redis_prefix), "after", migrated_db_url, dead_redis, pool_size=2
+    )
+    with psycopg.connect(migrated_db_url) as conn:
+        voter, upvoted = conn.execute(
+            "SELECT user_id, min(project_id) FROM votes WHERE vote_type = 'up'"
+            " GROUP BY user_id ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
+    paths = [f"/api/projects?sort=top&per_page=100&as_of={AS_OF[0]}", f"/api/projects/{upvoted}"]
+    paths += [f"/api/projects/{project_id}" for project_id in data["projects"][:5]]
+    with TestClient(app) as no_cache:
+        for path in paths:
+            expected = clients["before"].get(path, headers=auth(voter))
+            answer = no_cache.get(path, headers=auth(voter))
+            assert answer.status_code == expected.status_code, path  # some are deleted: 404
+            assert answer.json() == expected.json(), path
+        assert no_cache.get(f"/api/projects/{upvoted}", headers=auth(voter)).json()["has_upvoted"]
+        assert no_cache.get("/api/health").json()["vote_cache_failures"] >= len(paths)
