@@ -104,7 +104,12 @@ def test_forged_expired_and_orphaned_tokens_get_401(client, migrated_db_url, two
     assert client.get("/api/users/stats", headers=token).status_code == 200
     with psycopg.connect(migrated_db_url, autocommit=True) as conn:
         conn.execute("DELETE FROM users WHERE id = %s", (gone,))
-    for path in ("/api/users/stats", "/api/projects", "/api/projects?sort=newest", "/api/projects/1"):
+    for path in (
+        "/api/users/stats",
+        "/api/projects",
+        "/api/projects?sort=newest",
+        "/api/projects/1",
+    ):
         answer = client.get(path, headers=token)
         assert answer.status_code == 401, (path, answer.text)
     assert client.get("/api/projects/1").status_code == 200  # the page itself is there
