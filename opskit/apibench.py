@@ -109,6 +109,7 @@ class BenchResult:
     requests: int
     concurrency: int
     pool_size: int
+    repeat: int  # rounds; figures are medians over them
     modes: dict[str, dict[str, dict]]  # column -> endpoint -> Latencies.summary()
     endpoints: list[dict]
 
@@ -370,11 +371,15 @@ def bench_api(
     endpoints: list[str] | None = None,
     budget_s: float = 60.0,
     keep_databases: bool = False,
+    repeat: int = 1,
     log_dir: Path,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Bench every endpoint: before mode on a clone without phases and on one with them, after
-    mode on the one with them. `source_url` is a seeded database; it is only read (cloned)."""
+    mode on the one with them. `source_url` is a seeded database; it is only read (cloned).
+
+    `repeat` rounds each measure every endpoint (the floor first); each figure is the median
+    over the rounds of that round's figure, and the floor ratios also carry their range."""
     if not _is_seeded(source_url):
         raise ProblemFound(
             "the database has no seeded app data to benchmark",
@@ -386,7 +391,7 @@ def bench_api(
     warmup = max(2, min(requests // 5, 2 * concurrency))  # few: slow endpoints have a budget
     redis_prefix = f"{settings.redis_prefix}benchapi:{os.getpid()}:"
     log_dir.mkdir(parents=True, exist_ok=True)
-    columns: dict[str, dict[str, dict]] = {}
+    rounds: list[dict[str, dict[str, dict]]] = []  # per round: column -> endpoint -> summary
     with ExitStack() as cleanup:
         cleanup.callback(clones.forget_redis_keys, redis_url, redis_prefix)
         urls, setup = prepare_clones(settings, source_url, progress)
@@ -398,26 +403,28 @@ def bench_api(
             log_path = log_dir / f"serve-{column}.log"
             servers[column] = cleanup.enter_context(ApiServer(mode, env, pool_size, log_path))
             generators[column] = _calls(sample, random.Random(2))  # the same requests in each
-        for column, server in servers.items():
+        for server in servers.values():
             server.wait_ready()
             # Every user's vote cache key exists before measuring (after mode): steady state.
             priming = [Call("GET", f"/api/projects/{sample.project_ids[0]}", u) for u in tokens]
             asyncio.run(_drive(server.url, priming, tokens, concurrency, warmup=len(priming)))
-            columns[column] = {}
         names = [FLOOR] + [
             n for n in generators["after"] if n != FLOOR and (not endpoints or n in endpoints)
         ]
-        # Endpoint by endpoint, the three columns back to back: on a shared machine the load
-        # changes over minutes, and this way it changes little between the figures compared.
-        for name in names:
-            for column, server in servers.items():
-                if progress:
-                    progress(f"{column}: {name} ({requests} requests)")
-                calls = [generators[column][name]() for _ in range(warmup + requests)]
-                latencies = asyncio.run(
-                    _drive(server.url, calls, tokens, concurrency, warmup, budget_s)
-                )
-                columns[column][name] = latencies.summary()
+        for round_number in range(1, repeat + 1):
+            columns: dict[str, dict[str, dict]] = {column: {} for column in servers}
+            # Endpoint by endpoint, the three columns back to back: on a shared machine the load
+            # changes over minutes, and this way it changes little between the figures compared.
+            for name in names:
+                for column, server in servers.items():
+                    if progress:
+                        progress(f"round {round_number}/{repeat}, {column}: {name}")
+                    calls = [generators[column][name]() for _ in range(warmup + requests)]
+                    latencies = asyncio.run(
+                        _drive(server.url, calls, tokens, concurrency, warmup, budget_s)
+                    )
+                    columns[column][name] = latencies.summary()
+            rounds.append(columns)
     return BenchResult(
         database=source_url,
         databases=urls if keep_databases else {},
@@ -425,8 +432,9 @@ def bench_api(
         requests=requests,
         concurrency=concurrency,
         pool_size=pool_size,
-        modes=columns,
-        endpoints=_compare(columns),
+        repeat=repeat,
+        modes=_median_modes(rounds),
+        endpoints=_median_rows([_compare(columns) for columns in rounds]),
     )
 
 
@@ -452,6 +460,65 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 2)
 
 
+def _median(values: list) -> float | None:
+    present = [value for value in values if value is not None]
+    return round(float(np.median(present)), 3) if present else None
+
+
+def _median_modes(rounds: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]:
+    """Each column's summaries over the rounds: median latencies, summed request counts."""
+    modes: dict[str, dict[str, dict]] = {}
+    for column, by_name in rounds[0].items():
+        modes[column] = {}
+        for name, summary in by_name.items():
+            per_round = [columns[column][name] for columns in rounds]
+            modes[column][name] = {
+                key: sum(s[key] for s in per_round)
+                if key in ("requests", "errors")
+                else _median([s[key] for s in per_round])
+                for key in summary
+            }
+    return modes
+
+
+def _median_rows(rounds: list[list[dict]]) -> list[dict]:
+    """The endpoint rows of every round as one: median figures (each round's ratios are to that
+    round's floor), summed counts, the floor ratios' range, verdicts on the medians."""
+    rows = []
+    for per_round in zip(*rounds, strict=True):
+        row = {
+            "endpoint": per_round[0]["endpoint"],
+            "target_speedup": per_round[0]["target_speedup"],
+        }
+        for key in per_round[0]:
+            if key.endswith(("_ms", "_vs_floor", "speedup_p50")):
+                row[key] = _median([r[key] for r in per_round])
+        for key in ("after_p50_vs_floor", "after_p99_vs_floor"):
+            values = [r[key] for r in per_round if r[key] is not None]
+            row[f"{key}_range"] = [min(values), max(values)] if values else None
+        row["requests"] = {c: sum(r["requests"][c] for r in per_round) for c in COLUMNS}
+        row["errors"] = sum(r["errors"] for r in per_round)
+        row.update(_verdicts(row))
+        rows.append(row)
+    return rows
+
+
+def _verdicts(row: dict) -> dict:
+    p50, p99, speedup = row["after_p50_vs_floor"], row["after_p99_vs_floor"], row["speedup_p50"]
+    target = row["target_speedup"]
+    return {
+        "floor_target_met": (
+            p50 is not None
+            and p99 is not None
+            and p50 <= TARGET_P50_VS_FLOOR
+            and p99 <= TARGET_P99_VS_FLOOR
+        ),
+        "speedup_target_met": (
+            None if target is None else speedup is not None and speedup >= target
+        ),
+    }
+
+
 def _compare(columns: dict[str, dict[str, dict]]) -> list[dict]:
     before, indexed, after = columns["before"], columns["before_indexes"], columns["after"]
     floor = after[FLOOR]
@@ -461,31 +528,21 @@ def _compare(columns: dict[str, dict[str, dict]]) -> list[dict]:
         target = TARGET_SPEEDUPS.get(name)
         p50_vs_floor = _ratio(after[name]["p50_ms"], floor["p50_ms"])
         p99_vs_floor = _ratio(after[name]["p99_ms"], floor["p99_ms"])
-        rows.append(
-            {
-                "endpoint": name,
-                "before_p50_ms": before[name]["p50_ms"],
-                "before_p99_ms": before[name]["p99_ms"],
-                "before_indexes_p50_ms": indexed[name]["p50_ms"],
-                "before_indexes_p99_ms": indexed[name]["p99_ms"],
-                "after_p50_ms": after[name]["p50_ms"],
-                "after_p99_ms": after[name]["p99_ms"],
-                "after_p50_vs_floor": p50_vs_floor,
-                "after_p99_vs_floor": p99_vs_floor,
-                "floor_target_met": (
-                    p50_vs_floor is not None
-                    and p99_vs_floor is not None
-                    and p50_vs_floor <= TARGET_P50_VS_FLOOR
-                    and p99_vs_floor <= TARGET_P99_VS_FLOOR
-                ),
-                "speedup_p50": speedup,
-                "indexes_speedup_p50": _ratio(before[name]["p50_ms"], indexed[name]["p50_ms"]),
-                "target_speedup": target,
-                "speedup_target_met": (
-                    None if target is None else speedup is not None and speedup >= target
-                ),
-                "requests": {column: columns[column][name]["requests"] for column in COLUMNS},
-                "errors": sum(columns[column][name]["errors"] for column in COLUMNS),
-            }
-        )
+        row = {
+            "endpoint": name,
+            "before_p50_ms": before[name]["p50_ms"],
+            "before_p99_ms": before[name]["p99_ms"],
+            "before_indexes_p50_ms": indexed[name]["p50_ms"],
+            "before_indexes_p99_ms": indexed[name]["p99_ms"],
+            "after_p50_ms": after[name]["p50_ms"],
+            "after_p99_ms": after[name]["p99_ms"],
+            "after_p50_vs_floor": p50_vs_floor,
+            "after_p99_vs_floor": p99_vs_floor,
+            "speedup_p50": speedup,
+            "indexes_speedup_p50": _ratio(before[name]["p50_ms"], indexed[name]["p50_ms"]),
+            "target_speedup": target,
+            "requests": {column: columns[column][name]["requests"] for column in COLUMNS},
+            "errors": sum(columns[column][name]["errors"] for column in COLUMNS),
+        }
+        rows.append({**row, **_verdicts(row)})
     return rows

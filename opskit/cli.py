@@ -898,6 +898,14 @@ def bench_api(
     keep_databases: Annotated[
         bool, typer.Option(help="Keep the two clones <database>_before and <database>_after.")
     ] = False,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=20,
+            help="Measure every endpoint this many rounds; print medians over the rounds.",
+        ),
+    ] = 1,
     as_json: JsonOption = False,
 ) -> None:
     """Latency of every API endpoint before and after opskit, against the floor endpoint.
@@ -910,6 +918,8 @@ def bench_api(
     ratio to /api/health/db (targets: p50 <= 2x, p99 <= 3x) and the after/before speed-up
     against the write-up's claims doubled (stats 24x, feed 13x, leaderboards 30x, chains 11x,
     search 20x, vote 80x). Vote requests write to the clones, which are dropped at the end.
+    --repeat N measures everything N rounds (the floor first in each) and prints each figure's
+    median over the rounds, with the range of the floor ratios (for a shared, noisy machine).
     """
     settings = _settings()
     database_url = services.resolve_database_url(settings)
@@ -927,6 +937,7 @@ def bench_api(
         endpoints=endpoint,
         budget_s=max_seconds,
         keep_databases=keep_databases,
+        repeat=repeat,
         log_dir=settings.home / "bench-api",
         progress=log,
     )
@@ -939,9 +950,10 @@ def bench_api(
             }
         )
         return
+    rounds = f", medians of {repeat} rounds" if repeat > 1 else ""
     table = Table(
         title=f"bench-api on clones of {mask_url(result.database)}: {requests} requests per "
-        f"endpoint, {concurrency} connections (server ms, Server-Timing)"
+        f"endpoint, {concurrency} connections (server ms, Server-Timing{rounds})"
     )
     for column in (
         "endpoint",
@@ -963,6 +975,12 @@ def bench_api(
     def fmt(value, suffix="") -> str:
         return "" if value is None else f"{value:g}{suffix}"
 
+    def ratio(row: dict, key: str) -> str:
+        spread = row.get(f"{key}_range")
+        if repeat == 1 or not spread:
+            return fmt(row[key], "x")
+        return f"{fmt(row[key], 'x')} ({spread[0]:g}–{spread[1]:g})"
+
     for row in result.endpoints:
         target = row["target_speedup"]
         met = row["speedup_target_met"]
@@ -974,8 +992,8 @@ def bench_api(
             fmt(row["before_indexes_p99_ms"]),
             fmt(row["after_p50_ms"]),
             fmt(row["after_p99_ms"]),
-            fmt(row["after_p50_vs_floor"], "x"),
-            fmt(row["after_p99_vs_floor"], "x"),
+            ratio(row, "after_p50_vs_floor"),
+            ratio(row, "after_p99_vs_floor"),
             fmt(row["speedup_p50"], "x"),
             "" if target is None else f"{target:g}x {'met' if met else 'MISSED'}",
             "/".join(str(count) for count in row["requests"].values()),

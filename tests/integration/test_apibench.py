@@ -31,6 +31,7 @@ def test_bench_api_measures_every_endpoint_on_clones_before_and_after(
             concurrency=2,
             pool_size=2,
             keep_databases=True,
+            repeat=2,
             log_dir=tmp_path / "logs",
         )
         # The source is only cloned; before runs on a clone without phases, after on one with all.
@@ -55,14 +56,22 @@ def test_bench_api_measures_every_endpoint_on_clones_before_and_after(
     for column in apibench.COLUMNS:
         for name in names:
             summary = result.modes[column][name]
-            assert summary["requests"] == 10 and summary["errors"] == 0, (column, name)
+            assert summary["requests"] == 20 and summary["errors"] == 0, (column, name)
             assert 0 < summary["p50_ms"] <= summary["p99_ms"]
             assert summary["client_p50_ms"] >= summary["p50_ms"] * 0.5
+    assert result.repeat == 2
     floor = next(row for row in result.endpoints if row["endpoint"] == apibench.FLOOR)
     assert floor["after_p50_vs_floor"] == 1.0
+    assert floor["after_p50_vs_floor_range"] == [1.0, 1.0]
+    for row in result.endpoints:
+        low, high = row["after_p99_vs_floor_range"]
+        assert low <= row["after_p99_vs_floor"] <= high, row
+        assert row["floor_target_met"] == (
+            row["after_p50_vs_floor"] <= 2.0 and row["after_p99_vs_floor"] <= 3.0
+        )
     vote = next(row for row in result.endpoints if row["endpoint"] == "vote")
     assert vote["target_speedup"] == 80.0 and vote["speedup_p50"] > 0
-    assert vote["requests"] == {column: 10 for column in apibench.COLUMNS}
+    assert vote["requests"] == {column: 20 for column in apibench.COLUMNS}
 
 
 def test_bench_api_from_a_migrated_source_rolls_the_before_clone_back(
