@@ -69,8 +69,8 @@ return 1
 """
 
 # KEYS: set, version. ARGV: project ids. {1, membership flags} when the set exists, else
-# {0, the version (false: none)}: one atomic round trip, where MULTI/EXEC of the three commands
-# took ~40 µs more client CPU.
+# {0, the version (false: none)}: one atomic round trip; MULTI/EXEC of the three commands took
+# ~40 µs longer (200 vs 160 µs per read, redis-py asyncio with hiredis).
 READ_UPVOTED_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
     return {1, redis.call('SMISMEMBER', KEYS[1], unpack(ARGV))}
