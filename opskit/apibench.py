@@ -465,20 +465,33 @@ def _median(values: list) -> float | None:
     return round(float(np.median(present)), 3) if present else None
 
 
+def _combine_rounds(per_round: list[dict]) -> dict:
+    """One dict of figures from each round's: counts summed (per column when a dict), other
+    numbers their median over the rounds, the rest (names, verdicts) as in the first round."""
+    combined = {}
+    for key, first in per_round[0].items():
+        values = [figures[key] for figures in per_round]
+        if key in ("requests", "errors"):
+            combined[key] = (
+                {column: sum(v[column] for v in values) for column in first}
+                if isinstance(first, dict)
+                else sum(values)
+            )
+        elif first is None or (isinstance(first, int | float) and not isinstance(first, bool)):
+            combined[key] = _median(values)
+        else:
+            combined[key] = first
+    return combined
+
+
 def _median_modes(rounds: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]:
     """Each column's summaries over the rounds: median latencies, summed request counts."""
-    modes: dict[str, dict[str, dict]] = {}
-    for column, by_name in rounds[0].items():
-        modes[column] = {}
-        for name, summary in by_name.items():
-            per_round = [columns[column][name] for columns in rounds]
-            modes[column][name] = {
-                key: sum(s[key] for s in per_round)
-                if key in ("requests", "errors")
-                else _median([s[key] for s in per_round])
-                for key in summary
-            }
-    return modes
+    return {
+        column: {
+            name: _combine_rounds([columns[column][name] for columns in rounds]) for name in by_name
+        }
+        for column, by_name in rounds[0].items()
+    }
 
 
 def _median_rows(rounds: list[list[dict]]) -> list[dict]:
@@ -486,20 +499,11 @@ def _median_rows(rounds: list[list[dict]]) -> list[dict]:
     round's floor), summed counts, the floor ratios' range, verdicts on the medians."""
     rows = []
     for per_round in zip(*rounds, strict=True):
-        row = {
-            "endpoint": per_round[0]["endpoint"],
-            "target_speedup": per_round[0]["target_speedup"],
-        }
-        for key in per_round[0]:
-            if key.endswith(("_ms", "_vs_floor", "speedup_p50")):
-                row[key] = _median([r[key] for r in per_round])
+        row = _combine_rounds(list(per_round))
         for key in ("after_p50_vs_floor", "after_p99_vs_floor"):
             values = [r[key] for r in per_round if r[key] is not None]
             row[f"{key}_range"] = [min(values), max(values)] if values else None
-        row["requests"] = {c: sum(r["requests"][c] for r in per_round) for c in COLUMNS}
-        row["errors"] = sum(r["errors"] for r in per_round)
-        row.update(_verdicts(row))
-        rows.append(row)
+        rows.append({**row, **_verdicts(row)})
     return rows
 
 
