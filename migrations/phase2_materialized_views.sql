@@ -84,43 +84,79 @@ INSERT INTO mv_dependencies (view_name, source_table) VALUES
     ('mv_project_details', 'votes'),
     ('mv_project_details', 'comments');
 
+-- Bumped by the refresher after each claim has committed (opskit/refresh.py), so a writer can
+-- tell, without a query, that no request has left 'pending' since it last looked (see below).
+-- Only the claim takes a request out of 'pending'. Owned by the queue: dropped with it.
+CREATE SEQUENCE mv_refresh_claims OWNED BY mv_refresh_queue.claimed_at;
+
 -- AFTER trigger on each source table: a write enqueues one pending request per view that reads
 -- the table (mv_dependencies), unless that view already has a pending request younger than a
--- second. So a writer costs one index probe per dependent view, and a stream of writes adds
--- about one request per view per second: the debounce still sees requests keep coming, with a
--- one-second resolution, and the queue does not grow with the write rate. The probe is a plain
--- SELECT and the INSERT runs only for a view that lacks a recent request: an INSERT ... SELECT
--- that inserts nothing still sets up its insert on every write (README, "Write cost").
--- Phase 2's triggers are ROW-level for INSERT/UPDATE/DELETE: a statement that changes no row
--- (an upsert that hit an identical vote, a delete that found nothing) enqueues nothing, and an
--- upsert fires one trigger, not the INSERT and the UPDATE statement triggers both. Measured
--- on vote writes this halved the queue's cost (README, "Write cost"). A multi-row statement
--- probes once per row; the first row's request is visible to the rest, so it still adds one
--- request per view. TRUNCATE has no rows: a statement-level trigger covers it. The function
--- works at both levels (phase 3's low-volume tables use statement-level triggers).
+-- second. So a stream of writes adds about one request per view per second: the debounce still
+-- sees requests keep coming, with a one-second resolution, and the queue does not grow with the
+-- write rate. Phase 2's triggers are ROW-level for INSERT/UPDATE/DELETE: a statement that changes
+-- no row (an upsert that hit an identical vote, a delete that found nothing) enqueues nothing,
+-- and an upsert fires one trigger, not the INSERT and the UPDATE statement triggers both. A
+-- multi-row statement checks once per row; the first row's request is visible to the rest, so it
+-- still adds one request per view. TRUNCATE has no rows: a statement-level trigger covers it.
+-- The function works at both levels (phase 3's low-volume tables use statement-level triggers).
 --
--- THE DAEMON'S DUTY that makes skipping safe: a writer that skipped saw a pending request, so
--- after claiming requests (and committing the claim) the refresher must wait until every
--- transaction that was running at the claim has ended, before taking its refresh snapshot
--- (wait until pg_snapshot_xmin(pg_current_snapshot()) >= pg_snapshot_xmax of a snapshot taken
--- right after the claim). A skipping writer has an xid (its statement wrote rows), so it is one
--- of those transactions, and its rows are in the refresh. It then marks done exactly the ids it
--- claimed; a request that arrived meanwhile stays pending for the next refresh.
+-- What a write costs (README, "Write cost"). A READ COMMITTED writer (the app's level) remembers,
+-- per table, in a session setting: the claim counter it read before its last look at the queue,
+-- and until when every view it feeds had a pending request younger than a second. While the
+-- counter has not moved and that instant has not passed, the requests it saw are still pending
+-- and still young, so it skips without a query: two settings and a sequence read. Otherwise it
+-- looks (one index probe per view, an INSERT only for a view that lacks a young request) and
+-- remembers again. The setting is transactional: a rolled-back write forgets what it saw.
+--
+-- THE DAEMON'S DUTY that makes skipping safe: a writer that skipped relied on a pending request,
+-- so after claiming requests, the refresher bumps mv_refresh_claims and then waits until every
+-- transaction that holds an xid at that moment has ended, before taking its refresh snapshot
+-- (opskit/refresh.py). A writer that read the counter before the bump already had an xid (its
+-- statement wrote rows) and is waited for, or had committed; one that reads it after the bump
+-- looks at the queue with a fresh statement snapshot, which shows the claim. It then marks done
+-- exactly the ids it claimed; a request that arrived meanwhile stays pending for the next refresh.
+-- A REPEATABLE READ or SERIALIZABLE writer's snapshot may predate a claim that committed before
+-- it had an xid: a request it sees as pending may be claimed already, so it skips only for a
+-- request its own transaction made (remembered in a transaction-local setting).
 CREATE FUNCTION opskit_mv_enqueue_refresh() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    stale_view text;
+    read_committed constant boolean := current_setting('transaction_isolation') = 'read committed';
+    claims bigint := coalesce(pg_sequence_last_value('mv_refresh_claims'), 0);
+    seen text;
+    dependent record;
+    fresh_until timestamptz := 'infinity';
 BEGIN
-    FOR stale_view IN
-        SELECT d.view_name FROM mv_dependencies d
+    IF read_committed THEN
+        seen := current_setting('opskit.mvq_seen_' || TG_TABLE_NAME, true);
+        IF split_part(seen, '@', 1) = claims::text
+           AND split_part(seen, '@', 2)::float8 > date_part('epoch', now()) THEN
+            RETURN NULL;
+        END IF;
+    ELSIF current_setting('opskit.mvq_enqueued_' || TG_TABLE_NAME, true) = 'yes' THEN
+        RETURN NULL;
+    END IF;
+    FOR dependent IN
+        SELECT d.view_name,
+               (SELECT max(q.refresh_requested_at) FROM mv_refresh_queue q
+                WHERE q.view_name = d.view_name AND q.status = 'pending') AS newest
+        FROM mv_dependencies d
         WHERE d.source_table = TG_TABLE_NAME
-          AND NOT EXISTS (
-              SELECT FROM mv_refresh_queue q
-              WHERE q.view_name = d.view_name AND q.status = 'pending'
-                AND q.refresh_requested_at > now() - interval '1 second')
     LOOP
-        INSERT INTO mv_refresh_queue (view_name, source_table) VALUES (stale_view, TG_TABLE_NAME);
+        IF read_committed AND dependent.newest > now() - interval '1 second' THEN
+            fresh_until := least(fresh_until, dependent.newest + interval '1 second');
+        ELSE
+            INSERT INTO mv_refresh_queue (view_name, source_table)
+            VALUES (dependent.view_name, TG_TABLE_NAME);
+            fresh_until := least(fresh_until, now() + interval '1 second');
+        END IF;
     END LOOP;
+    IF read_committed THEN
+        PERFORM set_config('opskit.mvq_seen_' || TG_TABLE_NAME,
+                           claims || '@' || date_part('epoch', fresh_until), false);
+    ELSE
+        PERFORM set_config('opskit.mvq_enqueued_' || TG_TABLE_NAME, 'yes', true);
+    END IF;
     RETURN NULL;
 END
 $$;

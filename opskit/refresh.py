@@ -2,8 +2,9 @@
 
 For one view: take the view's lock (never two refreshes of a view at once, even across daemons)
 and one of the refresh slots (at most OPSKIT_REFRESH_WORKERS at once), claim its pending requests,
-wait until every transaction running at the claim has ended (a writer may have skipped enqueueing
-because it saw a request we just claimed: see phase2_materialized_views.sql), then
+announce the claim (mv_refresh_claims) and wait until every transaction running then has ended (a
+writer may have skipped enqueueing because it saw a request we just claimed: see
+phase2_materialized_views.sql), then
 REFRESH ... CONCURRENTLY, log the run and mark done exactly the requests claimed. A request that
 arrives during the refresh stays pending for the next run. Advisory locks are session-level, so
 a worker that dies releases them with its connection; its claims go back to pending once they are
@@ -162,6 +163,9 @@ def _refresh_claimed(conn: psycopg.Connection, view: str) -> RefreshRun:
     claimed = [
         row[0] for row in conn.execute(refresh_sql["claim"], {"view": view, "worker": worker})
     ]
+    if claimed:
+        # Writers that saw these requests pending stop relying on them (phase 2's trigger).
+        conn.execute(refresh_sql["announce_claim"])
     log_id = None
     try:
         _wait_for_older_transactions(conn)

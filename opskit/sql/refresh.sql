@@ -59,8 +59,12 @@ WHERE id IN (
 )
 RETURNING id;
 
+-- name: announce_claim --
+-- After the claim has committed and before the wait: see phase2_materialized_views.sql.
+SELECT nextval('mv_refresh_claims');
+
 -- name: running_transactions --
--- The transactions of this database that hold an xid right after the claim committed (a writer
+-- The transactions of this database that hold an xid right after the claim was announced (a writer
 -- that skipped enqueueing because it saw a request we claimed is one of them). Other databases
 -- of the cluster are left out: their transactions cannot have written to this queue, and a long
 -- one elsewhere must not stall our refreshes. backend_xid is shown for every role's sessions.
