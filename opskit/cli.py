@@ -310,8 +310,19 @@ class _ProgressBars:
         self._progress.console.log(message)
 
 
+class _Bars(Progress):
+    """Progress bars that leave nothing behind when no bar was shown (an error before any work)."""
+
+    def stop(self) -> None:
+        if self.tasks:
+            super().stop()
+        else:  # Progress.stop would print an empty line on a non-terminal stderr
+            self.live.transient = True
+            self.live.stop()
+
+
 def _progress_bars(transient: bool) -> Progress:
-    return Progress(
+    return _Bars(
         TextColumn("{task.description:<32}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import psycopg
 import redis
 
-from opskit.errors import ConnectFailed, first_line
+from opskit.errors import ConfigError, ConnectFailed, first_line
 from opskit.settings import mask_url
 
 CONNECT_TIMEOUT_S = 5
@@ -26,20 +26,26 @@ def _connect_hint(message: str) -> str:
     return "check the database URL and that the server accepts connections"
 
 
+def _reason(err: Exception, url: str) -> str:
+    """The driver's first line, with the URL masked wherever the driver quotes it."""
+    return first_line(err).replace(url, mask_url(url))
+
+
 def connect(url: str, *, autocommit: bool = False, **kwargs) -> psycopg.Connection:
-    """Open a psycopg connection; an unusable URL raises ConnectFailed (exit 3)."""
+    """Open a psycopg connection: ConfigError (exit 2) for a malformed URL, ConnectFailed (exit 3)
+    for one that cannot be reached."""
     try:
         return psycopg.connect(
             url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S, **kwargs
         )
     except psycopg.OperationalError as err:
-        reason = first_line(err).removeprefix("connection failed: ")
+        reason = _reason(err, url).removeprefix("connection failed: ")
         raise ConnectFailed(
             f"cannot connect to {mask_url(url)}: {reason}", hint=_connect_hint(str(err))
         ) from err
-    except psycopg.ProgrammingError as err:  # malformed conninfo
-        raise ConnectFailed(
-            f"invalid database URL {mask_url(url)}: {err}",
+    except psycopg.ProgrammingError as err:  # malformed conninfo: bad input (exit 2)
+        raise ConfigError(
+            f"invalid database URL {mask_url(url)}: {_reason(err, url)}",
             hint="use postgresql://user:password@host:port/dbname",
         ) from err
 
@@ -51,17 +57,19 @@ def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connec
 
 
 def redis_client(url: str) -> redis.Redis:
-    """A Redis client that has answered PING; otherwise ConnectFailed (exit 3)."""
+    """A Redis client that has answered PING: ConfigError (exit 2) for a malformed URL,
+    ConnectFailed (exit 3) for one that cannot be reached."""
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
         client.ping()
-    except ValueError as err:
-        raise ConnectFailed(
-            f"invalid Redis URL {mask_url(url)}: {err}", hint="use redis://host:port/0"
+    except ValueError as err:  # malformed URL: bad input (exit 2)
+        raise ConfigError(
+            f"invalid Redis URL {mask_url(url)}: {_reason(err, url)}",
+            hint="use redis://host:port/0",
         ) from err
     except redis.RedisError as err:
         raise ConnectFailed(
-            f"cannot connect to Redis at {mask_url(url)}: {err}",
+            f"cannot connect to Redis at {mask_url(url)}: {_reason(err, url)}",
             hint="is the server running? `opskit up` starts the embedded one",
         ) from err
     return client

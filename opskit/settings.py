@@ -7,9 +7,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from opskit.errors import ConfigError
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from redis.connection import parse_url as parse_redis_url
+
+from opskit.errors import ConfigError, first_line
 
 ENVIRONMENT_HELP = """\
 Environment: OPSKIT_DATABASE_URL (else DATABASE_URL), OPSKIT_REDIS_URL (else REDIS_URL),
@@ -36,8 +40,8 @@ class Settings:
         """Read and validate every OPSKIT_* variable; raise ConfigError naming the bad one."""
         env = os.environ if environ is None else environ
         settings = cls(
-            database_url=_first(env, "OPSKIT_DATABASE_URL", "DATABASE_URL"),
-            redis_url=_first(env, "OPSKIT_REDIS_URL", "REDIS_URL"),
+            database_url=_database_url(env),
+            redis_url=_redis_url(env),
             home=Path(env.get("OPSKIT_HOME") or ".opskit").expanduser().absolute(),
             jwt_secret=env.get("OPSKIT_JWT_SECRET") or None,
             redis_prefix=env.get("OPSKIT_REDIS_PREFIX", "opskit:"),
@@ -56,11 +60,45 @@ class Settings:
         return settings
 
 
-def _first(env: Mapping[str, str], *names: str) -> str | None:
+def _first(env: Mapping[str, str], *names: str) -> tuple[str, str | None]:
+    """The first of `names` that is set, and its value (the last name and None if none is)."""
     for name in names:
         if env.get(name):
-            return env[name]
-    return None
+            return name, env[name]
+    return names[-1], None
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    name, url = _first(env, "OPSKIT_DATABASE_URL", "DATABASE_URL")
+    if url is not None:
+        try:
+            conninfo_to_dict(url)  # parses only: a malformed URL is bad input, not a dead server
+        except psycopg.ProgrammingError as err:
+            reason = first_line(err).replace(url, mask_url(url))
+            raise ConfigError(
+                f"{name} is not a PostgreSQL URL: {mask_url(url)} ({reason})",
+                hint="use postgresql://user:password@host:port/dbname",
+            ) from None
+    return url
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    name, url = _first(env, "OPSKIT_REDIS_URL", "REDIS_URL")
+    if url is not None:
+        try:
+            parsed = parse_redis_url(url)  # a unix:// URL has a socket path, not a database
+        except ValueError as err:
+            reason = first_line(err).replace(url, mask_url(url))
+            raise ConfigError(
+                f"{name} is not a Redis URL: {mask_url(url)} ({reason})",
+                hint="use redis://host:port/0",
+            ) from None
+        database = urlsplit(url).path.strip("/")
+        if "path" not in parsed and database and not database.isdigit():
+            raise ConfigError(  # redis-py would quietly use database 0
+                f"{name} names no database number: {mask_url(url)}", hint="use redis://host:port/0"
+            )
+    return url
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -104,19 +142,17 @@ def _crontab(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 _CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+# scheme://user: then the password, up to the last @ (a password may hold an unencoded / or @)
+_USERINFO_PASSWORD = re.compile(r"^([^:/?#]+://[^/?#@:]*:).*@")
 
 
 def mask_url(url: str | None) -> str:
-    """The URL (or libpq conninfo string) with its password replaced by ***."""
+    """The URL (or libpq conninfo string) with its password replaced by ***; never raises."""
     if not url:
         return ""
     if "://" not in url:
         return _CONNINFO_PASSWORD.sub(r"\1***", url)
-    parts = urlsplit(url)
-    masked = parts
-    if parts.password is not None:
-        userinfo = f"{parts.username or ''}:***"
-        host = parts.netloc.rpartition("@")[2]
-        masked = parts._replace(netloc=f"{userinfo}@{host}")
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", masked.query)
-    return urlunsplit(masked._replace(query=query))
+    # Text edits only, no parsing: the URL stays as given, and a URL that does not parse (an
+    # unclosed IPv6 bracket, say) is masked all the same.
+    return _USERINFO_PASSWORD.sub(r"\1***@", _QUERY_PASSWORD.sub(r"\1***", url))

@@ -18,6 +18,11 @@ UNREACHABLE = {
     "OPSKIT_DATABASE_URL": f"postgresql://user:{PASSWORD}@127.0.0.1:1/db",
     "OPSKIT_REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:1/0",
 }
+# Malformed URLs (an unclosed IPv6 bracket) with that password: bad input, still masked.
+MALFORMED = {
+    "OPSKIT_DATABASE_URL": f"postgresql://user:{PASSWORD}@[::1/db",
+    "OPSKIT_REDIS_URL": f"redis://:{PASSWORD}@[::1/0",
+}
 REPORT = "{tmp}/report.html"
 
 # (arguments, exit code) with no server configured. {tmp} is a folder, {file} a file in it.
@@ -126,6 +131,25 @@ def test_wrong_input_exits_2_with_one_line(args, code, tmp_path):
 def test_unreachable_servers_exit_3_with_one_line(args, tmp_path):
     result = invoke(fill(args, tmp_path), UNREACHABLE)
     assert result.exit_code == 3, result.output
+    assert_one_error_line(result)
+    assert PASSWORD not in result.output
+
+
+@pytest.mark.parametrize("args", SERVER_VERBS, ids=_id)
+def test_malformed_server_urls_exit_2_with_one_line_and_no_password(args, tmp_path):
+    result = invoke(fill(args, tmp_path), MALFORMED)
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result)
+    assert PASSWORD not in result.output
+
+
+def test_a_malformed_redis_url_alone_exits_2(migrated_db_url):
+    env = {
+        "OPSKIT_DATABASE_URL": migrated_db_url,
+        "OPSKIT_REDIS_URL": MALFORMED["OPSKIT_REDIS_URL"],
+    }
+    result = invoke(["reconcile"], env)
+    assert result.exit_code == 2, result.output
     assert_one_error_line(result)
     assert PASSWORD not in result.output
 

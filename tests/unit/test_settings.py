@@ -76,6 +76,9 @@ def test_max_wait_below_debounce_is_refused():
         ),
         ("host=db password=zz user=app", "host=db password=*** user=app"),
         ("host=db password='a b' user=app", "host=db password=*** user=app"),
+        ("postgresql://app:a/b+c=@db/x", "postgresql://app:***@db/x"),  # unencoded base64
+        ("postgresql://app:LeakMe77@[::1/db", "postgresql://app:***@[::1/db"),  # not parseable
+        ("postgresql:///x?user=app&password=zz", "postgresql:///x?user=app&password=***"),
         ("", ""),
     ],
 )
