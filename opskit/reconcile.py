@@ -240,12 +240,12 @@ def _still_differing(
     for user_id in user_ids:
         pipe.exists(votecache.upvotes_key(prefix, user_id))
         pipe.smembers(votecache.upvotes_key(prefix, user_id))
-    replies = pipe.execute()
+    replies = pipe.execute(raise_on_error=False)
     truth = votecache.upvoted_projects(conn, user_ids)
     return [
         user_id
         for user_id, exists, members in zip(user_ids, replies[::2], replies[1::2], strict=True)
-        if exists and {int(m) for m in members} != truth[user_id]
+        if exists and votecache.parse_members(members) != truth[user_id]
     ]
 
 

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 REDIS_TIMEOUT_S = 0.05  # reads/writes to Redis give up after 50 ms and fall back
 VERSION_TTL_S = 3600  # a version only has to outlive one rebuild (milliseconds)
 TEMP_KEY_TTL_S = 60  # a temp key left by a crashed rebuild goes away on its own
+# A rebuilt set expires: votes written outside the API (a script, a manual fix) reach the cache
+# within this long, without waiting for the nightly reconcile.
+CACHED_SET_TTL_S = 300
 
 # KEYS: set, version. ARGV: 'up' | 'down' | 'none', project id.
 RECORD_VOTE_LUA = """
@@ -53,8 +56,9 @@ end
 return 1
 """
 
-# KEYS: set, version, temp. ARGV: the version read before the database read ('' = none).
-# Installs the temp set as the key (no temp set: the user has no upvotes, the key goes away).
+# KEYS: set, version, temp. ARGV: the version read before the database read ('' = none), the
+# set's lifetime in seconds. Installs the temp set as the key (no temp set: the user has no
+# upvotes, the key goes away); RENAME would keep the temp key's short TTL, so it is set anew.
 INSTALL_IF_UNCHANGED_LUA = """
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then
     redis.call('DEL', KEYS[3])
@@ -62,6 +66,7 @@ if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('RENAME', KEYS[3], KEYS[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
 else
     redis.call('DEL', KEYS[1])
 end
@@ -239,7 +244,7 @@ class VoteCache:
                     pipe.sadd(temp, *project_ids)
                     pipe.expire(temp, TEMP_KEY_TTL_S)
                     await pipe.execute()
-                await self._install_if_unchanged(keys=keys, args=[version])
+                await self._install_if_unchanged(keys=keys, args=[version, CACHED_SET_TTL_S])
             self._succeeded()
         except (redis.RedisError, TimeoutError) as err:
             self._failed("rebuild", err)
@@ -266,8 +271,13 @@ class VoteCache:
 # ---------------------------------------------------------------------------- sync side (reconcile)
 
 
-def cached_sets(client: redis.Redis, prefix: str, batch: int = 1000) -> Iterable[dict[int, set]]:
-    """Every cached set, in batches of {user_id: project ids}, read by SCAN + pipelined SMEMBERS."""
+def cached_sets(
+    client: redis.Redis, prefix: str, batch: int = 1000
+) -> Iterable[dict[int, set[int] | None]]:
+    """Every cached set, in batches of {user_id: project ids}, read by SCAN + pipelined SMEMBERS.
+
+    A key that holds no set of project ids (another type, a non-integer member) maps to None.
+    """
     keys = client.scan_iter(match=upvotes_key_pattern(prefix), count=batch)
     pending: list[int] = []
     for key in keys:
@@ -281,14 +291,22 @@ def cached_sets(client: redis.Redis, prefix: str, batch: int = 1000) -> Iterable
         yield _members(client, prefix, pending)
 
 
-def _members(client: redis.Redis, prefix: str, user_ids: list[int]) -> dict[int, set]:
+def _members(client: redis.Redis, prefix: str, user_ids: list[int]) -> dict[int, set[int] | None]:
     pipe = client.pipeline(transaction=False)
     for user_id in user_ids:
         pipe.smembers(upvotes_key(prefix, user_id))
-    return {
-        user_id: {int(member) for member in members}
-        for user_id, members in zip(user_ids, pipe.execute(), strict=True)
-    }
+    replies = pipe.execute(raise_on_error=False)
+    return {user_id: parse_members(reply) for user_id, reply in zip(user_ids, replies, strict=True)}
+
+
+def parse_members(reply) -> set[int] | None:
+    """A SMEMBERS reply as project ids; None when the key is no set of integers (drift)."""
+    if isinstance(reply, Exception):  # WRONGTYPE: something other than a set under the key
+        return None
+    try:
+        return {int(member) for member in reply}
+    except ValueError:
+        return None
 
 
 def upvoted_projects(conn: psycopg.Connection, user_ids: list[int]) -> dict[int, set[int]]:
@@ -327,7 +345,7 @@ def rebuild_users(
         install_positions.append(len(pipe))
         install(
             keys=[upvotes_key(prefix, user_id), _version_key(prefix, user_id), temp],
-            args=[version],
+            args=[version, CACHED_SET_TTL_S],
             client=pipe,
         )
     results = pipe.execute()

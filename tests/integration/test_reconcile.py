@@ -293,6 +293,10 @@ def test_every_injected_drift_is_found_fixed_and_gone_on_the_next_run(
     )
     plain.sadd(upvotes_key(redis_prefix, cached[1]), 999_998)
     plain.delete(upvotes_key(redis_prefix, cached[2]))
+    # Keys that hold no set of project ids: another type, a member that is no integer.
+    plain.delete(upvotes_key(redis_prefix, cached[3]))
+    plain.set(upvotes_key(redis_prefix, cached[3]), "garbage")
+    plain.sadd(upvotes_key(redis_prefix, cached[0]), "not-a-project")
 
     found = run("--json")
     assert found.exit_code == 1
@@ -301,7 +305,7 @@ def test_every_injected_drift_is_found_fixed_and_gone_on_the_next_run(
         "user_dashboard_stats": 3 + 4,
         "message_conversations_denorm": 3,
         "intro_request_stats": 1,
-        "redis_upvotes": 2,
+        "redis_upvotes": 3,
         "view_freshness": 1,
     }
 
@@ -316,7 +320,7 @@ def test_every_injected_drift_is_found_fixed_and_gone_on_the_next_run(
     with psycopg.connect(migrated_db_url) as conn:
         assert conn.execute(
             "SELECT array_agg(drift_total ORDER BY id) FROM opskit_reconcile_runs"
-        ).fetchone()[0] == [14, 14, 0]
+        ).fetchone()[0] == [15, 15, 0]
 
 
 def test_flushed_keys_are_not_drift_and_the_cache_rebuilds(

@@ -82,6 +82,13 @@ def test_a_cold_key_is_rebuilt_from_the_database_then_answers_from_redis(
     assert second == set(upvoted[1:3])
     assert failures == 0
     assert _members(redis_url, key) == set(upvoted) - {upvoted[0]}
+    _assert_lives_as_a_cached_set(redis_url, key)
+
+
+def _assert_lives_as_a_cached_set(redis_url, key):
+    """A rebuilt set expires after CACHED_SET_TTL_S, not with its temp key's short TTL."""
+    ttl = redis.Redis.from_url(redis_url).ttl(key)
+    assert votecache.TEMP_KEY_TTL_S < ttl <= votecache.CACHED_SET_TTL_S, ttl
 
 
 def test_record_vote_updates_an_existing_key_and_never_creates_one(
@@ -199,6 +206,7 @@ def test_sync_rebuild_replaces_a_drifted_key_and_drops_one_without_upvotes(
         rebuilt = votecache.rebuild_users(client, conn, redis_prefix, [user_id, idle])
     assert rebuilt == [user_id, idle]
     assert _members(redis_url, upvotes_key(redis_prefix, user_id)) == set(upvoted)
+    _assert_lives_as_a_cached_set(redis_url, upvotes_key(redis_prefix, user_id))
     assert not client.exists(upvotes_key(redis_prefix, idle))
 
 
