@@ -386,15 +386,17 @@ BEGIN
     -- messages in both directions (a correlated subquery per pair took 2 minutes on medium,
     -- where a popular user's pairs each rescanned all of that user's messages).
     WITH pair_messages AS (
+        -- each message once per side of its pair; a message to oneself has one side
         SELECT m.sender_id AS user_id, m.recipient_id AS other_user_id, m.id, m.created_at,
-               m.sender_id, m.body, false AS unread_for_user
+               m.sender_id, m.body, m.recipient_id = m.sender_id AND m.read_at IS NULL
+                   AS unread_for_user
         FROM messages m
         WHERE m.sender_id >= lo AND m.sender_id < hi
         UNION ALL
         SELECT m.recipient_id, m.sender_id, m.id, m.created_at, m.sender_id, m.body,
                m.read_at IS NULL
         FROM messages m
-        WHERE m.recipient_id >= lo AND m.recipient_id < hi
+        WHERE m.recipient_id >= lo AND m.recipient_id < hi AND m.recipient_id <> m.sender_id
     ), counts AS (
         SELECT pm.user_id, pm.other_user_id, count(*) AS message_count,
                count(*) FILTER (WHERE pm.unread_for_user) AS unread_count

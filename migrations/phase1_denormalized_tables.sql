@@ -702,13 +702,17 @@ BEGIN
         FROM unnest(v_signs, v_ids, v_senders, v_recipients, v_sent_at, v_unread, v_previews)
              AS c(sign, id, sender_id, recipient_id, created_at, unread, preview)
     ), per_row AS (
+        -- each message once per side of its pair; a message to oneself has one side (user =
+        -- other), where it is also the unread one
         SELECT sender_id AS user_id, recipient_id AS other_user_id, sign, id, created_at,
-               sender_id, preview, 0 AS unread_delta
+               sender_id, preview,
+               CASE WHEN unread AND recipient_id = sender_id THEN sign ELSE 0 END AS unread_delta
         FROM ch
         UNION ALL
         SELECT recipient_id, sender_id, sign, id, created_at, sender_id, preview,
                CASE WHEN unread THEN sign ELSE 0 END
         FROM ch
+        WHERE recipient_id <> sender_id
     ), lastrel_old AS (
         SELECT user_id, other_user_id, id, created_at, sender_id, preview
         FROM per_row WHERE sign < 0

@@ -69,8 +69,7 @@ CREATE TABLE IF NOT EXISTS follows (
     follower_id bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     followee_id bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (follower_id, followee_id),
-    CHECK (follower_id <> followee_id)
+    PRIMARY KEY (follower_id, followee_id)
 );
 CREATE INDEX IF NOT EXISTS follows_followee_id_idx ON follows (followee_id);
 
@@ -101,8 +100,7 @@ CREATE TABLE IF NOT EXISTS messages (
     recipient_id bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     body         text NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    read_at      timestamptz,
-    CHECK (sender_id <> recipient_id)
+    read_at      timestamptz
 );
 CREATE INDEX IF NOT EXISTS messages_sender_id_idx ON messages (sender_id);
 CREATE INDEX IF NOT EXISTS messages_recipient_id_idx ON messages (recipient_id);
@@ -126,6 +124,5 @@ CREATE TABLE IF NOT EXISTS investor_profiles (
     firm           text,
     check_size_min bigint,
     check_size_max bigint,
-    focus          text,
-    CHECK (check_size_min IS NULL OR check_size_max IS NULL OR check_size_min <= check_size_max)
+    focus          text
 );

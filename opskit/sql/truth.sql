@@ -67,8 +67,8 @@ LEFT JOIN (
 
 -- name: truth_message_conversations --
 -- Both users of a pair see the same message_count and newest message, so everything is
--- computed once per unordered pair (lo < hi; the schema refuses messages to oneself) and
--- emitted twice. Two scans of messages and no per-row index lookups: the first aggregates per
+-- computed once per unordered pair (lo <= hi) and emitted twice, once for a user's messages to
+-- themselves (lo = hi: one row, all of its unread messages are unread by that user). Two scans of messages and no per-row index lookups: the first aggregates per
 -- pair (count, unread per direction, newest created_at), the second joins each pair's messages
 -- at its newest instant, which brings the body along; ties on created_at go to the highest id.
 -- `>=` means `=` there (nothing is newer than the newest) but keeps created_at out of the hash
@@ -77,7 +77,7 @@ WITH pairs AS (
     SELECT least(sender_id, recipient_id) AS lo,
            greatest(sender_id, recipient_id) AS hi,
            count(*) AS message_count,
-           count(*) FILTER (WHERE read_at IS NULL AND recipient_id < sender_id) AS unread_by_lo,
+           count(*) FILTER (WHERE read_at IS NULL AND recipient_id <= sender_id) AS unread_by_lo,
            count(*) FILTER (WHERE read_at IS NULL AND recipient_id > sender_id) AS unread_by_hi,
            max(created_at) AS last_message_at
     FROM messages
@@ -104,7 +104,8 @@ SELECT lo AS user_id,
 FROM newest
 UNION ALL
 SELECT hi, lo, message_count, unread_by_hi, id, created_at, sender_id, preview
-FROM newest;
+FROM newest
+WHERE lo <> hi;
 
 -- name: truth_intro_request_stats --
 SELECT u.id AS user_id,
@@ -144,8 +145,8 @@ count(t.user_id) + sum(t.projects_count + t.votes_cast + t.comments_received + t
                + t.unread_messages + t.pending_intros_received)
 
 -- name: source_rows_message_conversations --
--- every message, once: each pair's count appears in both of its rows
-coalesce(sum(t.message_count) FILTER (WHERE t.user_id < t.other_user_id), 0)
+-- every message, once: each pair's count appears in both of its rows (one row for oneself)
+coalesce(sum(t.message_count) FILTER (WHERE t.user_id <= t.other_user_id), 0)
 
 -- name: source_rows_intro_request_stats --
 -- users and every intro request (once, as sent)

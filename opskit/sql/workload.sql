@@ -75,6 +75,18 @@ INSERT INTO follows (follower_id, followee_id) VALUES (%(a)s, %(b)s) ON CONFLICT
 -- name: unfollow --
 DELETE FROM follows WHERE follower_id = %(a)s AND followee_id = %(b)s;
 
+-- name: follow_self --
+INSERT INTO follows (follower_id, followee_id) VALUES (%(a)s, %(a)s) ON CONFLICT DO NOTHING;
+
+-- name: message_self --
+-- A note to oneself: one conversation row whose user is its other user.
+INSERT INTO messages (sender_id, recipient_id, body, created_at)
+VALUES (%(a)s, %(a)s, %(body)s, timestamptz '2024-01-01' + make_interval(secs => %(k)s));
+
+-- name: read_self --
+UPDATE messages SET read_at = now()
+WHERE recipient_id = %(a)s AND sender_id = %(a)s AND read_at IS NULL;
+
 -- name: message --
 INSERT INTO messages (sender_id, recipient_id, body, created_at)
 VALUES (%(a)s, %(b)s, %(body)s, timestamptz '2024-01-01' + make_interval(secs => %(k)s));

@@ -116,7 +116,8 @@ def _cache_users(url, redis_url, prefix, count):
 
 def _edge_cases(conn):
     """Rows the truth queries could get wrong: ties for the newest message, unread mail both
-    ways, a deleted project with votes and comments, a restored one, a user with nothing."""
+    ways, messages to oneself, a self-follow, a deleted project with votes and comments, a
+    restored one, a user with nothing."""
     users = [
         row[0]
         for row in conn.execute(
@@ -130,9 +131,12 @@ def _edge_cases(conn):
         "(%(a)s, %(b)s, 'older', '2026-01-01', NULL), "
         "(%(b)s, %(a)s, 'tie, lower id', '2026-01-02', NULL), "
         "(%(a)s, %(b)s, 'tie, higher id: the newest', '2026-01-02', '2026-01-03'), "
-        "(%(c)s, %(a)s, repeat('long ', 40), '2026-01-05', NULL)",
+        "(%(c)s, %(a)s, repeat('long ', 40), '2026-01-05', NULL), "
+        "(%(c)s, %(c)s, 'note to self', '2026-01-06', NULL), "
+        "(%(c)s, %(c)s, 'read note to self', '2026-01-04', '2026-01-04')",
         {"a": a, "b": b, "c": c},
     )
+    conn.execute("INSERT INTO follows (follower_id, followee_id) VALUES (%s, %s)", (c, c))
     deleted, restored = [
         row[0]
         for row in conn.execute(

@@ -49,12 +49,20 @@ def test_constraints_reject_what_the_contract_forbids(base_db_url):
             "INSERT INTO users (username, display_name, email, role) VALUES ('c', 'C', 'c@x', 'king')",
             "INSERT INTO users (username, display_name, email) VALUES ('a', 'A2', 'a2@x')",
             "INSERT INTO votes (user_id, project_id, vote_type) VALUES (1, 999, 'up')",
-            "INSERT INTO follows (follower_id, followee_id) VALUES (1, 1)",
+            "INSERT INTO follows (follower_id, followee_id) VALUES (1, 99)",
             "INSERT INTO intro_requests (requester_id, target_id, status) VALUES (1, 2, 'maybe')",
         ]
         for statement in bad:
             with pytest.raises(psycopg.errors.IntegrityError):
                 conn.execute(statement)
+        # ... and nothing more: the contract lists no rule against these
+        legal = [
+            "INSERT INTO follows (follower_id, followee_id) VALUES (1, 1)",
+            "INSERT INTO messages (sender_id, recipient_id, body) VALUES (2, 2, 'note')",
+            "INSERT INTO investor_profiles (user_id, check_size_min, check_size_max) VALUES (1, 9, 1)",
+        ]
+        for statement in legal:
+            conn.execute(statement)
 
 
 def test_only_the_indexes_a_normal_app_has(base_db_url):
