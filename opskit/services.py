@@ -189,7 +189,12 @@ def up(
         _start_postgres(layout, _claim_port(pg_port, "--pg-port"))
         started.append("postgres")
     if start_valkey and _valkey_status(layout) is None:
-        _start_valkey(layout, _claim_port(redis_port, "--redis-port"))
+        try:
+            _start_valkey(layout, _claim_port(redis_port, "--redis-port"))
+        except ServerStartFailed:
+            if started:  # all or nothing: do not leave the PostgreSQL this call started running
+                _stop_postgres(layout)
+            raise
         started.append("valkey")
     return status(home), started
 
@@ -198,15 +203,22 @@ def down(home: Path) -> list[str]:
     """Stop the embedded servers that run; return the names of those stopped."""
     layout = _Layout(home)
     stopped = []
-    if (server := _postgres_status(layout)) is not None:
-        _run_pg("pg_ctl", "-D", str(layout.pgdata), "-m", "fast", "-w", "-t", "60", "stop")
-        _wait_gone(server.pid)
+    if _stop_postgres(layout):
         stopped.append("postgres")
     if (server := _valkey_status(layout)) is not None:
         os.kill(server.pid, signal.SIGTERM)
         _wait_gone(server.pid)
         stopped.append("valkey")
     return stopped
+
+
+def _stop_postgres(layout: _Layout) -> bool:
+    """Stop the embedded PostgreSQL if it runs; whether it did."""
+    if (server := _postgres_status(layout)) is None:
+        return False
+    _run_pg("pg_ctl", "-D", str(layout.pgdata), "-m", "fast", "-w", "-t", "60", "stop")
+    _wait_gone(server.pid)
+    return True
 
 
 def _wait_gone(pid: int, timeout_s: float = 30) -> None:

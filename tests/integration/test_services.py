@@ -84,6 +84,20 @@ def test_a_taken_port_is_an_environment_error(home):
     assert services.status(home).postgres is None
 
 
+def test_a_taken_redis_port_starts_nothing_and_leaves_nothing_running(home):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = _run(
+            "up", "--pg-port", "0", "--redis-port", str(port), env={"OPSKIT_HOME": str(home)}
+        )
+    assert result.exit_code == 3
+    assert "--redis-port" in result.output
+    state = services.status(home)
+    assert (state.postgres, state.valkey) == (None, None)
+
+
 def test_configured_urls_mean_nothing_is_started(home, test_servers):
     env = {
         "OPSKIT_HOME": str(home),
