@@ -61,11 +61,16 @@ class OpskitGroup(TyperGroup):
     """Maps OpskitError to one line on stderr and its exit code (the one error dispatcher)."""
 
     def invoke(self, ctx: typer.Context):
+        wants_json = "--json" in ctx.args  # read now: invoking the verb consumes ctx.args
         try:
             return super().invoke(ctx)
         except OpskitError as error:
             if isinstance(ctx.obj, CliState) and ctx.obj.debug:
                 raise
+            if wants_json:  # a script reads stdout: it gets an object here too
+                _print_json(
+                    {"error": error.message, "hint": error.hint, "exit_code": int(error.exit_code)}
+                )
             typer.echo(f"error: {error.message}", err=True)
             if error.hint:
                 typer.echo(f"hint: {error.hint}", err=True)

@@ -6,6 +6,8 @@ rejected command leaves the database as it was.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -152,6 +154,16 @@ def test_a_malformed_redis_url_alone_exits_2(migrated_db_url):
     assert result.exit_code == 2, result.output
     assert_one_error_line(result)
     assert PASSWORD not in result.output
+
+
+@pytest.mark.parametrize("verb", ["status", "verify", "migrate", "reconcile"])
+def test_json_verbs_print_their_error_as_one_object_on_stdout(verb):
+    result = invoke([verb, "--json"], UNREACHABLE)
+    assert result.exit_code == 3
+    error = json.loads(result.stdout)
+    assert error["exit_code"] == 3 and error["error"].startswith("cannot connect")
+    assert PASSWORD not in result.stdout
+    assert_one_error_line(result)  # and the usual line on stderr
 
 
 def test_a_bad_environment_value_exits_2_naming_it():
