@@ -5,7 +5,8 @@ and one of the refresh slots (at most OPSKIT_REFRESH_WORKERS at once), claim its
 announce the claim (mv_refresh_claims) and wait until every transaction running then has ended (a
 writer may have skipped enqueueing because it saw a request we just claimed: see
 phase2_materialized_views.sql), then
-REFRESH ... CONCURRENTLY, log the run and mark done exactly the requests claimed. A request that
+REFRESH ... CONCURRENTLY, log the run, mark done exactly the requests claimed and VACUUM the view
+(its visibility map, for index-only scans). A request that
 arrives during the refresh stays pending for the next run. Advisory locks are session-level, so
 a worker that dies releases them with its connection; its claims go back to pending once they are
 older than the lease (OPSKIT_REFRESH_MAX_WAIT_S) and we hold the view's lock. A view whose runs
@@ -185,7 +186,22 @@ def _refresh_claimed(conn: psycopg.Connection, view: str) -> RefreshRun:
     with conn.transaction():
         duration = _finish_log(conn, log_id, "completed", None, len(claimed))
         conn.execute(refresh_sql["mark_done"], {"ids": claimed, "duration_ms": duration})
+    _vacuum(conn, view)
     return RefreshRun(view, "completed", len(claimed), duration, None)
+
+
+def _vacuum(conn: psycopg.Connection, view: str) -> None:
+    """Keep the view's visibility map whole, still holding its lock.
+
+    The rows a refresh rewrote are not all-visible, and a new view has no map at all until
+    autovacuum comes by (a minute or more): the planner then prices index-only scans as heap
+    reads. After `opskit migrate` on medium, trending took 5–6 ms a query instead of 0.9 ms
+    until the feed view was vacuumed. A vacuum of a view that did not change skips every page.
+    """
+    try:
+        conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(view)))
+    except psycopg.Error as err:  # the refresh itself is done; autovacuum will get there
+        log.warning("vacuum of %s after its refresh failed: %s", view, first_line(err))
 
 
 def _finish_log(

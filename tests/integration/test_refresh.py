@@ -191,6 +191,19 @@ def test_a_repeatable_read_writer_whose_snapshot_predates_a_claim_still_enqueues
         assert _upvotes(conn, project) == _truth_upvotes(conn, project)
 
 
+def test_a_refreshed_view_is_left_all_visible_for_index_only_scans(migrated):
+    settings = Settings.from_env({})
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        project, (voter,) = _live_project_and_new_voters(conn, 1)
+        conn.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (voter, project))
+        runs = refresh.refresh(migrated, settings, views=["mv_feed_projects"])
+        assert [r.status for r in runs] == ["completed"]
+        pages, visible = conn.execute(
+            "SELECT relpages, relallvisible FROM pg_class WHERE relname = 'mv_feed_projects'"
+        ).fetchone()
+        assert pages > 0 and visible == pages
+
+
 def test_two_refreshers_never_refresh_one_view_at_once(migrated):
     with psycopg.connect(migrated, autocommit=True) as holder:
         holder.execute(
