@@ -4,9 +4,8 @@ For one view: take the view's lock (never two refreshes of a view at once, even 
 and one of the refresh slots (at most OPSKIT_REFRESH_WORKERS at once), claim its pending requests,
 announce the claim (mv_refresh_claims) and wait until every transaction running then has ended (a
 writer may have skipped enqueueing because it saw a request we just claimed: see
-phase2_materialized_views.sql), then
-REFRESH ... CONCURRENTLY, log the run, mark done exactly the requests claimed and VACUUM the view
-(its visibility map, for index-only scans). A request that
+phase2_materialized_views.sql), then REFRESH ... CONCURRENTLY, log the run, mark done exactly the
+requests claimed and VACUUM the view (its visibility map, for index-only scans). A request that
 arrives during the refresh stays pending for the next run. Advisory locks are session-level, so
 a worker that dies releases them with its connection; its claims go back to pending once they are
 older than the lease (OPSKIT_REFRESH_MAX_WAIT_S) and we hold the view's lock. A view whose runs
