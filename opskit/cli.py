@@ -316,10 +316,10 @@ class _ProgressBars:
 
 
 class _Bars(Progress):
-    """Progress bars that leave nothing behind when no bar was shown (an error before any work)."""
+    """Progress bars that leave nothing behind when transient or when no bar was ever shown."""
 
     def stop(self) -> None:
-        if self.tasks:
+        if self.tasks and not self.live.transient:
             super().stop()
         else:  # Progress.stop would print an empty line on a non-terminal stderr
             self.live.transient = True

@@ -397,6 +397,8 @@ def _run_in_one_transaction(
     timeouts: Timeouts,
     progress: MigrateProgress,
     finish: Callable[[], None],
+    *,
+    undo: bool = False,
 ) -> None:
     """Run `statements` and then `finish` (the ledger update) in one transaction.
 
@@ -419,7 +421,7 @@ def _run_in_one_transaction(
         except _LOCK_CONFLICTS:
             raise
         except psycopg.Error as err:
-            raise _phase_error(phase, number, err) from err
+            raise _phase_error(phase, number, err, undo=undo) from err
         return len(statements)
 
     _with_lock_retries(attempt, phase.name, timeouts, progress)
@@ -450,7 +452,14 @@ def _with_lock_retries(
     raise AssertionError("unreachable")
 
 
-def _phase_error(phase: PhaseFile, number: int, err: psycopg.Error) -> DatabaseError:
+def _phase_error(
+    phase: PhaseFile, number: int, err: psycopg.Error, *, undo: bool = False
+) -> DatabaseError:
+    if undo:
+        return DatabaseError(
+            f"{phase.down_path.name} statement {number} failed: {first_line(err)}",
+            hint="the phase is still recorded as applied; fix the cause and run rollback again",
+        )
     return DatabaseError(
         f"{phase.path.name} statement {number} failed: {first_line(err)}",
         hint="the phase was not recorded as applied; fix the cause and run migrate again",
@@ -616,7 +625,9 @@ def _undo(
         conn.execute(sql["clear_steps"], {"phase": phase.name})
 
     if NO_TRANSACTION not in text.split("\n", 3)[0:3]:
-        _run_in_one_transaction(conn, phase, label, statements, timeouts, progress, forget)
+        _run_in_one_transaction(
+            conn, phase, label, statements, timeouts, progress, forget, undo=True
+        )
         return
     # Statement by statement (e.g. DROP INDEX CONCURRENTLY); every statement is idempotent
     # (IF EXISTS), so a crash here is mended by running the rollback again.
@@ -630,7 +641,7 @@ def _undo(
                         lambda s=statement: _execute(conn, s), phase.name, timeouts, progress
                     )
                 except psycopg.Error as err:
-                    raise _phase_error(phase, number, err) from err
+                    raise _phase_error(phase, number, err, undo=True) from err
             progress.statement_finished(label)
         with conn.transaction():
             forget()

@@ -245,6 +245,20 @@ def test_rollback_runs_down_scripts_newest_first_and_keeps_app_data(tiny_db_url,
     assert len(migrations.migrate(tiny_db_url, directory=phase_dir).applied) == 3
 
 
+def test_a_failing_down_script_names_itself_and_keeps_the_phase_applied(tiny_db_url, phase_dir):
+    migrations.migrate(tiny_db_url, directory=phase_dir)
+    (phase_dir / "phase1_denormalized_tables.down.sql").write_text(
+        "DROP TABLE opskit_note;\nSELECT 1 / 0;\n"
+    )
+    with pytest.raises(DatabaseError) as failed:
+        migrations.rollback(tiny_db_url, to="phase0_cleanup", directory=phase_dir)
+    assert "phase1_denormalized_tables.down.sql statement 2 failed" in failed.value.message
+    assert "rollback again" in failed.value.hint
+    assert "phase1_denormalized_tables" in _ledger(tiny_db_url)  # and its table is still there
+    with psycopg.connect(tiny_db_url) as conn:
+        assert conn.execute("SELECT to_regclass('opskit_note')").fetchone()[0] is not None
+
+
 def test_dry_run_plans_with_locks_and_changes_nothing(tiny_db_url, phase_dir):
     result = migrations.migrate(tiny_db_url, directory=phase_dir, dry_run=True)
     locks = {(step.phase, step.number): (step.lock, step.blocks) for step in result.plan}
