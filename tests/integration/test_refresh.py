@@ -36,6 +36,16 @@ def _truth_upvotes(conn, project_id):
     ).fetchone()[0]
 
 
+def _refresh_feed(url):
+    """(status, requests_done) of each run of one refresh of mv_feed_projects."""
+    runs = refresh.refresh(url, Settings.from_env({}), views=["mv_feed_projects"])
+    return [(r.status, r.requests_done) for r in runs]
+
+
+def _vote_up(conn, voter, project):
+    conn.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (voter, project))
+
+
 def _live_project_and_new_voters(conn, count):
     project = conn.execute(
         "SELECT project_id FROM mv_feed_projects ORDER BY project_id LIMIT 1"
@@ -154,55 +164,47 @@ def test_a_writer_that_skipped_enqueueing_is_in_the_refresh_and_later_requests_s
 def test_a_writer_that_saw_a_request_pending_enqueues_again_once_it_was_claimed(migrated):
     # The writer's session remembers the young request it saw; the refresher's claim must make
     # it look again, within the same second.
-    settings = Settings.from_env({})
     _run(migrated, "refresh", "--all")
     with psycopg.connect(migrated, autocommit=True) as conn:
         project, (first, second, third) = _live_project_and_new_voters(conn, 3)
-        conn.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (first, project))  # request R0
-        conn.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (second, project))  # R0 covers it
-        runs = refresh.refresh(migrated, settings, views=["mv_feed_projects"])
-        assert [(r.status, r.requests_done) for r in runs] == [("completed", 1)]
-        conn.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (third, project))
+        _vote_up(conn, first, project)  # request R0
+        _vote_up(conn, second, project)  # R0 covers it
+        assert _refresh_feed(migrated) == [("completed", 1)]
+        _vote_up(conn, third, project)
 
-        runs = refresh.refresh(migrated, settings, views=["mv_feed_projects"])
-        assert [(r.status, r.requests_done) for r in runs] == [("completed", 1)]
+        assert _refresh_feed(migrated) == [("completed", 1)]
         assert _upvotes(conn, project) == _truth_upvotes(conn, project)
 
 
 def test_a_repeatable_read_writer_whose_snapshot_predates_a_claim_still_enqueues(migrated):
     # Its snapshot shows the claimed request as pending, and it had no xid when the claim
     # committed, so the refresher did not wait for it: relying on that request would lose its write.
-    settings = Settings.from_env({})
     _run(migrated, "refresh", "--all")
     with psycopg.connect(migrated, autocommit=True) as conn:
         project, (first, late) = _live_project_and_new_voters(conn, 2)
-        conn.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (first, project))  # request R0
+        _vote_up(conn, first, project)  # request R0
         writer = psycopg.connect(migrated)
         writer.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         writer.execute("SELECT 1")  # the snapshot, with R0 pending
-        runs = refresh.refresh(migrated, settings, views=["mv_feed_projects"])
-        assert [(r.status, r.requests_done) for r in runs] == [("completed", 1)]  # R0 is done
-        writer.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (late, project))
+        assert _refresh_feed(migrated) == [("completed", 1)]  # R0 is done
+        _vote_up(writer, late, project)
         writer.commit()
         writer.close()
 
-        runs = refresh.refresh(migrated, settings, views=["mv_feed_projects"])
-        assert [(r.status, r.requests_done) for r in runs] == [("completed", 1)]
+        assert _refresh_feed(migrated) == [("completed", 1)]
         assert _upvotes(conn, project) == _truth_upvotes(conn, project)
 
 
 def test_a_refreshed_view_is_vacuumed_for_index_only_scans(migrated):
-    settings = Settings.from_env({})
     vacuums = (
         "SELECT coalesce(vacuum_count, 0) FROM pg_stat_user_tables "
         "WHERE relname = 'mv_feed_projects'"
     )
     with psycopg.connect(migrated, autocommit=True) as conn:
         project, (voter,) = _live_project_and_new_voters(conn, 1)
-        conn.execute("INSERT INTO votes VALUES (%s, %s, 'up')", (voter, project))
+        _vote_up(conn, voter, project)
         before = conn.execute(vacuums).fetchone()[0]
-        runs = refresh.refresh(migrated, settings, views=["mv_feed_projects"])
-        assert [r.status for r in runs] == ["completed"]
+        assert [status for status, _ in _refresh_feed(migrated)] == ["completed"]
         assert conn.execute(vacuums).fetchone()[0] == before + 1
         # the visibility map exists now (a new view has none: relallvisible 0)
         assert (
