@@ -99,7 +99,10 @@ DROP TRIGGER IF EXISTS trg_opskit_intro_requests_del ON intro_requests;
 DROP FUNCTION IF EXISTS opskit_trg_users_gone();
 DROP FUNCTION IF EXISTS opskit_trg_projects();
 DROP FUNCTION IF EXISTS opskit_trg_projects_before_delete();
-DROP FUNCTION IF EXISTS opskit_trg_votes();
+DROP FUNCTION IF EXISTS opskit_trg_votes_insert();
+DROP FUNCTION IF EXISTS opskit_trg_votes_update();
+DROP FUNCTION IF EXISTS opskit_trg_votes_delete();
+DROP FUNCTION IF EXISTS opskit_trg_votes();  -- the one function of the earlier files
 DROP FUNCTION IF EXISTS opskit_trg_comments();
 DROP FUNCTION IF EXISTS opskit_trg_follows();
 DROP FUNCTION IF EXISTS opskit_trg_messages();
