@@ -2,8 +2,8 @@
 
 For one view: take the view's lock (never two refreshes of a view at once, even across daemons)
 and one of the refresh slots (at most OPSKIT_REFRESH_WORKERS at once), claim its pending requests,
-announce the claim (mv_refresh_claims) and wait until every transaction running then has ended (a
-writer may have skipped enqueueing because it saw a request we just claimed: see
+advance the queue's generation (mv_refresh_generation) and wait until every transaction running
+then has ended (a writer may have skipped enqueueing because it saw a request we just claimed: see
 phase2_materialized_views.sql), then REFRESH ... CONCURRENTLY, log the run, mark done exactly the
 requests claimed and VACUUM the view (its visibility map, for index-only scans). A request that
 arrives during the refresh stays pending for the next run. Advisory locks are session-level, so
@@ -93,14 +93,20 @@ def refresh(
 
 
 def due_views(conn: psycopg.Connection, settings: Settings) -> list[str]:
-    """Views the queue says are due (debounce / max wait), minus those backing off after failing."""
+    """Views the queue says are due (debounce / max wait), minus those backing off after failing.
+
+    Each call is a poll: it advances the queue's generation, so writers look at the queue again
+    (at most once per poll and session) and a stream of writes keeps adding young requests.
+    """
+    refresh_sql = queries("refresh.sql")
+    conn.execute(refresh_sql["advance_generation"])
     params = {
         "debounce_s": settings.refresh_debounce_s,
         "max_wait_s": settings.refresh_max_wait_s,
         "backoff_base_s": settings.refresh_poll_s,
         "backoff_max_s": BACKOFF_MAX_S,
     }
-    return [row[0] for row in conn.execute(queries("refresh.sql")["due_views"], params)]
+    return [row[0] for row in conn.execute(refresh_sql["due_views"], params)]
 
 
 def release_expired_claims(conn: psycopg.Connection, *, lease_s: float) -> int:
@@ -165,7 +171,7 @@ def _refresh_claimed(conn: psycopg.Connection, view: str) -> RefreshRun:
     ]
     if claimed:
         # Writers that saw these requests pending stop relying on them (phase 2's trigger).
-        conn.execute(refresh_sql["announce_claim"])
+        conn.execute(refresh_sql["advance_generation"])
     log_id = None
     try:
         _wait_for_older_transactions(conn)

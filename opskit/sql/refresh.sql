@@ -59,9 +59,10 @@ WHERE id IN (
 )
 RETURNING id;
 
--- name: announce_claim --
--- After the claim has committed and before the wait: see phase2_materialized_views.sql.
-SELECT nextval('mv_refresh_claims');
+-- name: advance_generation --
+-- After a claim has committed and before the wait, and at each poll: writers that skip the queue
+-- while the generation stands look again (phase2_materialized_views.sql).
+SELECT nextval('mv_refresh_generation');
 
 -- name: running_transactions --
 -- The transactions of this database that hold an xid right after the claim was announced (a writer

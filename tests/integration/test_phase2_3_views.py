@@ -369,18 +369,24 @@ def test_a_refresh_without_source_changes_rewrites_no_row(db):
         assert locations(conn) == before
 
 
-def _let_requests_age() -> None:
-    """Real time, not edited timestamps: a writer also remembers until when its requests are young."""
+def _advance_generation(conn) -> None:
+    """What the refresher does at each poll and after each claim."""
+    conn.execute("SELECT nextval('mv_refresh_generation')")
+
+
+def _poll_a_second_later(conn) -> None:
+    """Real time, not edited timestamps: the pending requests are no longer young; then a poll."""
     time.sleep(1.1)
+    _advance_generation(conn)
 
 
 def _claim_pending(conn) -> None:
-    """What the refresher does before it refreshes: claim, then announce the claim."""
+    """What the refresher does before it refreshes: claim, then advance the generation."""
     conn.execute("UPDATE mv_refresh_queue SET status = 'claimed' WHERE status = 'pending'")
-    conn.execute("SELECT nextval('mv_refresh_claims')")
+    _advance_generation(conn)
 
 
-def test_writes_enqueue_one_request_per_view_and_second(db):
+def test_writes_enqueue_one_request_per_view_and_poll(db):
     with psycopg.connect(db, autocommit=True) as conn:
         vote_views = dependents(conn, "votes")
         assert vote_views == {
@@ -390,7 +396,7 @@ def test_writes_enqueue_one_request_per_view_and_second(db):
             "mv_project_details",
             "mv_search_index",
         }
-        _let_requests_age()  # the requests the migration itself made are no longer recent
+        _poll_a_second_later(conn)  # the migration's own requests are no longer young
 
         before = queue_counts(conn)  # multi-row insert: one row per view, not per row
         inserted = conn.execute(
@@ -403,7 +409,7 @@ def test_writes_enqueue_one_request_per_view_and_second(db):
         assert inserted > 10
         assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
 
-        before = queue_counts(conn)  # within the second: the pending requests cover this write
+        before = queue_counts(conn)  # same generation: the pending requests cover this write
         conn.execute(
             "UPDATE votes SET vote_type = 'down' WHERE (user_id, project_id) = "
             "(SELECT user_id, project_id FROM votes ORDER BY 1, 2 LIMIT 1)"
@@ -427,12 +433,20 @@ def test_writes_enqueue_one_request_per_view_and_second(db):
             conn.execute("INSERT INTO comments (project_id, user_id, body) VALUES (1, 2, 'b')")
         assert added(before, queue_counts(conn)) == {}
 
-        _let_requests_age()
-        before = queue_counts(conn)  # a request older than a second: a new one is added
-        conn.execute("DELETE FROM votes WHERE user_id <= 5 AND project_id > 50")
+        flip_first_vote = (
+            "UPDATE votes SET vote_type = CASE vote_type WHEN 'up' THEN 'down' ELSE 'up' END "
+            "WHERE (user_id, project_id) = (SELECT user_id, project_id FROM votes ORDER BY 1, 2 "
+            "LIMIT 1)"
+        )
+        time.sleep(1.1)
+        before = queue_counts(conn)  # old requests, but no poll since this session looked
+        assert conn.execute(flip_first_vote).rowcount == 1
+        assert added(before, queue_counts(conn)) == {}
+        _advance_generation(conn)  # a poll: the session looks again and adds young requests
+        assert conn.execute(flip_first_vote).rowcount == 1
         assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
 
-        _let_requests_age()
+        _poll_a_second_later(conn)
         follow_views = dependents(conn, "follows")
         before = queue_counts(conn)  # a rolled-back write takes its request with it
         first_follow = (
