@@ -632,10 +632,11 @@ def bench_writes(
 
     Creates two scratch databases on the server in use (seeded; the second with every phase
     applied), runs the same pgbench vote load (insert / flip / delete) on each, flat out or at
-    a fixed --rate, prints TPS, p50/p99 latency, deadlocks and WAL bytes per write, and drops
-    both. --repeat alternates the runs and reports median ratios with their range (for a
-    shared, noisy machine). Targets at 32 writers on the hot
-    key: throughput at least 80% of the no-phase baseline, p99 at most 1.5x, no deadlock.
+    a fixed --rate, each run starting right after a CHECKPOINT (where the role may), prints
+    TPS, p50/p99 latency, deadlocks and WAL bytes per write, and drops both. --repeat alternates
+    the runs and reports median ratios with their range (for a shared, noisy machine). Targets
+    at 32 writers on the hot key: throughput at least 80% of the no-phase baseline, p99 at most
+    1.5x, no deadlock.
 
     --breakdown attributes the cost instead: it needs the server on this machine, since it
     reads a backend's CPU time, which a loaded machine barely disturbs.
@@ -688,6 +689,11 @@ def bench_writes(
             "-" if r.server_cpu_us_per_write is None else f"{r.server_cpu_us_per_write:,.0f}",
         )
     stdout.print(table)
+    if not all(r.after_checkpoint for r in results):
+        stdout.print(
+            "note: this role may not CHECKPOINT, so runs did not start right after one; a"
+            " checkpoint inside one run weighs on it alone (grant pg_checkpoint to compare fairly)"
+        )
     if comparison.throughput_vs_baseline is None or comparison.p99_vs_baseline is None:
         stdout.print("no baseline run completed a vote: no ratio to report")
         return

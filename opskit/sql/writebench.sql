@@ -11,6 +11,10 @@ GROUP BY project_id ORDER BY count(*) DESC, project_id LIMIT 1;
 -- name: max_project_id --
 SELECT max(id) FROM projects;
 
+-- Each run starts right after a checkpoint (writebench._checkpoint).
+-- name: checkpoint --
+CHECKPOINT;
+
 -- name: wal_lsn --
 SELECT pg_current_wal_lsn();
 

@@ -17,6 +17,7 @@ def test_vote_writes_are_measured(tiny_db_url):
     assert 0 < result.p50_ms <= result.p99_ms
     assert result.deadlocks == 0 and result.other_errors == 0
     assert result.wal_bytes_per_write > 0
+    assert result.after_checkpoint  # the test servers' role is a superuser
     with psycopg.connect(tiny_db_url) as conn:  # a server on this machine: its CPU is measured
         local = writebench._local_postmaster(conn.info.backend_pid) is not None
     assert (result.server_cpu_us_per_write or 0) > 0 if local else True
