@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Instructions per hot-key vote write, with and without opskit's phases: a figure that, unlike
+# TPS on a shared machine, is the same on every run (README, "Write cost").
+#
+# A throwaway PostgreSQL cluster gets `small` data (opskit seed) and a clone with every phase
+# (opskit migrate); then a single-user backend (`postgres --single`, under valgrind's callgrind)
+# runs VOTES of the pgbench script's votes on the most-voted project, each its own transaction,
+# on a fresh clone of each: without phases, with phases, with phases and one fold of the deltas
+# afterwards (the daemon's job). Startup is taken out by a run of no statement.
+#
+#   tools/vote_instructions.sh            # PG_BIN=/usr/lib/postgresql/15/bin VOTES=4000
+#
+# Needs valgrind and PostgreSQL's server binaries; as root, the servers run as user postgres.
+set -euo pipefail
+
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+VOTES=${VOTES:-4000}
+PORT=${PORT:-5499}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OPSKIT="$ROOT/.venv/bin/opskit"
+WORK=$(mktemp -d /tmp/opskit-vote-instructions.XXXXXX)
+DATA="$WORK/data"
+as_server_user() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+psql_admin() { psql -h 127.0.0.1 -p "$PORT" -U postgres -q -At "$@"; }
+start() {
+    as_server_user "$PG_BIN/pg_ctl" -D "$DATA" -l "$WORK/server.log" -w start >/dev/null ||
+        { cat "$WORK/server.log" >&2; return 1; }
+}
+stop() { as_server_user "$PG_BIN/pg_ctl" -D "$DATA" -w stop >/dev/null; }
+cleanup() { stop 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+command -v valgrind >/dev/null || { echo "error: valgrind is not installed" >&2; exit 3; }
+[ -x "$OPSKIT" ] || { echo "error: $OPSKIT missing; run \`make .venv/.installed\`" >&2; exit 3; }
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+as_server_user "$PG_BIN/initdb" -D "$DATA" -A trust -U postgres >/dev/null
+cat >>"$DATA/postgresql.conf" <<EOF
+port = $PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+start
+psql_admin -c "CREATE DATABASE tpl_plain"
+OPSKIT_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/tpl_plain" "$OPSKIT" seed --scale small >/dev/null 2>&1
+psql_admin -c "CREATE DATABASE tpl_phased TEMPLATE tpl_plain"
+OPSKIT_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/tpl_phased" "$OPSKIT" migrate >/dev/null 2>&1
+hot=$(psql_admin -d tpl_plain -c "SELECT project_id FROM votes GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1")
+users=$(psql_admin -d tpl_plain -c "SELECT max(id) FROM users")
+"$ROOT/.venv/bin/python" - "$VOTES" "$hot" "$users" >"$WORK/votes.sql" <<'EOF'
+import random, sys
+votes, hot, users = map(int, sys.argv[1:])
+draws = random.Random(1)
+for _ in range(votes):
+    user, draw = draws.randint(1, users), draws.randint(1, 100)
+    if draw <= 25:
+        print(f"DELETE FROM votes WHERE user_id = {user} AND project_id = {hot};")
+    else:
+        kind = "up" if draw <= 85 else "down"
+        print(f"INSERT INTO votes (user_id, project_id, vote_type) VALUES ({user}, {hot}, '{kind}') "
+              "ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = EXCLUDED.vote_type "
+              "WHERE votes.vote_type IS DISTINCT FROM EXCLUDED.vote_type;")
+EOF
+{ cat "$WORK/votes.sql"; echo "SELECT opskit_fold_user_dashboard_deltas(1000000);"; } >"$WORK/votes_fold.sql"
+: >"$WORK/nothing.sql"
+stop
+
+# instructions <template> <script>: callgrind's total for one single-user run on a fresh clone
+instructions() {
+    start
+    psql_admin -c "DROP DATABASE IF EXISTS run" -c "CREATE DATABASE run TEMPLATE $1"
+    stop
+    as_server_user valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        "$PG_BIN/postgres" --single -D "$DATA" run <"$2" 2>&1 >/dev/null |
+        sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+}
+plain_start=$(instructions tpl_plain "$WORK/nothing.sql")
+plain=$(instructions tpl_plain "$WORK/votes.sql")
+phased_start=$(instructions tpl_phased "$WORK/nothing.sql")
+phased=$(instructions tpl_phased "$WORK/votes.sql")
+phased_fold=$(instructions tpl_phased "$WORK/votes_fold.sql")
+per_vote() { echo $(( ($1 - $2) / VOTES )); }
+a=$(per_vote "$plain" "$plain_start")
+b=$(per_vote "$phased" "$phased_start")
+c=$(per_vote "$phased_fold" "$phased_start")
+echo "instructions per vote write ($VOTES hot-key votes, $("$PG_BIN/postgres" --version))"
+echo "  no phases                      $a"
+echo "  all phases                     $b   (ceiling $(( 100 * a / b ))% of baseline)"
+echo "  all phases, with the fold      $c   (ceiling $(( 100 * a / c ))% of baseline)"
