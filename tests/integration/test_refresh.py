@@ -195,6 +195,37 @@ def test_a_repeatable_read_writer_whose_snapshot_predates_a_claim_still_enqueues
         assert _upvotes(conn, project) == _truth_upvotes(conn, project)
 
 
+def test_a_repeatable_read_writer_relies_on_its_sessions_memory_only_while_nothing_was_claimed(
+    migrated,
+):
+    # A READ COMMITTED transaction of the session remembered the young request; a REPEATABLE
+    # READ one may skip on that memory (the check reads the sequence, not its snapshot) until a
+    # claim advances the generation, and must never write the memory from its own snapshot.
+    pending_feed = (
+        "SELECT count(*) FROM mv_refresh_queue "
+        "WHERE status = 'pending' AND view_name = 'mv_feed_projects'"
+    )
+    _run(migrated, "refresh", "--all")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        project, (first, second, third) = _live_project_and_new_voters(conn, 3)
+        writer = psycopg.connect(migrated)
+        _vote_up(writer, first, project)  # request R0, remembered by the session
+        writer.commit()
+        writer.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        _vote_up(writer, second, project)
+        writer.commit()
+        assert conn.execute(pending_feed).fetchone()[0] == 1  # skipped: R0 covers it
+        writer.execute("SELECT 1")  # a snapshot with R0 pending, no xid yet
+        assert _refresh_feed(migrated) == [("completed", 1)]  # claims R0: the generation moves
+        _vote_up(writer, third, project)
+        writer.commit()
+        writer.close()
+
+        assert conn.execute(pending_feed).fetchone()[0] == 1  # it looked again and enqueued
+        assert _refresh_feed(migrated) == [("completed", 1)]
+        assert _upvotes(conn, project) == _truth_upvotes(conn, project)
+
+
 def test_a_refreshed_view_is_vacuumed_for_index_only_scans(migrated):
     vacuums = (
         "SELECT coalesce(vacuum_count, 0) FROM pg_stat_user_tables "
