@@ -703,7 +703,10 @@ def bench_writes(
             comparison.throughput_ratio_range,
             comparison.p99_ratio_range,
         )
-        spread = f" (pairs: {tps_low:.0%}-{tps_high:.0%}, x{p99_low:.2f}-x{p99_high:.2f})"
+        spread = (
+            f" (pairs: {tps_low:.0%}-{tps_high:.0%}, median pair"
+            f" {comparison.throughput_pair_median:.0%}; x{p99_low:.2f}-x{p99_high:.2f})"
+        )
     cpu = (
         f", server CPU per write x{comparison.server_cpu_vs_baseline:.2f}"
         if comparison.server_cpu_vs_baseline

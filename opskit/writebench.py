@@ -271,6 +271,9 @@ class Comparison:
     throughput_ratio_range: tuple[float, float] | None  # min, max over (plain, phased) pairs
     p99_ratio_range: tuple[float, float] | None
     server_cpu_vs_baseline: float | None = None  # median CPU per write, phased / plain
+    # The median of the pairs' own ratios: the two runs of a pair share the machine's state, so
+    # on a noisy machine this moves less than the ratio of the medians above.
+    throughput_pair_median: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -295,6 +298,7 @@ def compare(results: list[WriteBenchResult]) -> Comparison:
         p99_vs_baseline=round(median_of(phased, "p99_ms") / median_of(plain, "p99_ms"), 3),
         throughput_ratio_range=(round(min(tps_ratios), 3), round(max(tps_ratios), 3)),
         p99_ratio_range=(round(min(p99_ratios), 3), round(max(p99_ratios), 3)),
+        throughput_pair_median=round(float(np.median(tps_ratios)), 3),
         server_cpu_vs_baseline=(
             round(
                 median_of(phased, "server_cpu_us_per_write")

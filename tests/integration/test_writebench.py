@@ -50,6 +50,7 @@ def test_compare_takes_medians_and_the_range_of_the_pairs():
     comparison = writebench.compare(runs)
     assert comparison.throughput_vs_baseline == 0.8  # 120 / 150
     assert comparison.throughput_ratio_range == (0.5, 0.9)
+    assert comparison.throughput_pair_median == 0.8  # of 0.5, 0.9, 0.8
     assert comparison.p99_vs_baseline == 1.5
     assert comparison.server_cpu_vs_baseline == 1.0
 
