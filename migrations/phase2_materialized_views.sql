@@ -112,9 +112,9 @@ SELECT nextval('mv_refresh_generation');
 -- comparison, the setting against the sequence. The fast path is that one expression on purpose:
 -- plpgsql sets up every expression again in each transaction, and a vote is its own transaction,
 -- so each operator there is paid by every vote (the earlier check, a claim counter plus an expiry
--- instant, cost three times as much). Otherwise it looks (one index probe per view, an INSERT only
--- for a view that lacks a young request) and remembers again. The setting is transactional: a
--- rolled-back write forgets what it saw.
+-- instant, cost twice as much: 30.5k instructions against 14k). Otherwise it looks (one index
+-- probe per view, an INSERT only for a view that lacks a young request) and remembers again. The
+-- setting is transactional: a rolled-back write forgets what it saw.
 --
 -- THE DAEMON'S DUTY that makes skipping safe: a writer that skipped relied on a pending request,
 -- so after claiming requests, the refresher advances the generation and then waits until every
