@@ -404,6 +404,40 @@ class CpuRun:
         return asdict(self)
 
 
+def hot_key_vote_mix(
+    bench_sql: dict, n_users: int, hot_project: int, count: int, seed_value: int
+) -> list[tuple[str, tuple]]:
+    """`count` (statement, params) vote writes on `hot_project`: PGBENCH_SCRIPT's mix."""
+    rng = random.Random(seed_value)
+    mix = []
+    for _ in range(count):
+        user_id, draw = rng.randint(1, n_users), rng.randint(1, 100)
+        if draw <= 25:
+            mix.append((bench_sql["vote_delete"], (user_id, hot_project)))
+        else:
+            vote_type = "up" if draw <= 85 else "down"
+            mix.append((bench_sql["vote_upsert"], (user_id, hot_project, vote_type)))
+    return mix
+
+
+def hot_key_vote_statements(url: str, count: int, seed_value: int = 1) -> list[str]:
+    """hot_key_vote_mix on `url`'s data as literal SQL, one line per statement.
+
+    For a single-user backend (`postgres --single`, tools/vote_instructions.sh), which takes a
+    line as a command and has no parameters.
+    """
+    bench_sql = queries("writebench.sql")
+    with connect(url, autocommit=True) as conn:
+        n_users, hot_project, _ = _targets(conn, bench_sql)
+        cursor = psycopg.ClientCursor(conn)
+        return [
+            " ".join(cursor.mogrify(statement.split(";")[0], params).split()) + ";"
+            for statement, params in hot_key_vote_mix(
+                bench_sql, n_users, hot_project, count, seed_value
+            )
+        ]
+
+
 def vote_cpu_breakdown(
     url: str,
     *,
@@ -432,15 +466,9 @@ def vote_cpu_breakdown(
                     "--breakdown reads the server's CPU time: it needs PostgreSQL on this machine",
                     hint="run it against the embedded server (`opskit up`) or a local one",
                 )
-        rng = random.Random(seed_value)
-        mix = []
-        for _ in range(BREAKDOWN_WARMUP_WRITES + writes):
-            user_id, draw = rng.randint(1, n_users), rng.randint(1, 100)
-            if draw <= 25:
-                mix.append((bench_sql["vote_delete"], (user_id, hot_project)))
-            else:
-                vote_type = "up" if draw <= 85 else "down"
-                mix.append((bench_sql["vote_upsert"], (user_id, hot_project, vote_type)))
+        mix = hot_key_vote_mix(
+            bench_sql, n_users, hot_project, BREAKDOWN_WARMUP_WRITES + writes, seed_value
+        )
         runs = []
         for run in range(1, repeat + 1):
             for label, database, parts_off in BREAKDOWN_VARIANTS:

@@ -4,7 +4,8 @@
 #
 # A throwaway PostgreSQL cluster gets `small` data (opskit seed) and a clone with every phase
 # (opskit migrate); then a single-user backend (`postgres --single`, under valgrind's callgrind)
-# runs VOTES of the pgbench script's votes on the most-voted project, each its own transaction,
+# runs VOTES of the pgbench script's votes on the most-voted project (opskit.writebench's
+# hot_key_vote_statements, the mix of `bench-writes --breakdown`), each its own transaction,
 # on a fresh clone of each: without phases, with phases, with phases and one fold of the deltas
 # afterwards (the daemon's job). Startup is taken out by a run of no statement.
 #
@@ -47,22 +48,9 @@ psql_admin -c "CREATE DATABASE tpl_plain"
 OPSKIT_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/tpl_plain" "$OPSKIT" seed --scale small >/dev/null 2>&1
 psql_admin -c "CREATE DATABASE tpl_phased TEMPLATE tpl_plain"
 OPSKIT_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/tpl_phased" "$OPSKIT" migrate >/dev/null 2>&1
-hot=$(psql_admin -d tpl_plain -c "SELECT project_id FROM votes GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1")
-users=$(psql_admin -d tpl_plain -c "SELECT max(id) FROM users")
-"$ROOT/.venv/bin/python" - "$VOTES" "$hot" "$users" >"$WORK/votes.sql" <<'EOF'
-import random, sys
-votes, hot, users = map(int, sys.argv[1:])
-draws = random.Random(1)
-for _ in range(votes):
-    user, draw = draws.randint(1, users), draws.randint(1, 100)
-    if draw <= 25:
-        print(f"DELETE FROM votes WHERE user_id = {user} AND project_id = {hot};")
-    else:
-        kind = "up" if draw <= 85 else "down"
-        print(f"INSERT INTO votes (user_id, project_id, vote_type) VALUES ({user}, {hot}, '{kind}') "
-              "ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = EXCLUDED.vote_type "
-              "WHERE votes.vote_type IS DISTINCT FROM EXCLUDED.vote_type;")
-EOF
+"$ROOT/.venv/bin/python" -c 'import sys; from opskit.writebench import hot_key_vote_statements
+print("\n".join(hot_key_vote_statements(sys.argv[1], int(sys.argv[2]))))' \
+    "postgresql://postgres@127.0.0.1:$PORT/tpl_plain" "$VOTES" >"$WORK/votes.sql"
 { cat "$WORK/votes.sql"; echo "SELECT opskit_fold_user_dashboard_deltas(1000000);"; } >"$WORK/votes_fold.sql"
 : >"$WORK/nothing.sql"
 stop

@@ -16,6 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from opskit.sql import queries
+
 MIGRATIONS = Path(__file__).parents[2] / "migrations"
 
 PHASE2_VIEWS = (
@@ -371,7 +373,7 @@ def test_a_refresh_without_source_changes_rewrites_no_row(db):
 
 def _advance_generation(conn) -> None:
     """What the refresher does at each poll and after each claim."""
-    conn.execute("SELECT nextval('mv_refresh_generation')")
+    conn.execute(queries("refresh.sql")["advance_generation"])
 
 
 def _poll_a_second_later(conn) -> None:
