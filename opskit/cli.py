@@ -353,6 +353,15 @@ def migrate(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Exit 1 if another migrate runs, instead of waiting.")
     ] = False,
+    grant_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grant-to",
+            metavar="ROLE",
+            help="Let this role (the app's) write through opskit's triggers: grant it opskit's "
+            "tables, sequences and views, now and on every later migrate. Repeatable.",
+        ),
+    ] = None,
     lock_timeout: LockTimeoutOption = None,
     statement_timeout: StatementTimeoutOption = None,
     lock_retries: LockRetriesOption = 5,
@@ -364,6 +373,8 @@ def migrate(
     transaction; phases marked `-- opskit: no-transaction` (concurrent index builds) run
     statement by statement and resume after a crash. Two migrates never interleave: the second
     waits (or exits 1 with --no-wait). An applied phase whose file changed is refused (exit 1).
+    The triggers run with the writer's privileges: if the app connects as another role than
+    this one, name it with --grant-to.
     """
     url = services.resolve_database_url(_settings())
     timeouts = migrations.Timeouts(lock_timeout, statement_timeout, lock_retries)
@@ -376,6 +387,7 @@ def migrate(
             wait=not no_wait,
             timeouts=timeouts,
             progress=_ProgressBars(progress),
+            grant_to=grant_to or (),
         )
     if as_json:
         _print_json(
@@ -384,6 +396,7 @@ def migrate(
                 "dry_run": result.dry_run,
                 "applied": result.applied,
                 "already_applied": result.already_applied,
+                "granted_to": result.granted,
                 "plan": [asdict(step) for step in result.plan],
             }
         )
@@ -403,6 +416,10 @@ def migrate(
         stdout.print(f"applied {name}: {count} statements in {ms} ms")
     if not result.applied:
         stdout.print("nothing to apply: every phase is applied")
+    if result.granted:
+        stdout.print(
+            f"opskit's tables, sequences and views granted to: {', '.join(result.granted)}"
+        )
 
 
 @app.command()
@@ -442,7 +459,8 @@ def status(as_json: JsonOption = False) -> None:
     applied, the number of opskit triggers, row counts of the denormalized tables and
     materialized views, and the refresh queue and refresh log when they exist; each view's
     staleness over the last hour (p50/p95 seconds from the oldest write a refresh made visible
-    to the end of that refresh), the live daemons and the latest scheduled job runs.
+    to the end of that refresh), the live daemons, the latest scheduled job runs and the roles
+    given `migrate --grant-to`.
     """
     url = services.resolve_database_url(_settings())
     with connect(url, autocommit=True) as conn:
@@ -463,6 +481,11 @@ def status(as_json: JsonOption = False) -> None:
         )
     stdout.print(table)
     stdout.print(f"opskit triggers: {state.opskit_triggers}")
+    if state.granted_to:
+        roles = ", ".join(
+            g["role"] + ("" if g["role_exists"] else " (dropped)") for g in state.granted_to
+        )
+        stdout.print(f"granted to (migrate --grant-to): {roles}", markup=False)
     for name, count in state.row_counts.items():
         if count is not None:
             stdout.print(f"{name}: {count:,} rows")

@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +24,7 @@ from typing import Protocol
 
 import psycopg
 import sqlparse
+from psycopg import sql as pgsql
 
 from opskit import __version__
 from opskit.db import connect
@@ -50,6 +51,12 @@ SET_TIMEOUT = re.compile(
     re.IGNORECASE,
 )
 _LOCK_CONFLICTS = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
+_CREATED = re.compile(
+    r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+)?"
+    r"(TABLE|VIEW|MATERIALIZED\s+VIEW|INDEX|(?:CONSTRAINT\s+)?TRIGGER|FUNCTION)\s+"
+    r"(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(?:public\.)?\"?(\w+)",
+    re.IGNORECASE,
+)
 _CONCURRENT_INDEX = re.compile(
     r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?(\"?[\w.]+\"?)",
     re.IGNORECASE,
@@ -110,6 +117,7 @@ class MigrateResult:
     already_applied: list[str] = field(default_factory=list)
     plan: list[PlannedStatement] = field(default_factory=list)
     dry_run: bool = False
+    granted: list[str] = field(default_factory=list)  # roles given opskit's relations
 
 
 class MigrateProgress(Protocol):
@@ -182,6 +190,19 @@ def load_phases(directory: Path = MIGRATIONS_DIR) -> list[PhaseFile]:
 
 
 # ---------------------------------------------------------------------------- locks
+
+
+def created_objects(phases: Iterable[PhaseFile]) -> list[tuple[str, str]]:
+    """(kind, name) of every object the phase files create, in file order."""
+    objects: list[tuple[str, str]] = []
+    for phase in phases:
+        for statement in phase.statements():
+            match = _CREATED.match(sqlparse.format(statement, strip_comments=True))
+            if match:
+                kind = " ".join(match.group(1).lower().split()).removeprefix("constraint ")
+                if (kind, match.group(2).lower()) not in objects:
+                    objects.append((kind, match.group(2).lower()))
+    return objects
 
 
 def describe_lock(statement: str) -> tuple[str, str]:
@@ -311,8 +332,15 @@ def migrate(
     timeouts: Timeouts = Timeouts(),
     directory: Path = MIGRATIONS_DIR,
     progress: MigrateProgress | None = None,
+    grant_to: Sequence[str] = (),
 ) -> MigrateResult:
-    """Apply the pending phases in order (up to and including `to`)."""
+    """Apply the pending phases in order (up to and including `to`).
+
+    The roles of `grant_to`, and those given before, get what the triggers need for them to
+    write the app's tables (read and write on opskit's tables and sequences, read on its views),
+    in each phase's own transaction. The roles are recorded, so a later migrate (after a
+    rollback) grants them again.
+    """
     progress = progress or _Silent()
     phases = load_phases(directory)
     target = _phase_index(to) if to is not None else len(PHASES) - 1
@@ -321,6 +349,7 @@ def migrate(
     result = MigrateResult(dry_run=dry_run)
     with migration_lock(url, wait=wait, progress=progress), connect(url, autocommit=True) as conn:
         require_base_schema(conn)
+        _require_roles(conn, grant_to)
         if not dry_run:
             _ensure_ledger(conn)
         ledger = read_ledger(conn)
@@ -332,6 +361,11 @@ def migrate(
                 hint=f"use `opskit rollback --to {to}` to go back",
             )
         result.already_applied = [p.name for p in phases if p.name in ledger]
+        grantees: list[str] = []
+        if not dry_run:
+            with conn.transaction():
+                grantees = _record_grantees(conn, grant_to, progress)
+                _grant(conn, grantees, [p for p in phases if p.name in ledger])
         pending = [p for p in phases if p.name not in ledger and _phase_index(p.name) <= target]
         for phase in pending:
             if dry_run:
@@ -339,9 +373,9 @@ def migrate(
                 continue
             started = time.perf_counter()
             if phase.transactional:
-                count = _apply_in_one_transaction(conn, phase, timeouts, progress)
+                count = _apply_in_one_transaction(conn, phase, timeouts, progress, grantees)
             else:
-                count = _apply_statement_by_statement(conn, phase, timeouts, progress)
+                count = _apply_statement_by_statement(conn, phase, timeouts, progress, grantees)
             result.applied.append(
                 {
                     "name": phase.name,
@@ -349,6 +383,9 @@ def migrate(
                     "duration_ms": round((time.perf_counter() - started) * 1000),
                 }
             )
+        if dry_run:
+            result.plan.extend(_plan_grants(grant_to))
+        result.granted = grantees
     return result
 
 
@@ -467,7 +504,11 @@ def _phase_error(
 
 
 def _apply_in_one_transaction(
-    conn: psycopg.Connection, phase: PhaseFile, timeouts: Timeouts, progress: MigrateProgress
+    conn: psycopg.Connection,
+    phase: PhaseFile,
+    timeouts: Timeouts,
+    progress: MigrateProgress,
+    grantees: Sequence[str],
 ) -> int:
     statements = phase.statements()
     started = time.perf_counter()
@@ -478,13 +519,17 @@ def _apply_in_one_transaction(
         statements,
         timeouts,
         progress,
-        finish=lambda: _record_applied(conn, phase, started),
+        finish=lambda: _record_applied(conn, phase, started, grantees),
     )
     return len(statements)
 
 
 def _apply_statement_by_statement(
-    conn: psycopg.Connection, phase: PhaseFile, timeouts: Timeouts, progress: MigrateProgress
+    conn: psycopg.Connection,
+    phase: PhaseFile,
+    timeouts: Timeouts,
+    progress: MigrateProgress,
+    grantees: Sequence[str],
 ) -> int:
     statements = phase.statements()
     sql = queries("migrations.sql")
@@ -515,14 +560,19 @@ def _apply_statement_by_statement(
             conn.execute(sql["record_step"], {**key, "statement_no": number})
             progress.statement_finished(phase.name)
         with conn.transaction():
-            _record_applied(conn, phase, started)
+            _record_applied(conn, phase, started, grantees)
             conn.execute(sql["clear_steps"], {"phase": phase.name})
     finally:
         _reset_timeouts(conn)
     return len(statements)
 
 
-def _record_applied(conn: psycopg.Connection, phase: PhaseFile, started: float) -> None:
+def _record_applied(
+    conn: psycopg.Connection, phase: PhaseFile, started: float, grantees: Sequence[str]
+) -> None:
+    """Record the phase as applied and grant its relations in the phase's own transaction, so
+    the app's role can write through the new triggers from the moment they exist."""
+    _grant(conn, grantees, [phase])
     conn.execute(
         queries("migrations.sql")["record_applied"],
         {
@@ -580,6 +630,89 @@ def _watch_index_build(
     finally:
         stop.set()
         watcher.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------- grants
+
+
+_GRANTABLE_KINDS = ("table", "view", "materialized view")
+_GRANTS_BY_KIND = {
+    "r": "SELECT, INSERT, UPDATE, DELETE",  # delta rows, base tables, the refresh queue
+    "v": "SELECT",
+    "m": "SELECT",
+}
+
+
+def _require_roles(conn: psycopg.Connection, roles: Sequence[str]) -> None:
+    if not roles:
+        return
+    missing = [
+        row[0]
+        for row in conn.execute(queries("migrations.sql")["missing_roles"], {"roles": list(roles)})
+    ]
+    if missing:
+        raise BadInput(
+            f"--grant-to: role {', '.join(map(repr, missing))} does not exist",
+            hint="create the app's role first (CREATE ROLE), or check the name",
+        )
+
+
+def _plan_grants(roles: Sequence[str]) -> list[PlannedStatement]:
+    return [
+        PlannedStatement(
+            "grants",
+            number,
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON opskit's tables, SELECT ON its views, "
+            f"USAGE, SELECT ON its sequences TO {role}",
+            "none (catalog rows only)",
+            "nothing",
+        )
+        for number, role in enumerate(roles, start=1)
+    ]
+
+
+def _record_grantees(
+    conn: psycopg.Connection, new_roles: Sequence[str], progress: MigrateProgress
+) -> list[str]:
+    """Record `new_roles`; return every recorded role that still exists."""
+    sql = queries("migrations.sql")
+    for role in new_roles:
+        conn.execute(sql["record_grantee"], {"role": role, "granted_by": _applied_by()})
+    roles = []
+    for role, role_exists in conn.execute(sql["grantees"]).fetchall():
+        if role_exists:
+            roles.append(role)
+        else:
+            progress.notice(f"role {role!r} was dropped since it was granted; skipped")
+    return roles
+
+
+def _grant(conn: psycopg.Connection, roles: Sequence[str], phases: list[PhaseFile]) -> None:
+    """Grant `roles` the relations the phases create and the sequences those tables own.
+
+    The relation names come from the phase files (a whitelist) and the sequences from the
+    catalog, so nothing of the app's own is touched; GRANT takes no lock on the relations.
+    """
+    if not roles:
+        return
+    sql = queries("migrations.sql")
+    names = sorted({name for kind, name in created_objects(phases) if kind in _GRANTABLE_KINDS})
+    relations = conn.execute(sql["existing_relations"], {"names": names}).fetchall()
+    tables = [name for name, kind in relations if kind == "r"]
+    sequences = [row[0] for row in conn.execute(sql["owned_sequences"], {"tables": tables})]
+    grants = [(_GRANTS_BY_KIND[kind], "TABLE", name) for name, kind in sorted(relations)] + [
+        ("USAGE, SELECT", "SEQUENCE", name) for name in sequences
+    ]
+    for role in roles:
+        for privileges, object_type, name in grants:
+            conn.execute(
+                pgsql.SQL("GRANT {} ON {} {} TO {}").format(
+                    pgsql.SQL(privileges),
+                    pgsql.SQL(object_type),
+                    pgsql.Identifier(name),
+                    pgsql.Identifier(role),
+                )
+            )
 
 
 # ---------------------------------------------------------------------------- rollback

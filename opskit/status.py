@@ -36,6 +36,7 @@ class StatusReport:
     refresh_staleness_last_hour: dict[str, dict] | None = None
     live_daemons: list[dict] | None = None  # daemons with a recent heartbeat
     latest_job_runs: list[dict] | None = None  # the newest slot of each scheduled job
+    granted_to: list[dict] | None = None  # roles of `migrate --grant-to`: {"role", "role_exists"}
 
     def as_dict(self) -> dict:
         return {
@@ -47,6 +48,7 @@ class StatusReport:
             "refresh_staleness_last_hour": self.refresh_staleness_last_hour,
             "live_daemons": self.live_daemons,
             "latest_job_runs": self.latest_job_runs,
+            "granted_to": self.granted_to,
         }
 
 
@@ -87,6 +89,8 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
             conn, status_sql["live_daemons"], {"live_after_s": live_after_s}
         )
         report.latest_job_runs = _rows(conn, status_sql["latest_job_runs"])
+    if _exists(conn, "opskit_migration_grants"):
+        report.granted_to = _rows(conn, queries("migrations.sql")["grantees"])
     return report
 
 

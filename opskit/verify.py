@@ -3,24 +3,15 @@ denormalized relation equals its truth (CONTRACT §3, §6), all read in one snap
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import sqlparse
 
-from opskit.migrations import MIGRATIONS_DIR, load_phases, read_ledger
+from opskit.migrations import MIGRATIONS_DIR, created_objects, load_phases, read_ledger
 from opskit.schema import require_base_schema
 from opskit.sql import queries
 from opskit.truth import DENORMALIZED, diff_against_truth
-
-_CREATED = re.compile(
-    r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+)?"
-    r"(TABLE|VIEW|MATERIALIZED\s+VIEW|INDEX|(?:CONSTRAINT\s+)?TRIGGER|FUNCTION)\s+"
-    r"(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(?:public\.)?\"?(\w+)",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -39,21 +30,6 @@ class VerifyReport:
         return all(check.ok for check in self.checks)
 
 
-def expected_objects(directory: Path, applied: set[str]) -> list[tuple[str, str]]:
-    """(kind, name) of every object the applied phase files create, in file order."""
-    objects: list[tuple[str, str]] = []
-    for phase in load_phases(directory):
-        if phase.name not in applied:
-            continue
-        for statement in phase.statements():
-            match = _CREATED.match(sqlparse.format(statement, strip_comments=True))
-            if match:
-                kind = " ".join(match.group(1).lower().split()).removeprefix("constraint ")
-                if (kind, match.group(2).lower()) not in objects:
-                    objects.append((kind, match.group(2).lower()))
-    return objects
-
-
 def verify(conn: psycopg.Connection, directory: Path = MIGRATIONS_DIR) -> VerifyReport:
     """Run every check in one REPEATABLE READ, READ ONLY snapshot (`conn` must autocommit)."""
     if not conn.autocommit:
@@ -65,7 +41,8 @@ def verify(conn: psycopg.Connection, directory: Path = MIGRATIONS_DIR) -> Verify
         applied = set(read_ledger(conn))
         checks.append(Check("phases applied", bool(applied), ", ".join(sorted(applied)) or "none"))
         verify_sql = queries("verify.sql")
-        for kind, name in expected_objects(directory, applied):
+        phases = [phase for phase in load_phases(directory) if phase.name in applied]
+        for kind, name in created_objects(phases):
             checks.append(_object_check(conn, verify_sql, kind, name))
         for spec in DENORMALIZED:
             if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (spec.relation,)).fetchone()[

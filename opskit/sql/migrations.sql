@@ -18,6 +18,13 @@ CREATE TABLE IF NOT EXISTS opskit_migration_steps (
     completed_at timestamptz NOT NULL,
     PRIMARY KEY (phase, statement_no)
 );
+-- Roles given `migrate --grant-to`: every later migrate grants them opskit's relations again, so
+-- a rollback and migrate (which drop and recreate the relations) keep the app role working.
+CREATE TABLE IF NOT EXISTS opskit_migration_grants (
+    role       text PRIMARY KEY,
+    granted_at timestamptz NOT NULL,
+    granted_by text NOT NULL
+);
 
 -- name: ledger_exists --
 SELECT to_regclass('opskit_migrations') IS NOT NULL;
@@ -71,3 +78,35 @@ WHERE i.indexrelid = to_regclass(%(name)s);
 SELECT blocks_done, blocks_total, tuples_done, tuples_total, phase
 FROM pg_stat_progress_create_index
 WHERE pid = %(pid)s;
+
+-- name: missing_roles --
+SELECT name FROM unnest(%(roles)s::text[]) AS name
+WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = name);
+
+-- name: record_grantee --
+INSERT INTO opskit_migration_grants (role, granted_at, granted_by)
+VALUES (%(role)s, clock_timestamp(), %(granted_by)s)
+ON CONFLICT (role) DO NOTHING;
+
+-- name: grantees --
+-- Recorded roles that still exist, and those dropped since (their grants went with them).
+SELECT g.role, r.rolname IS NOT NULL AS role_exists
+FROM opskit_migration_grants g
+LEFT JOIN pg_roles r ON r.rolname = g.role
+ORDER BY g.role;
+
+-- name: existing_relations --
+-- Which of the given relations exist, with their kind (r table, v view, m materialized view).
+SELECT c.relname, c.relkind
+FROM pg_class c
+WHERE c.oid IN (SELECT to_regclass(name) FROM unnest(%(names)s::text[]) AS name);
+
+-- name: owned_sequences --
+-- Sequences owned by the given tables: identity columns and OWNED BY (mv_refresh_generation).
+SELECT s.relname
+FROM pg_depend d
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.deptype IN ('a', 'i')
+  AND d.refobjid IN (SELECT to_regclass(name) FROM unnest(%(tables)s::text[]) AS name)
+ORDER BY s.relname;

@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
 from typer.testing import CliRunner
 
 from opskit import migrations, schema
@@ -120,3 +122,91 @@ def test_a_migrate_killed_during_phase4_resumes_without_invalid_indexes(tiny_db_
         assert "phase4_critical_indexes" in migrations.read_ledger(conn)
         assert conn.execute("SELECT count(*) FROM opskit_migration_steps").fetchone()[0] == 0
     assert _run(tiny_db_url, "verify").exit_code == 0
+
+
+# Every kind of write of CONTRACT §5 an app makes, run as the app's own role.
+APP_WRITES = (
+    "INSERT INTO votes (user_id, project_id, vote_type)"
+    " SELECT u.id, p.id, 'up' FROM (SELECT id FROM users ORDER BY id LIMIT 3) u,"
+    " (SELECT id FROM projects WHERE deleted_at IS NULL ORDER BY id LIMIT 3) p"
+    " ON CONFLICT DO NOTHING",
+    "UPDATE votes SET vote_type = CASE vote_type WHEN 'up' THEN 'down' ELSE 'up' END"
+    " WHERE user_id = (SELECT min(id) FROM users)",
+    "DELETE FROM votes WHERE user_id = (SELECT id FROM users ORDER BY id OFFSET 2 LIMIT 1)",
+    "INSERT INTO comments (project_id, user_id, body) SELECT id, 1, 'hi' FROM projects LIMIT 2",
+    "DELETE FROM comments WHERE id = (SELECT min(id) FROM comments)",
+    "INSERT INTO follows (follower_id, followee_id) VALUES (4, 5) ON CONFLICT DO NOTHING",
+    "INSERT INTO messages (sender_id, recipient_id, body) VALUES (1, 2, 'hello')",
+    "UPDATE messages SET read_at = now() WHERE recipient_id = 2",
+    "DELETE FROM messages WHERE id = (SELECT max(id) FROM messages)",
+    "INSERT INTO intro_requests (requester_id, target_id, status, message)"
+    " VALUES (1, 3, 'pending', 'hi')",
+    "UPDATE intro_requests SET status = 'accepted', responded_at = now()"
+    " WHERE id = (SELECT max(id) FROM intro_requests)",
+    "INSERT INTO chain_posts (chain_id, author_id, title, body)"
+    " VALUES ((SELECT min(id) FROM chains), 1, 'title', 'body')",
+    "INSERT INTO chain_post_replies (post_id, author_id, body)"
+    " VALUES ((SELECT max(id) FROM chain_posts), 2, 'reply')",
+    "UPDATE projects SET deleted_at = now() WHERE id = (SELECT min(id) FROM projects)",
+    "UPDATE projects SET deleted_at = NULL WHERE id = (SELECT min(id) FROM projects)",
+    "UPDATE projects SET owner_id = 6 WHERE id = (SELECT max(id) FROM projects)",
+    "DELETE FROM users WHERE id = (SELECT max(id) FROM users)",
+)
+
+
+def _create_app_role(conn, role):
+    """A role with the rights an app has on its own tables, and none on opskit's."""
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    conn.execute(
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, schema.APP_TABLES)), sql.Identifier(role)
+        )
+    )
+    conn.execute(
+        sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(sql.Identifier(role))
+    )
+
+
+def _write_as(url, role):
+    with psycopg.connect(url) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        for statement in APP_WRITES:
+            conn.execute(statement)
+
+
+def test_grant_to_lets_the_apps_role_write_through_every_trigger_across_a_rollback(tiny_db_url):
+    suffix = uuid.uuid4().hex[:8]
+    granted, other = f"opskit_app_{suffix}", f"opskit_other_{suffix}"
+    with psycopg.connect(tiny_db_url, autocommit=True) as admin:
+        _create_app_role(admin, granted)
+        _create_app_role(admin, other)
+    try:
+        unknown = _run(tiny_db_url, "migrate", "--grant-to", f"opskit_nobody_{suffix}")
+        assert unknown.exit_code == 2
+        assert f"role 'opskit_nobody_{suffix}' does not exist" in unknown.stderr
+        with psycopg.connect(tiny_db_url) as conn:
+            assert conn.execute("SELECT to_regclass('opskit_migrations')").fetchone()[0] is None
+
+        migrated = _run(tiny_db_url, "migrate", "--grant-to", granted, "--json")
+        assert migrated.exit_code == 0, migrated.output
+        assert json.loads(migrated.stdout)["granted_to"] == [granted]
+        # The control: the app's rights alone do not let a role write through the triggers.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            _write_as(tiny_db_url, other)
+        _write_as(tiny_db_url, granted)
+        assert json.loads(_run(tiny_db_url, "verify", "--json").stdout)["ok"] is True
+
+        # Rollback drops opskit's relations (and their grants); a plain migrate grants again.
+        assert _run(tiny_db_url, "rollback", "--to", "base").exit_code == 0
+        again = _run(tiny_db_url, "migrate", "--json")
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout)["granted_to"] == [granted]
+        _write_as(tiny_db_url, granted)
+        assert json.loads(_run(tiny_db_url, "verify", "--json").stdout)["ok"] is True
+        status = json.loads(_run(tiny_db_url, "status", "--json").stdout)
+        assert status["granted_to"] == [{"role": granted, "role_exists": True}]
+    finally:
+        with psycopg.connect(tiny_db_url, autocommit=True) as admin:
+            for role in (granted, other):
+                admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
