@@ -124,7 +124,10 @@ LIMIT %(limit)s OFFSET %(offset)s;
 -- score(p) >= tau * power(hours(oldest recent) + 2, 1.8) (min_score, lowered by 1e-9 against
 -- rounding). So the page is exactly the same as feed_after's when ranked over the candidates:
 -- the recent projects plus those with score >= min_score (any superset of the true top
--- `wanted` ranks them the same). Without `wanted` recent projects, or
+-- `wanted` ranks them the same). Of the recent ones below min_score only those whose trending
+-- score is at least tau are kept: `wanted` recent ones already reach tau, so one below it cannot
+-- rank among the first `wanted` (about 450 fewer rows to rank at medium, a tenth of its time).
+-- Each recent project's trending score is computed once. Without `wanted` recent projects, or
 -- with tau <= 0 (for a negative score, older means closer to 0: the bound fails), min_score is
 -- the lowest score: every project is ranked.
 -- Cost: the candidates (about a thousand at medium) are ranked from two covering indexes of
@@ -134,14 +137,16 @@ LIMIT %(limit)s OFFSET %(offset)s;
 -- shared_buffers.
 -- name: feed_trending_after --
 WITH recent AS MATERIALIZED (
-    SELECT project_id, created_at, score
+    SELECT project_id, score,
+           score / power(greatest(date_part('epoch', %(as_of)s::timestamptz - created_at)
+                                  / 3600, 0) + 2, 1.8::float8) AS trending_score,
+           created_at
     FROM mv_feed_projects
     ORDER BY created_at DESC, project_id DESC
     LIMIT %(recent_scan)s
 ), bounds AS (
     SELECT min(created_at) AS oldest,
-           (SELECT score / power(greatest(date_part('epoch', %(as_of)s::timestamptz - created_at)
-                                          / 3600, 0) + 2, 1.8::float8) AS trending_score
+           (SELECT trending_score
             FROM recent
             ORDER BY trending_score DESC
             OFFSET %(wanted)s - 1 LIMIT 1) AS tau
@@ -153,20 +158,22 @@ WITH recent AS MATERIALIZED (
                                              / 3600, 0) + 2, 1.8::float8)
                         * (1 - 1e-9))::bigint
                END,
-               (SELECT min(score) FROM mv_feed_projects)) AS min_score
+               (SELECT min(score) FROM mv_feed_projects)) AS min_score,
+           tau
     FROM bounds
 ), candidates AS (
-    SELECT project_id, created_at, score
-    FROM mv_feed_projects
-    WHERE score >= (SELECT min_score FROM threshold)
-    UNION ALL
-    SELECT project_id, created_at, score  -- the recent ones not already above
-    FROM recent
-    WHERE score < (SELECT min_score FROM threshold)
-), page AS (
     SELECT project_id,
            score / power(greatest(date_part('epoch', %(as_of)s::timestamptz - created_at)
                                   / 3600, 0) + 2, 1.8::float8) AS trending_score
+    FROM mv_feed_projects
+    WHERE score >= (SELECT min_score FROM threshold)
+    UNION ALL
+    SELECT project_id, trending_score  -- the recent ones not already above that can still rank
+    FROM recent
+    WHERE score < (SELECT min_score FROM threshold)
+      AND trending_score >= (SELECT tau FROM threshold)
+), page AS (
+    SELECT project_id, trending_score
     FROM candidates
     ORDER BY trending_score DESC, project_id DESC
     LIMIT %(limit)s OFFSET %(offset)s
