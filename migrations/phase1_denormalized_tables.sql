@@ -338,6 +338,9 @@ BEGIN
                a.unread_messages, a.pending_intros_received
         FROM user_agg a
         WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = a.user_id)
+          -- a vote flipped (or cast and taken back) moves no count: no row version for +0
+          AND (a.votes_cast, a.followers_count, a.following_count, a.unread_messages,
+               a.pending_intros_received) <> (0, 0, 0, 0, 0)
         ORDER BY a.user_id
         ON CONFLICT (user_id) DO UPDATE SET
             votes_cast = b.votes_cast + EXCLUDED.votes_cast,

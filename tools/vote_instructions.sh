@@ -75,5 +75,5 @@ b=$(per_vote "$phased" "$phased_start")
 c=$(per_vote "$phased_fold" "$phased_start")
 echo "instructions per vote write ($VOTES hot-key votes, $("$PG_BIN/postgres" --version))"
 echo "  no phases                      $a"
-echo "  all phases                     $b   (ceiling $(( 100 * a / b ))% of baseline)"
-echo "  all phases, with the fold      $c   (ceiling $(( 100 * a / c ))% of baseline)"
+echo "  all phases                     $b   (ceiling $(( (200 * a / b + 1) / 2 ))% of baseline)"
+echo "  all phases, with the fold      $c   (ceiling $(( (200 * a / c + 1) / 2 ))% of baseline)"
