@@ -641,6 +641,7 @@ _GRANTS_BY_KIND = {
     "v": "SELECT",
     "m": "SELECT",
 }
+_SEQUENCE_GRANTS = "USAGE, SELECT"
 
 
 def _require_roles(conn: psycopg.Connection, roles: Sequence[str]) -> None:
@@ -687,22 +688,27 @@ def _record_grantees(
     return roles
 
 
-def _grant(conn: psycopg.Connection, roles: Sequence[str], phases: list[PhaseFile]) -> None:
-    """Grant `roles` the relations the phases create and the sequences those tables own.
+def _grants(conn: psycopg.Connection, phases: Iterable[PhaseFile]) -> list[tuple[str, str, str]]:
+    """(privileges, object type, name) an app role needs on what the phases created.
 
     The relation names come from the phase files (a whitelist) and the sequences from the
-    catalog, so nothing of the app's own is touched; GRANT takes no lock on the relations.
+    catalog (those the tables own), so nothing of the app's own is touched.
     """
-    if not roles:
-        return
     sql = queries("migrations.sql")
     names = sorted({name for kind, name in created_objects(phases) if kind in _GRANTABLE_KINDS})
     relations = conn.execute(sql["existing_relations"], {"names": names}).fetchall()
     tables = [name for name, kind in relations if kind == "r"]
     sequences = [row[0] for row in conn.execute(sql["owned_sequences"], {"tables": tables})]
-    grants = [(_GRANTS_BY_KIND[kind], "TABLE", name) for name, kind in sorted(relations)] + [
-        ("USAGE, SELECT", "SEQUENCE", name) for name in sequences
+    return [(_GRANTS_BY_KIND[kind], "TABLE", name) for name, kind in sorted(relations)] + [
+        (_SEQUENCE_GRANTS, "SEQUENCE", name) for name in sequences
     ]
+
+
+def _grant(conn: psycopg.Connection, roles: Sequence[str], phases: list[PhaseFile]) -> None:
+    """Grant `roles` what they need on the phases' relations (GRANT locks no table)."""
+    if not roles:
+        return
+    grants = _grants(conn, phases)
     for role in roles:
         for privileges, object_type, name in grants:
             conn.execute(
@@ -713,6 +719,44 @@ def _grant(conn: psycopg.Connection, roles: Sequence[str], phases: list[PhaseFil
                     pgsql.Identifier(role),
                 )
             )
+
+
+@dataclass(frozen=True)
+class GrantState:
+    role: str
+    role_exists: bool
+    missing: list[str]  # "INSERT on project_stats_delta", ...
+
+
+def grant_states(conn: psycopg.Connection, phases: Iterable[PhaseFile]) -> list[GrantState]:
+    """For each role of `migrate --grant-to`, the privileges it lacks (revoked since)."""
+    sql = queries("migrations.sql")
+    if not conn.execute(sql["grants_table_exists"]).fetchone()[0]:
+        return []
+    wanted = [
+        (name, privilege.strip(), object_type == "SEQUENCE")
+        for privileges, object_type, name in _grants(conn, phases)
+        for privilege in privileges.split(",")
+    ]
+    states = []
+    for role, role_exists in conn.execute(sql["grantees"]).fetchall():
+        missing = []
+        if role_exists and wanted:
+            names, privileges, is_sequence = map(list, zip(*wanted, strict=True))
+            missing = [
+                f"{privilege} on {name}"
+                for name, privilege in conn.execute(
+                    sql["missing_privileges"],
+                    {
+                        "role": role,
+                        "names": names,
+                        "privileges": privileges,
+                        "is_sequence": is_sequence,
+                    },
+                )
+            ]
+        states.append(GrantState(role, role_exists, missing))
+    return states
 
 
 # ---------------------------------------------------------------------------- rollback

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import psycopg
 
-from opskit.migrations import MIGRATIONS_DIR, created_objects, load_phases, read_ledger
+from opskit.migrations import (
+    MIGRATIONS_DIR,
+    GrantState,
+    created_objects,
+    grant_states,
+    load_phases,
+    read_ledger,
+)
 from opskit.schema import require_base_schema
 from opskit.sql import queries
 from opskit.truth import DENORMALIZED, diff_against_truth
@@ -44,6 +51,8 @@ def verify(conn: psycopg.Connection, directory: Path = MIGRATIONS_DIR) -> Verify
         phases = [phase for phase in load_phases(directory) if phase.name in applied]
         for kind, name in created_objects(phases):
             checks.append(_object_check(conn, verify_sql, kind, name))
+        for grant in grant_states(conn, phases):
+            checks.append(_grant_check(grant))
         for spec in DENORMALIZED:
             if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (spec.relation,)).fetchone()[
                 0
@@ -55,6 +64,21 @@ def verify(conn: psycopg.Connection, directory: Path = MIGRATIONS_DIR) -> Verify
                 detail += f"; first differing keys: {'; '.join(diff.first_keys)}"
             checks.append(Check(f"{spec.relation} equals truth", diff.differing == 0, detail))
     return VerifyReport(checks)
+
+
+def _grant_check(grant: GrantState) -> Check:
+    label = f"grants to {grant.role}"
+    if not grant.role_exists:
+        return Check(label, True, "the role was dropped; nothing to check")
+    if grant.missing:
+        return Check(
+            label,
+            False,
+            f"missing {', '.join(grant.missing[:5])}"
+            + (f" and {len(grant.missing) - 5} more" if len(grant.missing) > 5 else "")
+            + "; run `opskit migrate` to grant them again",
+        )
+    return Check(label, True, "every privilege the triggers need is held")
 
 
 def _object_check(conn: psycopg.Connection, verify_sql: dict, kind: str, name: str) -> Check:

@@ -88,6 +88,9 @@ INSERT INTO opskit_migration_grants (role, granted_at, granted_by)
 VALUES (%(role)s, clock_timestamp(), %(granted_by)s)
 ON CONFLICT (role) DO NOTHING;
 
+-- name: grants_table_exists --
+SELECT to_regclass('opskit_migration_grants') IS NOT NULL;
+
 -- name: grantees --
 -- Recorded roles that still exist, and those dropped since (their grants went with them).
 SELECT g.role, r.rolname IS NOT NULL AS role_exists
@@ -110,3 +113,12 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
   AND d.deptype IN ('a', 'i')
   AND d.refobjid IN (SELECT to_regclass(name) FROM unnest(%(tables)s::text[]) AS name)
 ORDER BY s.relname;
+
+-- name: missing_privileges --
+-- Which of the (relation, privilege) pairs the role does not hold.
+SELECT w.name, w.privilege
+FROM unnest(%(names)s::text[], %(privileges)s::text[], %(is_sequence)s::bool[])
+     AS w(name, privilege, is_sequence)
+WHERE NOT CASE WHEN w.is_sequence THEN has_sequence_privilege(%(role)s, w.name, w.privilege)
+               ELSE has_table_privilege(%(role)s, w.name, w.privilege) END
+ORDER BY w.name, w.privilege;

@@ -196,6 +196,21 @@ def test_grant_to_lets_the_apps_role_write_through_every_trigger_across_a_rollba
         _write_as(tiny_db_url, granted)
         assert json.loads(_run(tiny_db_url, "verify", "--json").stdout)["ok"] is True
 
+        # A privilege revoked since is found by verify and granted again by a plain migrate.
+        with psycopg.connect(tiny_db_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("REVOKE INSERT ON project_stats_delta FROM {}").format(
+                    sql.Identifier(granted)
+                )
+            )
+        revoked = _run(tiny_db_url, "verify", "--json")
+        assert revoked.exit_code == 1
+        failed = [c for c in json.loads(revoked.stdout)["checks"] if not c["ok"]]
+        assert [c["name"] for c in failed] == [f"grants to {granted}"]
+        assert "missing INSERT on project_stats_delta;" in failed[0]["detail"]
+        assert _run(tiny_db_url, "migrate").exit_code == 0
+        assert json.loads(_run(tiny_db_url, "verify", "--json").stdout)["ok"] is True
+
         # Rollback drops opskit's relations (and their grants); a plain migrate grants again.
         assert _run(tiny_db_url, "rollback", "--to", "base").exit_code == 0
         again = _run(tiny_db_url, "migrate", "--json")
