@@ -20,7 +20,7 @@ from opskit.api import create_app
 from opskit.auth import mint_token
 from opskit.settings import Settings
 
-SECRET = "a-test-secret-for-the-api-that-is-long-enough"
+SECRET = "a-test-secret-for-the-api-that-is-long-enough-even-for-the-hs512-forgery"
 AS_OF = ["2026-11-01T00:00:00Z", "2025-06-15T12:30:00+02:00", "2024-01-01T00:00:00"]
 NO_RESULT_TERMS = ["zqxjvw", "'; DROP TABLE users; --", "%_%", "\\x"]
 

@@ -10,7 +10,7 @@ from opskit import auth
 from opskit.errors import BadInput
 from opskit.settings import Settings
 
-SECRET = "a-unit-test-secret-that-is-long-enough-for-hs256"
+SECRET = "a-unit-test-secret-that-is-long-enough-for-hs256-and-for-the-hs512-case"
 
 
 def test_a_minted_token_names_its_user():
