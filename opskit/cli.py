@@ -497,7 +497,7 @@ def status(as_json: JsonOption = False) -> None:
     for view, staleness in (state.refresh_staleness_last_hour or {}).items():
         stdout.print(
             f"{view}: staleness p50 {staleness['p50_s']:.1f} s, p95 {staleness['p95_s']:.1f} s "
-            f"({staleness['runs']} refreshes)"
+            f"({staleness['runs']} refresh{'' if staleness['runs'] == 1 else 'es'})"
         )
     if state.live_daemons is not None:
         live = ", ".join(d["worker_id"] for d in state.live_daemons) or "none"
