@@ -642,6 +642,8 @@ _GRANTS_BY_KIND = {
     "m": "SELECT",
 }
 _SEQUENCE_GRANTS = "USAGE, SELECT"
+# Written only by the refresher (the migrating role); the triggers only read the dependencies.
+_READ_ONLY_TABLES = frozenset({"mv_refresh_log", "mv_dependencies"})
 
 
 def _require_roles(conn: psycopg.Connection, roles: Sequence[str]) -> None:
@@ -699,9 +701,10 @@ def _grants(conn: psycopg.Connection, phases: Iterable[PhaseFile]) -> list[tuple
     relations = conn.execute(sql["existing_relations"], {"names": names}).fetchall()
     tables = [name for name, kind in relations if kind == "r"]
     sequences = [row[0] for row in conn.execute(sql["owned_sequences"], {"tables": tables})]
-    return [(_GRANTS_BY_KIND[kind], "TABLE", name) for name, kind in sorted(relations)] + [
-        (_SEQUENCE_GRANTS, "SEQUENCE", name) for name in sequences
-    ]
+    return [
+        ("SELECT" if name in _READ_ONLY_TABLES else _GRANTS_BY_KIND[kind], "TABLE", name)
+        for name, kind in sorted(relations)
+    ] + [(_SEQUENCE_GRANTS, "SEQUENCE", name) for name in sequences]
 
 
 def _grant(conn: psycopg.Connection, roles: Sequence[str], phases: list[PhaseFile]) -> None:
