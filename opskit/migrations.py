@@ -189,9 +189,6 @@ def load_phases(directory: Path = MIGRATIONS_DIR) -> list[PhaseFile]:
     return phases
 
 
-# ---------------------------------------------------------------------------- locks
-
-
 def created_objects(phases: Iterable[PhaseFile]) -> list[tuple[str, str]]:
     """(kind, name) of every object the phase files create, in file order."""
     objects: list[tuple[str, str]] = []
@@ -203,6 +200,9 @@ def created_objects(phases: Iterable[PhaseFile]) -> list[tuple[str, str]]:
                 if (kind, match.group(2).lower()) not in objects:
                     objects.append((kind, match.group(2).lower()))
     return objects
+
+
+# ---------------------------------------------------------------------------- locks
 
 
 def describe_lock(statement: str) -> tuple[str, str]:
@@ -741,21 +741,19 @@ def grant_states(conn: psycopg.Connection, phases: Iterable[PhaseFile]) -> list[
         for privileges, object_type, name in _grants(conn, phases)
         for privilege in privileges.split(",")
     ]
+    columns = {
+        "names": [name for name, _, _ in wanted],
+        "privileges": [privilege for _, privilege, _ in wanted],
+        "is_sequence": [is_sequence for _, _, is_sequence in wanted],
+    }
     states = []
     for role, role_exists in conn.execute(sql["grantees"]).fetchall():
         missing = []
         if role_exists and wanted:
-            names, privileges, is_sequence = map(list, zip(*wanted, strict=True))
             missing = [
                 f"{privilege} on {name}"
                 for name, privilege in conn.execute(
-                    sql["missing_privileges"],
-                    {
-                        "role": role,
-                        "names": names,
-                        "privileges": privileges,
-                        "is_sequence": is_sequence,
-                    },
+                    sql["missing_privileges"], {"role": role, **columns}
                 )
             ]
         states.append(GrantState(role, role_exists, missing))
