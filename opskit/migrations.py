@@ -285,7 +285,7 @@ def _check_ledger(
     ledger: dict[str, LedgerRow], phases: list[PhaseFile], allow_changed: bool
 ) -> None:
     files = {phase.name: phase for phase in phases}
-    for name, row in ledger.items():
+    for name, row in sorted(ledger.items(), key=lambda item: _phase_index(item[0])):
         phase = files.get(name)
         if phase is None:
             raise ProblemFound(
@@ -293,10 +293,14 @@ def _check_ledger(
                 hint="restore the file from version control",
             )
         if row.checksum != phase.checksum and not allow_changed:
+            # The earliest changed phase: rebuilding from it applies the new files.
+            before = PHASES[_phase_index(name) - 1] if _phase_index(name) > 0 else BASE
             raise ProblemFound(
                 f"{phase.path.name} changed after it was applied: "
                 f"ledger sha256 {row.checksum[:12]}…, file sha256 {phase.checksum[:12]}…",
-                hint="restore the applied file, or pass --allow-changed if the change is intended",
+                hint=f"to apply the new file, rebuild from it: `opskit rollback --to {before} "
+                "&& opskit migrate` (the app's data stays); else restore the applied file, or "
+                "pass --allow-changed if the database already matches it",
             )
 
 

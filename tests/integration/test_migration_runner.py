@@ -102,7 +102,15 @@ def test_a_changed_applied_file_is_refused_naming_both_checksums(tiny_db_url, ph
     assert caught.value.exit_code == ExitCode.PROBLEM_FOUND
     assert path.name in caught.value.message
     assert old[:12] in caught.value.message and new[:12] in caught.value.message
+    assert "`opskit rollback --to phase0_cleanup && opskit migrate`" in caught.value.hint
     assert migrations.migrate(tiny_db_url, directory=phase_dir, allow_changed=True).applied == []
+    # The hint's way: rebuild from the changed phase, which records the new checksum.
+    assert migrations.rollback(tiny_db_url, to="phase0_cleanup", directory=phase_dir) == [
+        "phase4_critical_indexes",
+        "phase1_denormalized_tables",
+    ]
+    migrations.migrate(tiny_db_url, directory=phase_dir)
+    assert _ledger(tiny_db_url)["phase1_denormalized_tables"].checksum == new
 
 
 def test_a_failing_transactional_phase_leaves_nothing_behind(tiny_db_url, phase_dir):
