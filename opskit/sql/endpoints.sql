@@ -130,7 +130,7 @@ LIMIT %(limit)s OFFSET %(offset)s;
 -- Each recent project's trending score is computed once. Without `wanted` recent projects, or
 -- with tau <= 0 (for a negative score, older means closer to 0: the bound fails), min_score is
 -- the lowest score: every project is ranked.
--- Cost: the candidates (about a thousand at medium) are ranked from two covering indexes of
+-- Cost: the candidates (about 600 at medium) are ranked from two covering indexes of
 -- phase 4 (project_id, created_at, score: index-only scans once autovacuum has visited the
 -- view), and only the page's rows are read from the view's heap. Reading every candidate's wide
 -- row, about one heap page each, made this query take 8 ms whenever those pages had left
