@@ -640,12 +640,9 @@ def _watch_index_build(
 
 
 _GRANTABLE_KINDS = ("table", "view", "materialized view")
-_GRANTS_BY_KIND = {
-    "r": "SELECT, INSERT, UPDATE, DELETE",  # delta rows, base tables, the refresh queue
-    "v": "SELECT",
-    "m": "SELECT",
-}
-_SEQUENCE_GRANTS = "USAGE, SELECT"
+_READ_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")  # delta rows, base tables, the queue
+_GRANTS_BY_KIND = {"r": _READ_WRITE, "v": ("SELECT",), "m": ("SELECT",)}
+_SEQUENCE_GRANTS = ("USAGE", "SELECT")
 # Written only by the refresher (the migrating role); the triggers only read the dependencies.
 _READ_ONLY_TABLES = frozenset({"mv_refresh_log", "mv_dependencies"})
 
@@ -669,8 +666,8 @@ def _plan_grants(roles: Sequence[str]) -> list[PlannedStatement]:
         PlannedStatement(
             "grants",
             number,
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON opskit's tables, SELECT ON its views, "
-            f"USAGE, SELECT ON its sequences TO {role}",
+            f"GRANT {', '.join(_READ_WRITE)} ON opskit's tables, SELECT ON its views, "
+            f"{', '.join(_SEQUENCE_GRANTS)} ON its sequences TO {role}",
             "none (catalog rows only)",
             "nothing",
         )
@@ -694,7 +691,9 @@ def _record_grantees(
     return roles
 
 
-def _grants(conn: psycopg.Connection, phases: Iterable[PhaseFile]) -> list[tuple[str, str, str]]:
+def _grants(
+    conn: psycopg.Connection, phases: Iterable[PhaseFile]
+) -> list[tuple[tuple[str, ...], str, str]]:
     """(privileges, object type, name) an app role needs on what the phases created.
 
     The relation names come from the phase files (a whitelist) and the sequences from the
@@ -706,26 +705,28 @@ def _grants(conn: psycopg.Connection, phases: Iterable[PhaseFile]) -> list[tuple
     tables = [name for name, kind in relations if kind == "r"]
     sequences = [row[0] for row in conn.execute(sql["owned_sequences"], {"tables": tables})]
     return [
-        ("SELECT" if name in _READ_ONLY_TABLES else _GRANTS_BY_KIND[kind], "TABLE", name)
+        (("SELECT",) if name in _READ_ONLY_TABLES else _GRANTS_BY_KIND[kind], "TABLE", name)
         for name, kind in sorted(relations)
     ] + [(_SEQUENCE_GRANTS, "SEQUENCE", name) for name in sequences]
 
 
 def _grant(conn: psycopg.Connection, roles: Sequence[str], phases: list[PhaseFile]) -> None:
-    """Grant `roles` what they need on the phases' relations (GRANT locks no table)."""
+    """Grant `roles` what they need on the phases' relations (GRANT locks no table): one
+    statement per set of privileges, naming every object and role."""
     if not roles:
         return
-    grants = _grants(conn, phases)
-    for role in roles:
-        for privileges, object_type, name in grants:
-            conn.execute(
-                pgsql.SQL("GRANT {} ON {} {} TO {}").format(
-                    pgsql.SQL(privileges),
-                    pgsql.SQL(object_type),
-                    pgsql.Identifier(name),
-                    pgsql.Identifier(role),
-                )
+    objects: dict[tuple[tuple[str, ...], str], list[str]] = {}
+    for privileges, object_type, name in _grants(conn, phases):
+        objects.setdefault((privileges, object_type), []).append(name)
+    for (privileges, object_type), names in objects.items():
+        conn.execute(
+            pgsql.SQL("GRANT {} ON {} {} TO {}").format(
+                pgsql.SQL(", ").join(map(pgsql.SQL, privileges)),
+                pgsql.SQL(object_type),
+                pgsql.SQL(", ").join(map(pgsql.Identifier, names)),
+                pgsql.SQL(", ").join(map(pgsql.Identifier, roles)),
             )
+        )
 
 
 @dataclass(frozen=True)
@@ -741,9 +742,9 @@ def grant_states(conn: psycopg.Connection, phases: Iterable[PhaseFile]) -> list[
     if not conn.execute(sql["grants_table_exists"]).fetchone()[0]:
         return []
     wanted = [
-        (name, privilege.strip(), object_type == "SEQUENCE")
+        (name, privilege, object_type == "SEQUENCE")
         for privileges, object_type, name in _grants(conn, phases)
-        for privilege in privileges.split(",")
+        for privilege in privileges
     ]
     columns = {
         "names": [name for name, _, _ in wanted],
