@@ -181,11 +181,12 @@ def _query_choice(request: Request, name: str, choices: dict, default: str) -> s
     return value
 
 
-def _as_of(request: Request) -> datetime:
-    """The instant trending scores are computed for: ?as_of=ISO-8601 (naive = UTC), else now."""
+def _as_of(request: Request) -> datetime | None:
+    """The instant trending scores are asked for: ?as_of=ISO-8601 (naive = UTC), else None (the
+    mode's default: now in before mode, the last refresh's instant in after mode)."""
     raw = request.query_params.get("as_of")
     if raw is None:
-        return datetime.now(UTC)
+        return None
     try:
         instant = datetime.fromisoformat(raw)
     except ValueError:

@@ -3,9 +3,10 @@
 Every read names a pair of blocks in `opskit/sql/endpoints.sql`, `<name>_before` (normalized
 tables, the joins an app would write) and `<name>_after` (denormalized relations, materialized
 views), that return the same columns; `Endpoints(mode)` picks one side. In Python only three reads
-differ: `has_upvoted` (after mode asks the Redis vote cache), and two exact shortcuts after mode
-tries first, trending over recent and high-score projects and whole-word search over the most
-popular documents (each SQL block states why its answer is the same). Writes are the same
+differ: `has_upvoted` (after mode asks the Redis vote cache), trending (after mode reads the
+scores its last refresh stored, or for an explicit as_of ranks only the recent and high-score
+projects that can reach the page) and whole-word search (after mode tries the most popular
+documents first); each SQL block states why its answer is the same. Writes are the same
 statements in both modes; after mode also updates the vote cache once the vote has committed.
 
 Functions take an open psycopg AsyncConnection (autocommit) and return plain dicts and
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -160,24 +161,49 @@ class Endpoints:
         self,
         conn: psycopg.AsyncConnection,
         sort: str,
-        as_of: datetime,
+        as_of: datetime | None,
         page: Page,
         viewer_id: int | None,
     ) -> dict:
-        """A page of the feed; with a viewer, each item says whether they upvoted it (401 when
-        the viewer's user is gone)."""
+        """A page of the feed with trending scores for `as_of`; with a viewer, each item says
+        whether they upvoted it (401 when the viewer's user is gone).
+
+        Without `as_of`, before mode scores for now and after mode answers with the scores its
+        last refresh stored (for mv_feed_projects.scored_at); the answer's as_of says which.
+        """
+        if self.mode == "before" and as_of is None:
+            as_of = datetime.now(UTC)
         params = {"as_of": as_of, **page.params()}
         if self.mode == "after" and sort == "trending":
-            query = _sql("feed_trending_after")
-            params.update(recent_scan=TRENDING_RECENT_SCAN, wanted=page.offset + page.size + 1)
+            if as_of is None:
+                query = _sql("feed_trending_after")
+            else:
+                query = _sql("feed_trending_as_of_after")
+                params.update(recent_scan=TRENDING_RECENT_SCAN, wanted=page.offset + page.size + 1)
         else:
             query = _ordered(f"feed_{self.mode}", FEED_ORDERS[sort])
         rows = await _rows_for_viewer(conn, viewer_id, query, params)
+        if self.mode == "after":
+            as_of = await self._after_as_of(conn, rows, as_of)
         response = page.envelope(rows, sort=sort, as_of=as_of)
         if viewer_id is not None:
             project_ids = [item["id"] for item in response["items"]]
             _mark(response["items"], await self._upvoted_among(conn, viewer_id, project_ids))
         return response
+
+    @staticmethod
+    async def _after_as_of(
+        conn: psycopg.AsyncConnection, rows: list[dict], asked: datetime | None
+    ) -> datetime:
+        """After mode's as_of: the one asked for, else the instant of the stored trending scores
+        (every row carries it as scored_at, taken off here)."""
+        instants = [row.pop("scored_at") for row in rows]
+        if asked is not None:
+            return asked
+        if instants:
+            return instants[0]  # the same in every row: one refresh wrote them all
+        row = await _row(conn, _sql("feed_scored_at_after"), {})  # a page past the end
+        return row["scored_at"] if row else datetime.now(UTC)  # no project at all
 
     async def project(
         self, conn: psycopg.AsyncConnection, project_id: int, viewer_id: int | None

@@ -363,7 +363,9 @@ def openapi_document(mode: str) -> dict:
                             "name": "as_of",
                             "in": "query",
                             "description": "instant the trending score is computed for "
-                            "(default: now)",
+                            "(default: now in before mode; in after mode the instant of the "
+                            "scores the feed view's last refresh stored, which the answer's "
+                            "as_of carries)",
                             "schema": TIME,
                         },
                         *PAGE_PARAMETERS,

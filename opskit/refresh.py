@@ -96,10 +96,16 @@ def due_views(conn: psycopg.Connection, settings: Settings) -> list[str]:
     """Views the queue says are due (debounce / max wait), minus those backing off after failing.
 
     Each call is a poll: it advances the queue's generation, so writers look at the queue again
-    (at most once per poll and session) and a stream of writes keeps adding young requests.
+    (at most once per poll and session) and a stream of writes keeps adding young requests. It
+    also asks for a refresh of mv_feed_projects once its trending scores are older than
+    OPSKIT_TRENDING_MAX_AGE_S (due after the debounce window, like a write's request).
     """
     refresh_sql = queries("refresh.sql")
     conn.execute(refresh_sql["advance_generation"])
+    conn.execute(
+        refresh_sql["request_trending_rescore"],
+        {"trending_max_age_s": settings.trending_max_age_s},
+    )
     params = {
         "debounce_s": settings.refresh_debounce_s,
         "max_wait_s": settings.refresh_max_wait_s,

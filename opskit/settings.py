@@ -19,7 +19,7 @@ ENVIRONMENT_HELP = """\
 Environment: OPSKIT_DATABASE_URL (else DATABASE_URL), OPSKIT_REDIS_URL (else REDIS_URL),
 OPSKIT_HOME (default ./.opskit), OPSKIT_JWT_SECRET, OPSKIT_REDIS_PREFIX (default opskit:),
 OPSKIT_REFRESH_POLL_S / _DEBOUNCE_S / _MAX_WAIT_S (2 / 5 / 30), OPSKIT_REFRESH_WORKERS (3),
-OPSKIT_RECONCILE_CRON (0 3 * * *, UTC)."""
+OPSKIT_RECONCILE_CRON (0 3 * * *, UTC), OPSKIT_TRENDING_MAX_AGE_S (300)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Settings:
     refresh_max_wait_s: float
     refresh_workers: int
     reconcile_cron: str
+    trending_max_age_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -50,6 +51,7 @@ class Settings:
             refresh_max_wait_s=_positive_float(env, "OPSKIT_REFRESH_MAX_WAIT_S", 30.0),
             refresh_workers=_positive_int(env, "OPSKIT_REFRESH_WORKERS", 3),
             reconcile_cron=_crontab(env, "OPSKIT_RECONCILE_CRON", "0 3 * * *"),
+            trending_max_age_s=_positive_float(env, "OPSKIT_TRENDING_MAX_AGE_S", 300.0),
         )
         if settings.refresh_max_wait_s < settings.refresh_debounce_s:
             raise ConfigError(

@@ -6,10 +6,13 @@
 --
 -- Rules that keep the two modes identical:
 --  * every ORDER BY ends with a unique key, so orders are total;
---  * the trending score is computed here, at read time, for the request's as_of instant:
+--  * the trending score for an instant as_of is
 --      (upvotes - downvotes) / power(hours_since_created + 2, 1.8)   in double precision,
 --    hours_since_created = greatest(as_of - created_at, 0) in hours, from date_part('epoch',
---    ...) (a float8; extract() computes in numeric, 4x slower per row);
+--    ...) (a float8; extract() computes in numeric, 4x slower per row). Before mode computes it
+--    for the request's as_of (default now). After mode answers a request without as_of from the
+--    scores its last refresh stored for its own instant (mv_feed_projects.scored_at, which the
+--    answer carries as its as_of) and computes it here only for an explicit as_of;
 --  * search is pg_trgm word similarity of lower(q) against the same lower-cased document text
 --    in both modes (phase 3's mv_search_index definition), ranked by similarity desc,
 --    popularity desc, kind, id;
@@ -95,6 +98,9 @@ WHERE p.deleted_at IS NULL
 ORDER BY {order_by}
 LIMIT %(limit)s OFFSET %(offset)s;
 
+-- Newest and top. Without an explicit as_of (NULL) the trending score is the stored one:
+-- the same expression at scored_at gives the same float8. Every after-mode feed query also
+-- returns scored_at, the instant of the stored scores (opskit/endpoints.py takes it off the rows).
 -- name: feed_after --
 SELECT project_id AS id,
        title,
@@ -111,13 +117,43 @@ SELECT project_id AS id,
        downvotes,
        score,
        comments_count,
-       score / power(greatest(date_part('epoch', %(as_of)s::timestamptz - created_at)
-                              / 3600, 0) + 2, 1.8::float8) AS trending_score
+       CASE WHEN %(as_of)s::timestamptz IS NULL THEN trending_score
+            ELSE score / power(greatest(date_part('epoch', %(as_of)s::timestamptz - created_at)
+                                        / 3600, 0) + 2, 1.8::float8)
+       END AS trending_score,
+       scored_at
 FROM mv_feed_projects
 ORDER BY {order_by}
 LIMIT %(limit)s OFFSET %(offset)s;
 
--- Trending in after mode without scoring every project. A project p older than the `recent_scan`
+-- Trending as the last refresh scored it: an index scan (mv_feed_projects_trending_idx).
+-- name: feed_trending_after --
+SELECT project_id AS id,
+       title,
+       tagline,
+       tags,
+       owner_id,
+       owner_username,
+       owner_display_name,
+       chain_id,
+       chain_slug,
+       chain_name,
+       created_at,
+       upvotes,
+       downvotes,
+       score,
+       comments_count,
+       trending_score,
+       scored_at
+FROM mv_feed_projects
+ORDER BY trending_score DESC, project_id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- The instant the stored scores are for, when a page past the end has no row to carry it.
+-- name: feed_scored_at_after --
+SELECT scored_at FROM mv_feed_projects LIMIT 1;
+
+-- Trending in after mode for an explicit as_of, without scoring every project. A project p older than the `recent_scan`
 -- newest ones has hours(p) >= hours(oldest recent), so trending(p) <= score(p) / power(hours(oldest
 -- recent) + 2, 1.8). If the recent projects already hold `wanted` (offset + page size + 1)
 -- projects scoring at least tau, an older project can only reach the page when
@@ -135,7 +171,7 @@ LIMIT %(limit)s OFFSET %(offset)s;
 -- view), and only the page's rows are read from the view's heap. Reading every candidate's wide
 -- row, about one heap page each, made this query take 8 ms whenever those pages had left
 -- shared_buffers.
--- name: feed_trending_after --
+-- name: feed_trending_as_of_after --
 WITH recent AS MATERIALIZED (
     SELECT project_id, score,
            score / power(greatest(date_part('epoch', %(as_of)s::timestamptz - created_at)
@@ -193,7 +229,8 @@ SELECT f.project_id AS id,
        f.downvotes,
        f.score,
        f.comments_count,
-       page.trending_score
+       page.trending_score,
+       f.scored_at
 FROM page
 -- One index lookup per page row, also in the generic plan of the prepared statement, which
 -- cannot know the LIMIT and would otherwise hash-join the whole view (LIMIT 1 keeps the

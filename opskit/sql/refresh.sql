@@ -4,6 +4,17 @@
 -- name: known_views --
 SELECT DISTINCT view_name FROM mv_dependencies ORDER BY view_name;
 
+-- name: request_trending_rescore --
+-- mv_feed_projects scores trending for the instant of its last refresh (scored_at), and scores
+-- decay with time: once they are older than the max age, ask for a refresh as a write would,
+-- unless one is pending already. Two daemons may both ask; one refresh serves both requests.
+INSERT INTO mv_refresh_queue (view_name, source_table)
+SELECT 'mv_feed_projects', 'trending max age'
+WHERE (SELECT scored_at FROM mv_feed_projects LIMIT 1)
+          < now() - make_interval(secs => %(trending_max_age_s)s)
+  AND NOT EXISTS (SELECT FROM mv_refresh_queue
+                  WHERE view_name = 'mv_feed_projects' AND status = 'pending');
+
 -- name: due_views --
 -- A view is due when no request came for the debounce window, or its oldest pending request is
 -- older than the max wait (so a constant stream of writes cannot keep it stale forever), and it

@@ -10,6 +10,8 @@ import itertools
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import datetime
+from urllib.parse import urlencode
 
 import psycopg
 import pytest
@@ -115,11 +117,19 @@ def read_requests(data: dict) -> Iterator[tuple[str, dict, dict]]:
         yield f"/api/search?{page}", {"q": term}, {}
 
 
+def with_params(path: str, params: dict) -> str:
+    """The path with `params` added to its query string (httpx's `params=` replaces it)."""
+    if not params:
+        return path
+    return f"{path}{'&' if '?' in path else '?'}{urlencode(params)}"
+
+
 def assert_modes_agree(clients: dict[str, TestClient], requests) -> int:
     compared = 0
     for path, params, headers in requests:
-        before = clients["before"].get(path, params=params, headers=headers)
-        after = clients["after"].get(path, params=params, headers=headers)
+        url = with_params(path, params)
+        before = clients["before"].get(url, headers=headers)
+        after = clients["after"].get(url, headers=headers)
         assert before.status_code == after.status_code, (path, params)
         assert before.json() == after.json(), (path, params)
         compared += before.status_code == 200
@@ -151,14 +161,55 @@ def test_trending_scores_follow_the_formula_at_as_of(clients):
     assert body["as_of"] == "2026-11-01T00:00:00Z"
     scores = [item["trending_score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True)
-    from datetime import datetime
-
     as_of = datetime.fromisoformat("2026-11-01T00:00:00+00:00")
     for item in body["items"]:
         hours = max((as_of - datetime.fromisoformat(item["created_at"])).total_seconds() / 3600, 0)
         expected = (item["upvotes"] - item["downvotes"]) / (hours + 2) ** 1.8
         assert item["trending_score"] == pytest.approx(expected, rel=1e-9)
     assert clients["after"].get("/api/projects").json()["as_of"].endswith("Z")
+
+
+def _scored_at(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        instant = conn.execute("SELECT DISTINCT scored_at FROM mv_feed_projects").fetchone()[0]
+    return instant.isoformat().replace("+00:00", "Z")
+
+
+def test_without_as_of_after_mode_answers_for_its_last_refresh_and_before_mode_agrees_then(
+    clients, migrated_db_url
+):
+    """After mode's stored trending scores carry their instant; before mode at it is the same."""
+    data = sample(migrated_db_url)
+    pages = ["page=1&per_page=1", "page=2&per_page=7", "per_page=100", "page=500"]
+    requests = [
+        (f"/api/projects?sort={sort}&{page}", headers)
+        for sort, page in itertools.product(("trending", "newest", "top"), pages)
+        for headers in ({}, auth(data["users"][0]))
+    ]
+    for stage in ("as migrated", "after a vote and a refresh"):
+        scored_at = _scored_at(migrated_db_url)
+        for path, headers in requests:
+            after = clients["after"].get(path, headers=headers).json()
+            assert after["as_of"] == scored_at, (stage, path)
+            before = clients["before"].get(with_params(path, {"as_of": scored_at}), headers=headers)
+            assert before.json() == after, (stage, path)
+        if stage == "as migrated":
+            owner, project_id, voter = _owner_and_foreign_project(migrated_db_url)
+            clients["after"].post(
+                "/api/votes",
+                json={"project_id": project_id, "vote_type": "up"},
+                headers=auth(voter),
+            )
+            refresh.refresh(migrated_db_url, Settings.from_env({}), views=["mv_feed_projects"])
+            # the refresh scored for its own instant
+            assert datetime.fromisoformat(_scored_at(migrated_db_url)) > datetime.fromisoformat(
+                scored_at
+            )
+    trending = clients["after"].get("/api/projects?per_page=100").json()
+    scores = [item["trending_score"] for item in trending["items"]]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 10
+    now = clients["before"].get("/api/projects").json()["as_of"]  # before mode scores for now
+    assert datetime.fromisoformat(now) > datetime.fromisoformat(trending["as_of"])
 
 
 def _owner_and_foreign_project(url: str) -> tuple[int, int, int]:

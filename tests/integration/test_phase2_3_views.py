@@ -80,7 +80,9 @@ def ranked(items: list[tuple], score_at: int, id_at: int) -> list[tuple]:
 
 
 def truth_feed(conn):
-    return rows(
+    """The counts, and trending scored for the one instant the last refresh stored."""
+    ((scored_at,),) = rows(conn, "SELECT DISTINCT scored_at FROM mv_feed_projects")
+    items = rows(
         conn,
         f"""WITH p AS ({PROJECT_COUNTS})
         SELECT p.id, p.title, p.tagline, p.tags, p.owner_id, u.username, u.display_name,
@@ -88,6 +90,15 @@ def truth_feed(conn):
         FROM p JOIN users u ON u.id = p.owner_id LEFT JOIN chains c ON c.id = p.chain_id
         ORDER BY p.id""",
     )
+    return [
+        (*r, scored_at, pytest.approx(trending(r[13], r[10], scored_at), rel=1e-12)) for r in items
+    ]
+
+
+def trending(score: int, created_at, as_of) -> float:
+    """CONTRACT §7: (upvotes - downvotes) / power(hours_since_created + 2, 1.8)."""
+    hours = max((as_of - created_at).total_seconds() / 3600, 0)
+    return score / (hours + 2) ** 1.8
 
 
 def truth_leaderboard_projects(conn):
@@ -360,7 +371,9 @@ def test_views_equal_the_truth_before_and_after_writes(db):
     assert_views_equal_truth(db)
 
 
-def test_a_refresh_without_source_changes_rewrites_no_row(db):
+def test_a_refresh_without_source_changes_rewrites_no_row_but_the_rescored_feed(db):
+    """Only mv_feed_projects changes: each refresh scores trending for its own instant."""
+
     def locations(conn):
         return {v: rows(conn, f"SELECT ctid::text FROM {v} ORDER BY 1") for v in VIEWS}
 
@@ -368,7 +381,11 @@ def test_a_refresh_without_source_changes_rewrites_no_row(db):
         before = locations(conn)
     refresh_all(db)
     with psycopg.connect(db) as conn:
-        assert locations(conn) == before
+        after = locations(conn)
+    unchanged = set(VIEWS) - {"mv_feed_projects"}
+    assert {v: after[v] for v in unchanged} == {v: before[v] for v in unchanged}
+    assert not set(after["mv_feed_projects"]) & set(before["mv_feed_projects"])
+    assert_views_equal_truth(db)
 
 
 def _advance_generation(conn) -> None:

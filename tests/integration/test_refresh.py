@@ -105,6 +105,34 @@ def test_due_views_wait_for_the_debounce_window(migrated):
     assert due == {"mv_leaderboard_builders", "mv_investors_directory", "mv_search_index"}
 
 
+def test_trending_scores_older_than_the_max_age_ask_for_one_refresh(migrated):
+    env = {"OPSKIT_REFRESH_DEBOUNCE_S": "0.5", "OPSKIT_TRENDING_MAX_AGE_S": "1"}
+
+    def poll():
+        return [
+            (r["view"], r["requests_done"])
+            for r in json.loads(_run(migrated, "refresh", "--json", **env).stdout)["runs"]
+        ]
+
+    def scored_at_and_asks(conn):
+        return conn.execute(
+            "SELECT (SELECT max(scored_at) FROM mv_feed_projects), count(*) FROM mv_refresh_queue "
+            "WHERE status = 'pending' AND source_table = 'trending max age'"
+        ).fetchone()
+
+    _run(migrated, "refresh", "--all")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        scored_at, asks = scored_at_and_asks(conn)
+        assert poll() == [] and asks == 0  # young scores ask for nothing
+        time.sleep(1.1)
+        assert poll() == [] and poll() == []  # asked once, then debounced like a write
+        assert scored_at_and_asks(conn) == (scored_at, 1)
+        time.sleep(0.6)
+        assert poll() == [("mv_feed_projects", 1)]
+        rescored_at, asks = scored_at_and_asks(conn)
+        assert rescored_at > scored_at and asks == 0
+
+
 def test_max_wait_refreshes_even_while_requests_keep_coming(migrated):
     env = {"OPSKIT_REFRESH_DEBOUNCE_S": "5", "OPSKIT_REFRESH_MAX_WAIT_S": "5"}
     _run(migrated, "refresh", "--all")

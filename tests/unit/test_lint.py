@@ -131,5 +131,23 @@ def test_each_rule_fires(write, name, text, rule):
     assert rule in _rules(write(name, text))
 
 
+def test_a_statement_can_allow_a_rule_it_breaks_on_purpose(write):
+    clock_view = """
+CREATE MATERIALIZED VIEW mv_chain_posts AS
+SELECT id AS post_id, now() AS scored_at FROM chain_posts;
+CREATE UNIQUE INDEX mv_chain_posts_pk ON mv_chain_posts (post_id);
+"""
+    allowing = "-- opskit: allow time-in-matview (scored for the refresh's instant)"
+    name = "phase3_search_and_forums.sql"
+    assert _rules(write(name, HEADER + clock_view)) == ["time-in-matview"]
+    assert _rules(write(name, HEADER + allowing + clock_view)) == []
+    # the pragma allows that rule for that statement only
+    other_rule = allowing + "\nCREATE MATERIALIZED VIEW mv_investors_directory AS SELECT 1 AS x;\n"
+    assert _rules(write(name, HEADER + other_rule + clock_view)) == [
+        "matview-without-unique-index",
+        "time-in-matview",
+    ]
+
+
 def test_the_project_migration_files_pass_lint():
     assert lint(MIGRATIONS_DIR) == []
