@@ -457,7 +457,8 @@ def status(as_json: JsonOption = False) -> None:
 
     Shows each phase's state (applied, pending, changed, missing-file), when and how fast it was
     applied, the number of opskit triggers, row counts of the denormalized tables and
-    materialized views, and the refresh queue and refresh log when they exist; each view's
+    materialized views, the delta rows not yet folded, the instant of the stored trending
+    scores, and the refresh queue and refresh log when they exist; each view's
     staleness over the last hour (p50/p95 seconds from the oldest write a refresh made visible
     to the end of that refresh), the live daemons, the latest scheduled job runs and the roles
     given `migrate --grant-to`.
@@ -491,6 +492,14 @@ def status(as_json: JsonOption = False) -> None:
             stdout.print(f"{name}: {count:,} rows")
     if state.refresh_queue_pending is not None:
         stdout.print(f"refresh queue: {state.refresh_queue_pending} pending")
+    if state.pending_deltas is not None:
+        deltas = ", ".join(f"{table} {count:,}" for table, count in state.pending_deltas.items())
+        stdout.print(f"deltas not yet folded (the daemon folds every second): {deltas}")
+    if state.trending_scored_at is not None:
+        stdout.print(
+            f"trending scored for {state.trending_scored_at:%Y-%m-%d %H:%M:%S} UTC "
+            f"({state.trending_age_s:,.0f} s ago)"
+        )
     if state.refresh_runs_last_hour is not None:
         runs = ", ".join(f"{k} {v}" for k, v in state.refresh_runs_last_hour.items()) or "none"
         stdout.print(f"refresh runs in the last hour: {runs}")

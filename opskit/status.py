@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
 from opskit.daemon import HEARTBEAT_S, LIVE_AFTER_HEARTBEATS
+from opskit.fold import FOLD_FUNCTIONS
 from opskit.migrations import PhaseStatus, phase_statuses
 from opskit.sql import queries
 from opskit.truth import DENORMALIZED
@@ -31,6 +33,11 @@ class StatusReport:
     opskit_triggers: int
     row_counts: dict[str, int | None] = field(default_factory=dict)
     refresh_queue_pending: int | None = None
+    # the instant of after mode's stored trending scores, and how old they are
+    trending_scored_at: datetime | None = None
+    trending_age_s: float | None = None
+    # delta rows the daemon has not folded yet, per table: they grow while no daemon runs
+    pending_deltas: dict[str, int] | None = None
     refresh_runs_last_hour: dict[str, int] | None = None
     # view -> {"runs", "p50_s", "p95_s"}: oldest write to the end of the refresh showing it
     refresh_staleness_last_hour: dict[str, dict] | None = None
@@ -44,6 +51,9 @@ class StatusReport:
             "opskit_triggers": self.opskit_triggers,
             "row_counts": self.row_counts,
             "refresh_queue_pending": self.refresh_queue_pending,
+            "trending_scored_at": self.trending_scored_at,
+            "trending_age_s": self.trending_age_s,
+            "pending_deltas": self.pending_deltas,
             "refresh_runs_last_hour": self.refresh_runs_last_hour,
             "refresh_staleness_last_hour": self.refresh_staleness_last_hour,
             "live_daemons": self.live_daemons,
@@ -74,6 +84,18 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
         report.refresh_queue_pending = conn.execute(status_sql["refresh_queue_pending"]).fetchone()[
             0
         ]
+    if _exists(conn, "mv_feed_projects"):
+        scored = conn.execute(status_sql["trending_scored_at"]).fetchone()
+        if scored is not None:
+            report.trending_scored_at, report.trending_age_s = scored
+    delta_tables = [table for tables in FOLD_FUNCTIONS.values() for table in tables]
+    if all(_exists(conn, table) for table in delta_tables):
+        report.pending_deltas = {
+            table: conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            ).fetchone()[0]
+            for table in delta_tables
+        }
     if _exists(conn, "mv_refresh_log"):
         report.refresh_runs_last_hour = dict(
             conn.execute(status_sql["refresh_runs_last_hour"]).fetchall()

@@ -6,6 +6,12 @@ SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'trg_opsk
 -- name: refresh_queue_pending --
 SELECT count(*) FROM mv_refresh_queue WHERE status = 'pending';
 
+-- name: trending_scored_at --
+-- The instant of the trending scores mv_feed_projects stored (the same in every row), and its age.
+SELECT scored_at, extract(epoch FROM now() - scored_at)::float8 AS age_s
+FROM mv_feed_projects
+LIMIT 1;
+
 -- name: refresh_runs_last_hour --
 SELECT status, count(*) FROM mv_refresh_log
 WHERE refresh_started_at > now() - interval '1 hour'

@@ -397,3 +397,20 @@ def test_status_shows_staleness_per_view(migrated):
     run = staleness["mv_chain_posts"]
     assert run["runs"] == 1  # both requests were made visible by one refresh
     assert 4 <= run["p50_s"] == run["p95_s"] < 60  # from the oldest request to the end
+
+
+def test_status_shows_unfolded_deltas_and_the_age_of_the_trending_scores(migrated):
+    _run(migrated, "refresh", "mv_feed_projects")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute("SELECT opskit_fold_user_dashboard_deltas(1000000)")
+        project, (voter,) = _live_project_and_new_voters(conn, 1)
+        _vote_up(conn, voter, project)
+        scored_at = conn.execute("SELECT max(scored_at) FROM mv_feed_projects").fetchone()[0]
+    time.sleep(1.1)
+    report = json.loads(_run(migrated, "status", "--json").stdout)
+    assert report["pending_deltas"]["project_stats_delta"] == 1  # the vote, not folded yet
+    assert report["pending_deltas"]["user_dashboard_stats_delta"] == 0
+    assert report["trending_scored_at"] == str(scored_at)
+    assert 1 <= report["trending_age_s"] < 60
+    text = _run(migrated, "status").stdout
+    assert "project_stats_delta 1" in text and "trending scored for" in text
