@@ -36,6 +36,10 @@ FEED_ORDERS = {
     "newest": "created_at DESC, id DESC",
     "top": "score DESC, id DESC",
 }
+# After mode's trending without as_of: the stored scores' column (qualified, so not the
+# output's CASE), whose index serves the page.
+STORED_TRENDING_ORDER = "mv_feed_projects.trending_score DESC, project_id DESC"
+
 CHAIN_ORDERS = {
     "members": "members_count DESC, id",
     "activity": "last_activity_at DESC, id DESC",
@@ -43,7 +47,7 @@ CHAIN_ORDERS = {
 }
 
 
-# How far the after-mode shortcuts look (see feed_trending_after, search_whole_word_after).
+# How far the after-mode shortcuts look (see feed_trending_as_of_after, search_whole_word_after).
 TRENDING_RECENT_SCAN = 500
 SEARCH_POPULAR_SCAN = 1000
 
@@ -176,7 +180,7 @@ class Endpoints:
         params = {"as_of": as_of, **page.params()}
         if self.mode == "after" and sort == "trending":
             if as_of is None:
-                query = _sql("feed_trending_after")
+                query = _ordered("feed_after", STORED_TRENDING_ORDER)
             else:
                 query = _sql("feed_trending_as_of_after")
                 params.update(recent_scan=TRENDING_RECENT_SCAN, wanted=page.offset + page.size + 1)

@@ -98,9 +98,12 @@ WHERE p.deleted_at IS NULL
 ORDER BY {order_by}
 LIMIT %(limit)s OFFSET %(offset)s;
 
--- Newest and top. Without an explicit as_of (NULL) the trending score is the stored one:
--- the same expression at scored_at gives the same float8. Every after-mode feed query also
--- returns scored_at, the instant of the stored scores (opskit/endpoints.py takes it off the rows).
+-- Without an explicit as_of (NULL) the trending score is the one the last refresh stored (the
+-- same expression at scored_at gives the same float8), and trending pages are ordered by the
+-- stored column, an index scan of mv_feed_projects_trending_idx (endpoints.py's
+-- STORED_TRENDING_ORDER); an explicit as_of is ranked by feed_trending_as_of_after. Every
+-- after-mode feed query also returns scored_at, the instant of the stored scores (endpoints.py
+-- takes it off the rows).
 -- name: feed_after --
 SELECT project_id AS id,
        title,
@@ -124,29 +127,6 @@ SELECT project_id AS id,
        scored_at
 FROM mv_feed_projects
 ORDER BY {order_by}
-LIMIT %(limit)s OFFSET %(offset)s;
-
--- Trending as the last refresh scored it: an index scan (mv_feed_projects_trending_idx).
--- name: feed_trending_after --
-SELECT project_id AS id,
-       title,
-       tagline,
-       tags,
-       owner_id,
-       owner_username,
-       owner_display_name,
-       chain_id,
-       chain_slug,
-       chain_name,
-       created_at,
-       upvotes,
-       downvotes,
-       score,
-       comments_count,
-       trending_score,
-       scored_at
-FROM mv_feed_projects
-ORDER BY trending_score DESC, project_id DESC
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- The instant the stored scores are for, when a page past the end has no row to carry it.
