@@ -102,10 +102,11 @@ def due_views(conn: psycopg.Connection, settings: Settings) -> list[str]:
     """
     refresh_sql = queries("refresh.sql")
     conn.execute(refresh_sql["advance_generation"])
-    conn.execute(
-        refresh_sql["request_trending_rescore"],
-        {"trending_max_age_s": settings.trending_max_age_s},
-    )
+    if readable(conn, "mv_feed_projects"):  # left unpopulated, it must not stop the others
+        conn.execute(
+            refresh_sql["request_trending_rescore"],
+            {"trending_max_age_s": settings.trending_max_age_s},
+        )
     params = {
         "debounce_s": settings.refresh_debounce_s,
         "max_wait_s": settings.refresh_max_wait_s,
@@ -113,6 +114,11 @@ def due_views(conn: psycopg.Connection, settings: Settings) -> list[str]:
         "backoff_max_s": BACKOFF_MAX_S,
     }
     return [row[0] for row in conn.execute(refresh_sql["due_views"], params)]
+
+
+def readable(conn: psycopg.Connection, name: str) -> bool:
+    """Whether relation `name` exists and holds data (an unpopulated view fails every read)."""
+    return conn.execute(queries("refresh.sql")["relation_readable"], {"name": name}).fetchone()[0]
 
 
 def release_expired_claims(conn: psycopg.Connection, *, lease_s: float) -> int:

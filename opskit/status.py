@@ -11,6 +11,7 @@ from psycopg import sql
 from opskit.daemon import HEARTBEAT_S, LIVE_AFTER_HEARTBEATS
 from opskit.fold import FOLD_FUNCTIONS
 from opskit.migrations import PhaseStatus, phase_statuses
+from opskit.refresh import readable
 from opskit.sql import queries
 from opskit.truth import DENORMALIZED
 
@@ -62,10 +63,6 @@ class StatusReport:
         }
 
 
-def _exists(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
-
-
 def status_report(conn: psycopg.Connection) -> StatusReport:
     status_sql = queries("status.sql")
     report = StatusReport(
@@ -77,41 +74,41 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
             conn.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
             ).fetchone()[0]
-            if _exists(conn, name)
+            if readable(conn, name)
             else None
         )
-    if _exists(conn, "mv_refresh_queue"):
+    if readable(conn, "mv_refresh_queue"):
         report.refresh_queue_pending = conn.execute(status_sql["refresh_queue_pending"]).fetchone()[
             0
         ]
-    if _exists(conn, "mv_feed_projects"):
+    if readable(conn, "mv_feed_projects"):
         scored = conn.execute(status_sql["trending_scored_at"]).fetchone()
         if scored is not None:
             report.trending_scored_at, report.trending_age_s = scored
     delta_tables = [table for tables in FOLD_FUNCTIONS.values() for table in tables]
-    if all(_exists(conn, table) for table in delta_tables):
+    if all(readable(conn, table) for table in delta_tables):
         report.pending_deltas = {
             table: conn.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
             ).fetchone()[0]
             for table in delta_tables
         }
-    if _exists(conn, "mv_refresh_log"):
+    if readable(conn, "mv_refresh_log"):
         report.refresh_runs_last_hour = dict(
             conn.execute(status_sql["refresh_runs_last_hour"]).fetchall()
         )
-    if _exists(conn, "mv_refresh_queue"):
+    if readable(conn, "mv_refresh_queue"):
         report.refresh_staleness_last_hour = {
             view: {"runs": runs, "p50_s": float(p50), "p95_s": float(p95)}
             for view, runs, p50, p95 in conn.execute(status_sql["refresh_staleness_last_hour"])
         }
-    if _exists(conn, "opskit_daemon_heartbeats"):
+    if readable(conn, "opskit_daemon_heartbeats"):
         live_after_s = HEARTBEAT_S * LIVE_AFTER_HEARTBEATS
         report.live_daemons = _rows(
             conn, status_sql["live_daemons"], {"live_after_s": live_after_s}
         )
         report.latest_job_runs = _rows(conn, status_sql["latest_job_runs"])
-    if _exists(conn, "opskit_migration_grants"):
+    if readable(conn, "opskit_migration_grants"):
         report.granted_to = _rows(conn, queries("migrations.sql")["grantees"])
     return report
 

@@ -4,6 +4,13 @@
 -- name: known_views --
 SELECT DISTINCT view_name FROM mv_dependencies ORDER BY view_name;
 
+-- name: relation_readable --
+-- Whether a relation exists and can be read: a materialized view left unpopulated (WITH NO DATA)
+-- fails any query that names it.
+SELECT to_regclass(%(name)s) IS NOT NULL
+       AND coalesce((SELECT ispopulated FROM pg_matviews
+                     WHERE schemaname = current_schema() AND matviewname = %(name)s), true);
+
 -- name: request_trending_rescore --
 -- mv_feed_projects scores trending for the instant of its last refresh (scored_at), and scores
 -- decay with time: once they are older than the max age, ask for a refresh as a write would,

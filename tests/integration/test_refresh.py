@@ -414,3 +414,22 @@ def test_status_shows_unfolded_deltas_and_the_age_of_the_trending_scores(migrate
     assert 1 <= report["trending_age_s"] < 60
     text = _run(migrated, "status").stdout
     assert "project_stats_delta 1" in text and "trending scored for" in text
+
+
+def test_an_unpopulated_feed_view_holds_up_neither_the_other_views_nor_status(migrated):
+    env = {"OPSKIT_REFRESH_DEBOUNCE_S": "0.5", "OPSKIT_TRENDING_MAX_AGE_S": "1"}
+    _run(migrated, "refresh", "--all")
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute("REFRESH MATERIALIZED VIEW mv_feed_projects WITH NO DATA")
+        conn.execute(
+            "INSERT INTO mv_refresh_queue (view_name, refresh_requested_at) "
+            "VALUES ('mv_chain_posts', now() - interval '10 seconds')"
+        )
+    time.sleep(1.1)
+    result = _run(migrated, "refresh", "--json", **env)
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert [(r["view"], r["status"]) for r in runs] == [("mv_chain_posts", "completed")]
+    status = _run(migrated, "status", "--json")
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["trending_scored_at"] is None
