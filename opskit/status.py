@@ -70,38 +70,26 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
         opskit_triggers=conn.execute(status_sql["opskit_trigger_count"]).fetchone()[0],
     )
     for name in (*(spec.relation for spec in DENORMALIZED), *MATERIALIZED_VIEWS):
-        report.row_counts[name] = (
-            conn.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
-            ).fetchone()[0]
-            if readable(conn, name)
-            else None
-        )
+        report.row_counts[name] = _count(conn, name) if readable(conn, name) else None
     if readable(conn, "mv_refresh_queue"):
         report.refresh_queue_pending = conn.execute(status_sql["refresh_queue_pending"]).fetchone()[
             0
         ]
+        report.refresh_staleness_last_hour = {
+            view: {"runs": runs, "p50_s": float(p50), "p95_s": float(p95)}
+            for view, runs, p50, p95 in conn.execute(status_sql["refresh_staleness_last_hour"])
+        }
     if readable(conn, "mv_feed_projects"):
         scored = conn.execute(status_sql["trending_scored_at"]).fetchone()
         if scored is not None:
             report.trending_scored_at, report.trending_age_s = scored
     delta_tables = [table for tables in FOLD_FUNCTIONS.values() for table in tables]
     if all(readable(conn, table) for table in delta_tables):
-        report.pending_deltas = {
-            table: conn.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-            ).fetchone()[0]
-            for table in delta_tables
-        }
+        report.pending_deltas = {table: _count(conn, table) for table in delta_tables}
     if readable(conn, "mv_refresh_log"):
         report.refresh_runs_last_hour = dict(
             conn.execute(status_sql["refresh_runs_last_hour"]).fetchall()
         )
-    if readable(conn, "mv_refresh_queue"):
-        report.refresh_staleness_last_hour = {
-            view: {"runs": runs, "p50_s": float(p50), "p95_s": float(p95)}
-            for view, runs, p50, p95 in conn.execute(status_sql["refresh_staleness_last_hour"])
-        }
     if readable(conn, "opskit_daemon_heartbeats"):
         live_after_s = HEARTBEAT_S * LIVE_AFTER_HEARTBEATS
         report.live_daemons = _rows(
@@ -111,6 +99,12 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
     if readable(conn, "opskit_migration_grants"):
         report.granted_to = _rows(conn, queries("migrations.sql")["grantees"])
     return report
+
+
+def _count(conn: psycopg.Connection, name: str) -> int:
+    """Rows of relation `name` (a whitelisted name: opskit's own relations)."""
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
+    return conn.execute(query).fetchone()[0]
 
 
 def _rows(conn: psycopg.Connection, query: str, params: dict | None = None) -> list[dict]:

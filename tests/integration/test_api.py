@@ -21,6 +21,7 @@ from opskit import endpoints, refresh
 from opskit.api import create_app
 from opskit.auth import mint_token
 from opskit.settings import Settings
+from tests.integration.test_phase2_3_views import trending
 
 SECRET = "a-test-secret-for-the-api-that-is-long-enough-even-for-the-hs512-forgery"
 AS_OF = ["2026-11-01T00:00:00Z", "2025-06-15T12:30:00+02:00", "2024-01-01T00:00:00"]
@@ -163,8 +164,8 @@ def test_trending_scores_follow_the_formula_at_as_of(clients):
     assert scores == sorted(scores, reverse=True)
     as_of = datetime.fromisoformat("2026-11-01T00:00:00+00:00")
     for item in body["items"]:
-        hours = max((as_of - datetime.fromisoformat(item["created_at"])).total_seconds() / 3600, 0)
-        expected = (item["upvotes"] - item["downvotes"]) / (hours + 2) ** 1.8
+        created_at = datetime.fromisoformat(item["created_at"])
+        expected = trending(item["upvotes"] - item["downvotes"], created_at, as_of)
         assert item["trending_score"] == pytest.approx(expected, rel=1e-9)
     assert clients["after"].get("/api/projects").json()["as_of"].endswith("Z")
 
