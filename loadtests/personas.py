@@ -1,6 +1,6 @@
 """The personas of the load tests: who uses the app and what they do, with how often.
 
-Every id, token and search term comes from the run's fixture (`opskit.loadtest` reads them from
+Every id, token and search term comes from the run's fixture (`opskit.benchmarking.loadtest` reads them from
 the seeded database before the run), never from constants. Each task sends exactly one request
 (its intended send time belongs to that request) and names it by its route template, so both
 modes' runs group requests the same way. A scenario file imports the personas it runs.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from locust import task
 
-from opskit.loadgen import FIXTURE, PacedUser
+from opskit.benchmarking.locust_user import FIXTURE, PacedUser
 
 FEED_PAGES, FEED_PAGE_WEIGHTS = (1, 2, 3), (6, 3, 1)  # most visitors never scroll far
 VOTE_TYPES = ("up", "up", "up", "down", "none")  # upvotes dominate; "none" withdraws a vote

@@ -20,7 +20,9 @@ import pytest
 import redis
 from psycopg import sql
 
-from opskit import migrations, schema, seed, services
+from opskit.benchmarking import seed
+from opskit.core import schema, servers
+from opskit.engine import migrations
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _names = itertools.count()
@@ -45,7 +47,7 @@ def test_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServe
     redis_url = os.environ.get("OPSKIT_TEST_REDIS_URL")
     home = tmp_path_factory.mktemp("servers")
     if not (database_url and redis_url):
-        status, _ = services.up(
+        status, _ = servers.up(
             home,
             pg_port=0,
             redis_port=0,
@@ -63,7 +65,7 @@ def test_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServe
     except redis.RedisError as err:
         pytest.exit(f"OPSKIT_TEST_REDIS_URL is unreachable: {err}", returncode=3)
     yield TestServers(admin_url=database_url, redis_url=redis_url)
-    services.down(home)
+    servers.down(home)
 
 
 def _create_database(servers: TestServers, name: str, template: str | None = None) -> str:

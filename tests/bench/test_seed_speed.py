@@ -6,7 +6,7 @@ Targets on the 2-core reference machine against the embedded server: `medium` in
 
 import pytest
 
-from opskit import seed
+from opskit.benchmarking import seed
 
 TARGET_SECONDS = {"medium": 60, "large": 600}
 

@@ -3,7 +3,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from opskit.auth import user_id_from_token
+from opskit.app.auth import user_id_from_token
 from opskit.cli import app
 
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from opskit.cli import app
-from opskit.schema import table_fingerprints
+from opskit.core.schema import table_fingerprints
 
 # Servers that refuse connections, with a password that must never be printed.
 PASSWORD = "s3cr3tpw"

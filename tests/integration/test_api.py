@@ -17,10 +17,11 @@ import psycopg
 import pytest
 from starlette.testclient import TestClient
 
-from opskit import endpoints, refresh
-from opskit.api import create_app
-from opskit.auth import mint_token
-from opskit.settings import Settings
+from opskit.app import endpoints
+from opskit.app.api import create_app
+from opskit.app.auth import mint_token
+from opskit.core.settings import Settings
+from opskit.engine import refresh
 from tests.integration.test_phase2_3_views import trending
 
 SECRET = "a-test-secret-for-the-api-that-is-long-enough-even-for-the-hs512-forgery"

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from starlette.testclient import TestClient
 
-from opskit.api import MAX_BODY_BYTES, VerifiedTokens, create_app
-from opskit.auth import InvalidToken, mint_token, user_id_from_token
+from opskit.app.api import MAX_BODY_BYTES, VerifiedTokens, create_app
+from opskit.app.auth import InvalidToken, mint_token, user_id_from_token
 from tests.integration.test_api import SECRET, auth, settings_for
 
 GONE_USER = 10**12  # a well-formed id no user has
@@ -267,14 +267,14 @@ def test_a_cached_token_is_verified_again_once_its_exp_has_passed(monkeypatch):
         verified.append(token)
         return user_id_from_token(secret, token)
 
-    monkeypatch.setattr("opskit.api.auth.user_id_from_token", verify)
+    monkeypatch.setattr("opskit.app.api.auth.user_id_from_token", verify)
     tokens = VerifiedTokens(SECRET)
     token = mint_token(SECRET, 7, 60)
     assert tokens.user_id(token) == 7
     assert tokens.user_id(token) == 7
     assert len(verified) == 1  # the second answer came from the cache
     later = time.time() + 61
-    monkeypatch.setattr("opskit.api.time.time", lambda: later)
+    monkeypatch.setattr("opskit.app.api.time.time", lambda: later)
     tokens.user_id(token)  # past exp: the full check runs again (and refuses a truly old token)
     assert len(verified) == 2
     with pytest.raises(InvalidToken):

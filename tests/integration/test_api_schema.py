@@ -13,7 +13,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
-from opskit.api import create_app
+from opskit.app.api import create_app
 from tests.integration.test_api import auth, settings_for
 
 EXAMPLES_PER_OPERATION = 12

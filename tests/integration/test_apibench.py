@@ -2,11 +2,11 @@
 
 import pytest
 
-from opskit import apibench, clones
-from opskit.db import connect
-from opskit.errors import ProblemFound
-from opskit.migrations import PHASES
-from opskit.settings import Settings
+from opskit.benchmarking import api_latency, clones
+from opskit.core.db import connect
+from opskit.core.errors import ProblemFound
+from opskit.core.settings import Settings
+from opskit.engine.phase_files import PHASES
 
 
 def _applied_phases(url: str) -> list[str]:
@@ -23,7 +23,7 @@ def test_bench_api_measures_every_endpoint_on_clones_before_and_after(
         {"OPSKIT_HOME": str(tmp_path / "home"), "OPSKIT_REDIS_PREFIX": redis_prefix}
     )
     try:
-        result = apibench.bench_api(
+        result = api_latency.bench_api(
             settings,
             tiny_db_url,
             redis_url,
@@ -42,7 +42,10 @@ def test_bench_api_measures_every_endpoint_on_clones_before_and_after(
         source = clones.database_name(tiny_db_url)
         clones.drop_databases(
             tiny_db_url,
-            [clones.database_url(tiny_db_url, f"{source}_{role}") for role in apibench.CLONE_ROLES],
+            [
+                clones.database_url(tiny_db_url, f"{source}_{role}")
+                for role in api_latency.CLONE_ROLES
+            ],
         )
     assert [step["step"] for step in result.setup][1:] == [
         "migrate the after clone",
@@ -50,17 +53,17 @@ def test_bench_api_measures_every_endpoint_on_clones_before_and_after(
         "vacuum and analyze both clones",
     ]
     names = [row["endpoint"] for row in result.endpoints]
-    assert names[0] == apibench.FLOOR
-    assert set(apibench.TARGET_SPEEDUPS) <= set(names)
-    assert set(result.modes) == set(apibench.COLUMNS)
-    for column in apibench.COLUMNS:
+    assert names[0] == api_latency.FLOOR
+    assert set(api_latency.TARGET_SPEEDUPS) <= set(names)
+    assert set(result.modes) == set(api_latency.COLUMNS)
+    for column in api_latency.COLUMNS:
         for name in names:
             summary = result.modes[column][name]
             assert summary["requests"] == 20 and summary["errors"] == 0, (column, name)
             assert 0 < summary["p50_ms"] <= summary["p99_ms"]
             assert summary["client_p50_ms"] >= summary["p50_ms"] * 0.5
     assert result.repeat == 2
-    floor = next(row for row in result.endpoints if row["endpoint"] == apibench.FLOOR)
+    floor = next(row for row in result.endpoints if row["endpoint"] == api_latency.FLOOR)
     assert floor["after_p50_vs_floor"] == 1.0
     assert floor["after_p50_vs_floor_range"] == [1.0, 1.0]
     for row in result.endpoints:
@@ -71,7 +74,7 @@ def test_bench_api_measures_every_endpoint_on_clones_before_and_after(
         )
     vote = next(row for row in result.endpoints if row["endpoint"] == "vote")
     assert vote["target_speedup"] == 80.0 and vote["speedup_p50"] > 0
-    assert vote["requests"] == {column: 20 for column in apibench.COLUMNS}
+    assert vote["requests"] == {column: 20 for column in api_latency.COLUMNS}
 
 
 def test_bench_api_from_a_migrated_source_rolls_the_before_clone_back(
@@ -80,7 +83,7 @@ def test_bench_api_from_a_migrated_source_rolls_the_before_clone_back(
     settings = Settings.from_env(
         {"OPSKIT_HOME": str(tmp_path / "home"), "OPSKIT_REDIS_PREFIX": redis_prefix}
     )
-    urls, setup = apibench.prepare_clones(settings, migrated_db_url)
+    urls, setup = api_latency.prepare_clones(settings, migrated_db_url)
     try:
         assert _applied_phases(urls["before"]) == []
         assert sorted(_applied_phases(urls["after"])) == sorted(PHASES)
@@ -92,4 +95,4 @@ def test_bench_api_from_a_migrated_source_rolls_the_before_clone_back(
 def test_bench_api_refuses_an_unseeded_database(base_db_url, redis_url, tmp_path):
     settings = Settings.from_env({"OPSKIT_HOME": str(tmp_path / "home")})
     with pytest.raises(ProblemFound, match="no seeded app data"):
-        apibench.bench_api(settings, base_db_url, redis_url, log_dir=tmp_path / "logs")
+        api_latency.bench_api(settings, base_db_url, redis_url, log_dir=tmp_path / "logs")

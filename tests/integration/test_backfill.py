@@ -5,8 +5,8 @@ import json
 import psycopg
 from typer.testing import CliRunner
 
-from opskit import migrations
 from opskit.cli import app
+from opskit.engine import migrations
 
 
 def _run(url, *args):

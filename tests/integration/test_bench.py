@@ -10,10 +10,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from opskit import bench
-from opskit.errors import BadInput
-from opskit.loadtest import LoadPlan
-from opskit.settings import Settings
+from opskit.benchmarking import story
+from opskit.benchmarking.loadtest import LoadPlan
+from opskit.core.errors import BadInput
+from opskit.core.settings import Settings
 
 
 @pytest.fixture
@@ -27,8 +27,8 @@ def settings(monkeypatch, test_servers, redis_prefix) -> Settings:
     return Settings.from_env()
 
 
-def _plan(*, write_cost: bool = False, keep_databases: bool = False) -> bench.BenchPlan:
-    return bench.BenchPlan(
+def _plan(*, write_cost: bool = False, keep_databases: bool = False) -> story.BenchPlan:
+    return story.BenchPlan(
         scale="tiny",
         load=LoadPlan(
             mode="before", scenario="browse", rate=100, duration_s=2, warmup_s=0.5, repeat=2
@@ -72,7 +72,7 @@ def _check_story(data: Path, story: dict) -> None:
 def test_bench_with_the_write_cost(settings, test_servers, tmp_path):
     out = tmp_path / "reports" / "story.html"
     plan = _plan(write_cost=True)
-    result = bench.bench(settings, plan, out)
+    result = story.bench(settings, plan, out)
     assert _databases(test_servers.admin_url, plan.database_prefix) == []  # dropped at the end
     _check_story(tmp_path / "reports" / "story", result.story)
     labels = [r["label"] for r in result.story["write_cost"]["results"]]
@@ -85,7 +85,7 @@ def test_bench_tells_the_whole_story(settings, test_servers, kept_databases, tmp
     plan = _plan(keep_databases=True)
     out = tmp_path / "reports" / "story.html"
     notes = []
-    result = bench.bench(settings, plan, out, note=notes.append)
+    result = story.bench(settings, plan, out, note=notes.append)
 
     assert out.is_file() and result.report == str(out)
     data = tmp_path / "reports" / "story"
@@ -124,20 +124,20 @@ def test_bench_refuses_a_folder_it_did_not_write(settings, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(BadInput, match="not an `opskit bench` result folder"):
-        bench.bench(settings, _plan(), tmp_path / "mine.html")
+        story.bench(settings, _plan(), tmp_path / "mine.html")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_bench_needs_an_arrival_rate(settings, tmp_path):
-    plan = bench.BenchPlan(
+    plan = story.BenchPlan(
         scale="tiny", load=LoadPlan(mode="before", scenario="browse", users=2, duration_s=2)
     )
     with pytest.raises(BadInput, match="needs --rate"):
-        bench.bench(settings, plan, tmp_path / "r.html")
+        story.bench(settings, plan, tmp_path / "r.html")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bench_needs_a_report_file_name(settings, tmp_path):
     with pytest.raises(BadInput, match="must end in .html or .md"):
-        bench.bench(settings, _plan(), tmp_path / "report")
+        story.bench(settings, _plan(), tmp_path / "report")
     assert list(tmp_path.iterdir()) == []

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from opskit.cli import app
-from opskit.daemon import latest_slot
+from opskit.engine.daemon import latest_slot
 from tests.conftest import REPO_ROOT
 
 FAST = {

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from opskit import loadtest
+from opskit.benchmarking import api_process, loadtest
+from opskit.benchmarking.loadtest import LoadPlan
 from opskit.cli import app
-from opskit.errors import BadInput, ConnectFailed, EnvironmentProblem
-from opskit.loadtest import LoadPlan
-from opskit.settings import Settings
+from opskit.core import servers
+from opskit.core.errors import BadInput, ConnectFailed, EnvironmentProblem
+from opskit.core.settings import Settings
 
 META_KEYS = {
     "format", "mode", "scenario", "model", "target_rate", "users", "duration_s", "warmup_s",
@@ -144,7 +145,7 @@ def test_closed_model(settings, migrated_db_url, redis_url, results):
 
 
 def test_a_url_serving_the_other_mode_is_refused(settings, migrated_db_url, redis_url, results):
-    with loadtest.api_server(settings, "after", migrated_db_url, redis_url) as url:
+    with api_process.api_server(settings, "after", migrated_db_url, redis_url) as url:
         plan = LoadPlan(mode="before", scenario="browse", rate=5, duration_s=1)
         with pytest.raises(BadInput, match="serves mode 'after'"):
             loadtest.loadtest(
@@ -164,7 +165,7 @@ def test_a_server_that_cannot_start_is_reported_with_its_last_line(
     # after mode refuses a database without the migration phases, and exits
     with (
         pytest.raises(EnvironmentProblem, match="exited with code 3") as caught,
-        loadtest.api_server(
+        api_process.api_server(
             settings, "after", tiny_db_url, redis_url, log_path=results / "api.log"
         ),
     ):
@@ -176,7 +177,7 @@ def test_a_server_that_cannot_start_is_reported_with_its_last_line(
 def test_an_unreachable_api_exits_3_and_leaves_no_folder(
     settings, migrated_db_url, redis_url, results
 ):
-    url = f"http://127.0.0.1:{loadtest.free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{servers.free_port()}"  # nothing listens there
     plan = LoadPlan(mode="before", scenario="browse", rate=5, duration_s=1)
     with pytest.raises(ConnectFailed, match="unreachable") as caught:
         loadtest.loadtest(

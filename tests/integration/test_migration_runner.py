@@ -9,9 +9,10 @@ import pytest
 from psycopg import sql
 from typer.testing import CliRunner
 
-from opskit import migrations, schema
 from opskit.cli import app
-from opskit.errors import BadInput, DatabaseError, EnvironmentProblem, ExitCode, ProblemFound
+from opskit.core import schema
+from opskit.core.errors import BadInput, DatabaseError, EnvironmentProblem, ExitCode, ProblemFound
+from opskit.engine import migrations
 
 PHASE0 = """SET lock_timeout = '5s';
 SET statement_timeout = '1min';

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from opskit.workload import (
+from opskit.benchmarking.workload import (
     EXPECTED_ERRORS,
     OP_NAMES,
     OPERATIONS,

@@ -12,8 +12,9 @@ import pytest
 from psycopg import sql
 from typer.testing import CliRunner
 
-from opskit import migrations, schema
 from opskit.cli import app
+from opskit.core import schema
+from opskit.engine import migrations
 
 PRESENT = [phase.name for phase in migrations.load_phases()]
 

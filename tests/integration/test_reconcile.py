@@ -9,13 +9,13 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from opskit import refresh, votecache
 from opskit.cli import app
-from opskit.reconcile import id_ranges
-from opskit.settings import Settings
+from opskit.core.settings import Settings
+from opskit.engine import refresh, votecache
+from opskit.engine.reconcile import id_ranges
+from opskit.engine.truth import DENORMALIZED, diff_against_truth
+from opskit.engine.votecache import VoteCache, upvotes_key
 from opskit.sql import queries
-from opskit.truth import DENORMALIZED, diff_against_truth
-from opskit.votecache import VoteCache, upvotes_key
 
 SPECS = {spec.relation: spec for spec in DENORMALIZED}
 

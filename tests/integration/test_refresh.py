@@ -8,9 +8,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from opskit import refresh
 from opskit.cli import app
-from opskit.settings import Settings
+from opskit.core.settings import Settings
+from opskit.engine import refresh
 
 
 def _run(url, *args, **env):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit import report
+from opskit.benchmarking import report
 from tests.conftest import REPO_ROOT
 from tests.unit.result_folders import ENDPOINTS, write_result_folder
 

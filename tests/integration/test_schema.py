@@ -1,8 +1,8 @@
 import psycopg
 import pytest
 
-from opskit import schema
-from opskit.errors import ExitCode, SchemaMissing
+from opskit.core import schema
+from opskit.core.errors import ExitCode, SchemaMissing
 
 
 def test_base_schema_is_created_and_idempotent(empty_db_url):

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from opskit.api import create_app
+from opskit.app.api import create_app
 from opskit.cli import app
-from opskit.schema import table_fingerprints
+from opskit.core.schema import table_fingerprints
 from tests.cli.test_hostile_input import (
     NO_SERVER_NEEDED,
     PASSWORD,

@@ -1,8 +1,9 @@
 import psycopg
 import pytest
 
-from opskit import schema, seed
-from opskit.errors import BadInput, DatabaseError, DatabaseNotEmpty, ExitCode, ProblemFound
+from opskit.benchmarking import seed
+from opskit.core import schema
+from opskit.core.errors import BadInput, DatabaseError, DatabaseNotEmpty, ExitCode, ProblemFound
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,15 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from opskit import services
 from opskit.cli import app
+from opskit.core import servers
 
 
 @pytest.fixture
 def home(tmp_path):
     path = tmp_path / "home"
     yield path
-    services.down(path)
+    servers.down(path)
 
 
 def _run(*args, env=None):
@@ -51,7 +51,7 @@ def test_up_is_idempotent_env_points_at_it_and_down_stops_it(home):
     stopped = _run("down", "--json", env=env)
     assert json.loads(stopped.stdout) == {"stopped": ["postgres", "valkey"]}
     assert _run("down", env=env).output.strip() == "no embedded server was running"
-    assert services.status(home) == services.ServersStatus(None, None)
+    assert servers.status(home) == servers.ServersStatus(None, None)
     assert _run("env", env=env).exit_code == 3
 
     # data survives a restart
@@ -69,7 +69,7 @@ def test_servers_outlive_the_process_that_started_them(home):
         check=True,
         capture_output=True,
     )
-    status = services.status(home)
+    status = servers.status(home)
     assert status.postgres is not None and status.valkey is not None
 
 
@@ -81,7 +81,7 @@ def test_a_taken_port_is_an_environment_error(home):
         result = _run("up", "--pg-port", str(port), env={"OPSKIT_HOME": str(home)})
     assert result.exit_code == 3
     assert f"port {port}" in result.output and "--pg-port" in result.output
-    assert services.status(home).postgres is None
+    assert servers.status(home).postgres is None
 
 
 def test_a_taken_redis_port_starts_nothing_and_leaves_nothing_running(home):
@@ -94,7 +94,7 @@ def test_a_taken_redis_port_starts_nothing_and_leaves_nothing_running(home):
         )
     assert result.exit_code == 3
     assert "--redis-port" in result.output
-    state = services.status(home)
+    state = servers.status(home)
     assert (state.postgres, state.valkey) == (None, None)
 
 
@@ -107,4 +107,4 @@ def test_configured_urls_mean_nothing_is_started(home, test_servers):
     result = _run("up", "--json", env=env)
     assert result.exit_code == 0
     assert json.loads(result.stdout)["started"] == []
-    assert services.status(home) == services.ServersStatus(None, None)
+    assert servers.status(home) == servers.ServersStatus(None, None)

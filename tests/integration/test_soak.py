@@ -14,11 +14,13 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from opskit import migrations, services, soak
+from opskit.benchmarking import soak
+from opskit.benchmarking.workload import Writers, make_world, world_from_database
 from opskit.cli import app
-from opskit.settings import Settings
-from opskit.truth import DENORMALIZED, diff_against_truth
-from opskit.workload import Writers, make_world, world_from_database
+from opskit.core import servers
+from opskit.core.settings import Settings
+from opskit.engine import migrations
+from opskit.engine.truth import DENORMALIZED, diff_against_truth
 
 FAST = {
     "OPSKIT_REFRESH_POLL_S": "0.2",
@@ -39,9 +41,9 @@ def _drift(url: str) -> dict[str, int]:
 def private_valkey(tmp_path):
     """An embedded Valkey under OPSKIT_HOME, the only kind the soak may stop or FLUSHALL."""
     home = Path(os.environ["OPSKIT_HOME"])
-    status, _ = services.up(home, start_postgres=False, redis_port=0)
+    status, _ = servers.up(home, start_postgres=False, redis_port=0)
     yield status.valkey
-    services.down(home)
+    servers.down(home)
 
 
 def _settings(url: str, redis_url: str | None, prefix: str) -> Settings:
@@ -116,7 +118,7 @@ def test_each_redis_fault_alone_ends_converged(migrated_db_url, private_valkey, 
     assert result.problems == [], result.as_dict()
     assert result.api_requests > 0 and result.api_errors == 0
     assert set(result.drift_after_fix.values()) == {0}
-    assert services.status(Path(os.environ["OPSKIT_HOME"])).valkey is not None  # restarted
+    assert servers.status(Path(os.environ["OPSKIT_HOME"])).valkey is not None  # restarted
 
 
 def test_redis_stop_is_skipped_on_a_foreign_redis_and_flushall_needs_its_name(

@@ -3,8 +3,8 @@
 import psycopg
 import pytest
 
-from opskit import migrations
-from opskit.verify import verify
+from opskit.engine import migrations
+from opskit.engine.verify import verify
 
 HEADER = "SET lock_timeout = '5s';\nSET statement_timeout = '1min';\n"
 PHASE1 = (

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 import redis
 
-from opskit import votecache
-from opskit.votecache import VoteCache, upvotes_key
+from opskit.engine import votecache
+from opskit.engine.votecache import VoteCache, upvotes_key
 
 
 def _truth(conn, user_id):

@@ -5,13 +5,13 @@ import json
 import psycopg
 from typer.testing import CliRunner
 
-from opskit import writebench
+from opskit.benchmarking import write_cost
 from opskit.cli import app
 
 
 def test_vote_writes_are_measured(tiny_db_url):
-    result = writebench.run_vote_writes(
-        tiny_db_url, writebench.WriteLoad(writers=3, seconds=1, hot=True), "tiny"
+    result = write_cost.run_vote_writes(
+        tiny_db_url, write_cost.WriteLoad(writers=3, seconds=1, hot=True), "tiny"
     )
     assert result.transactions > 0 and result.tps > 0
     assert 0 < result.p50_ms <= result.p99_ms
@@ -19,13 +19,13 @@ def test_vote_writes_are_measured(tiny_db_url):
     assert result.wal_bytes_per_write > 0
     assert result.after_checkpoint  # the test servers' role is a superuser
     with psycopg.connect(tiny_db_url) as conn:  # a server on this machine: its CPU is measured
-        local = writebench._local_postmaster(conn.info.backend_pid) is not None
+        local = write_cost._local_postmaster(conn.info.backend_pid) is not None
     assert (result.server_cpu_us_per_write or 0) > 0 if local else True
 
 
 def test_phased_runs_fold_deltas_meanwhile_as_the_daemon_would(migrated_db_url):
-    load = writebench.WriteLoad(writers=2, seconds=2.5, hot=True, warmup_s=0.5)
-    result = writebench.run_vote_writes(migrated_db_url, load, "all phases", fold_deltas=True)
+    load = write_cost.WriteLoad(writers=2, seconds=2.5, hot=True, warmup_s=0.5)
+    result = write_cost.run_vote_writes(migrated_db_url, load, "all phases", fold_deltas=True)
     assert result.transactions > 0
     with psycopg.connect(migrated_db_url) as conn:
         pending = conn.execute("SELECT count(*) FROM project_stats_delta").fetchone()[0]
@@ -35,19 +35,19 @@ def test_phased_runs_fold_deltas_meanwhile_as_the_daemon_would(migrated_db_url):
 
 def test_synchronous_commit_is_set_for_the_writers(tiny_db_url):
     for mode in ("on", "off"):
-        load = writebench.WriteLoad(writers=2, seconds=1, synchronous_commit=mode)
-        assert writebench.run_vote_writes(tiny_db_url, load, mode).synchronous_commit == mode
+        load = write_cost.WriteLoad(writers=2, seconds=1, synchronous_commit=mode)
+        assert write_cost.run_vote_writes(tiny_db_url, load, mode).synchronous_commit == mode
 
 
 def test_compare_takes_medians_and_the_range_of_the_pairs():
     def run(label, tps, p99):
-        return writebench.WriteBenchResult(
+        return write_cost.WriteBenchResult(
             label, True, 32, "off", 10, 1000, tps, 1, p99, 0, 0, 100, 50
         )
 
     runs = [run("no phases", 100, 2), run("all phases", 50, 4), run("no phases", 200, 2)]
     runs += [run("all phases", 180, 2), run("no phases", 150, 2), run("all phases", 120, 3)]
-    comparison = writebench.compare(runs)
+    comparison = write_cost.compare(runs)
     assert comparison.throughput_vs_baseline == 0.8  # 120 / 150
     assert comparison.throughput_ratio_range == (0.5, 0.9)
     assert comparison.throughput_pair_median == 0.8  # of 0.5, 0.9, 0.8
@@ -81,8 +81,8 @@ def test_the_command_compares_no_phases_with_all_phases(test_servers):
 
 
 def test_the_breakdown_switches_each_part_off_on_a_scratch_clone(test_servers, monkeypatch):
-    monkeypatch.setattr(writebench, "BREAKDOWN_WRITES", 300)
-    monkeypatch.setattr(writebench, "BREAKDOWN_WARMUP_WRITES", 50)
+    monkeypatch.setattr(write_cost, "BREAKDOWN_WRITES", 300)
+    monkeypatch.setattr(write_cost, "BREAKDOWN_WARMUP_WRITES", 50)
     out = CliRunner().invoke(
         app,
         ["bench-writes", "--breakdown", "--repeat", "1", "--scale", "tiny", "--json"],
@@ -92,8 +92,8 @@ def test_the_breakdown_switches_each_part_off_on_a_scratch_clone(test_servers, m
     assert out.exit_code == 0, out.output
     payload = json.loads(out.stdout)
     runs = {run["label"]: run for run in payload["runs"]}
-    assert list(runs) == [label for label, _, _ in writebench.BREAKDOWN_VARIANTS]
-    queue, phase1 = set(writebench.VOTE_TRIGGERS["queue"]), set(writebench.VOTE_TRIGGERS["phase1"])
+    assert list(runs) == [label for label, _, _ in write_cost.BREAKDOWN_VARIANTS]
+    queue, phase1 = set(write_cost.VOTE_TRIGGERS["queue"]), set(write_cost.VOTE_TRIGGERS["phase1"])
     on = {label: set(run["vote_triggers_on"]) for label, run in runs.items()}
     assert on["no phases"] == set()
     assert on["all phases"] >= queue | phase1

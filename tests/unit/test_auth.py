@@ -6,9 +6,9 @@ import time
 import jwt
 import pytest
 
-from opskit import auth
-from opskit.errors import BadInput
-from opskit.settings import Settings
+from opskit.app import auth
+from opskit.core.errors import BadInput
+from opskit.core.settings import Settings
 
 SECRET = "a-unit-test-secret-that-is-long-enough-for-hs256-and-for-the-hs512-case"
 

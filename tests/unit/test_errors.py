@@ -1,5 +1,5 @@
-from opskit import errors
-from opskit.errors import ExitCode
+from opskit.core import errors
+from opskit.core.errors import ExitCode
 
 
 def test_exit_codes_match_the_contract():

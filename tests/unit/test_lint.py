@@ -2,8 +2,8 @@
 
 import pytest
 
-from opskit.lint import lint
-from opskit.migrations import MIGRATIONS_DIR
+from opskit.engine.lint import lint
+from opskit.engine.phase_files import MIGRATIONS_DIR
 
 HEADER = "SET lock_timeout = '5s';\nSET statement_timeout = '10min';\n"
 GOOD_PHASE1 = (

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from opskit.seed import SCALES, popularity_counts
+from opskit.benchmarking.seed import SCALES, popularity_counts
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""opskit.report and `opskit report` on generated result folders in the exact loadtest format."""
+"""opskit.benchmarking.report and `opskit report` on generated result folders in the exact loadtest format."""
 
 import json
 import re
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from opskit import charts, report
+from opskit.benchmarking import charts, report
+from opskit.benchmarking.soak import SoakResult
 from opskit.cli import app
-from opskit.soak import SoakResult
 from tests.unit.result_folders import ENDPOINTS, write_result_folder
 
 STORY = {

@@ -10,8 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from opskit.loadtest import FLAGS, LoadPlan, misspell, per_second, summarize
-from opskit.requestlog import REQUEST_SCHEMA, ArrivalSchedule, RequestRecorder, read_process_logs
+from opskit.benchmarking.loadtest import FLAGS, LoadPlan, misspell, per_second, summarize
+from opskit.benchmarking.requestlog import (
+    REQUEST_SCHEMA,
+    ArrivalSchedule,
+    RequestRecorder,
+    read_process_logs,
+)
 
 
 def _slots(schedule: ArrivalSchedule) -> list[float]:

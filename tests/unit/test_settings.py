@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from opskit.errors import ConfigError, ExitCode
-from opskit.settings import Settings, mask_url
+from opskit.core.errors import ConfigError, ExitCode
+from opskit.core.settings import Settings, mask_url
 
 
 def test_defaults_follow_the_contract():

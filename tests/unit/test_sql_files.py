@@ -14,7 +14,7 @@ def test_a_name_used_twice_is_an_error():
 
 
 def test_seed_file_has_a_block_per_app_table():
-    from opskit.schema import APP_TABLES
+    from opskit.core.schema import APP_TABLES
 
     blocks = queries("seed.sql")
     for table in APP_TABLES:

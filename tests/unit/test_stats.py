@@ -1,4 +1,4 @@
-"""opskit.stats: per-run metrics, intervals, tests and the A/A check, on generated data."""
+"""opskit.benchmarking.stats: per-run metrics, intervals, tests and the A/A check, on generated data."""
 
 import itertools
 import math
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opskit import stats
+from opskit.benchmarking import stats
 from tests.unit.result_folders import write_result_folder
 
 T0 = 1_000_000.0

@@ -1,0 +1,1 @@
+"""The Locust scenarios, shipped inside opskit as the package `opskit.benchmarking.scenarios`."""

@@ -1,0 +1,1 @@
+"""The phase files, shipped inside opskit as the package `opskit.engine.phases`."""

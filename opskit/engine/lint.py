@@ -1,0 +1,234 @@
+"""`opskit lint`: static checks of the project's migration files.
+
+Each rule catches a mistake that works on a developer's laptop and hurts a production database:
+a blocking index build, a trigger that misses rows written during the backfill, a view that cannot
+be refreshed concurrently, and so on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib.resources.abc import Traversable
+
+import sqlparse
+
+from opskit.core.schema import APP_TABLES
+from opskit.engine.migrations import SET_TIMEOUT
+from opskit.engine.phase_files import (
+    MIGRATIONS_DIR,
+    PHASES,
+    PhaseFile,
+    load_phases,
+    split_statements,
+)
+
+BACKFILL_PHASE = "phase1_backfill_data"
+_APP = "|".join(APP_TABLES)
+_IDENT = r"\"?(\w+)\"?"
+
+_INDEX = re.compile(
+    rf"^CREATE\s+(?:UNIQUE\s+)?INDEX\s+(CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(?:{_IDENT}\s+)?"
+    rf"ON\s+(?:ONLY\s+)?(?:public\.)?{_IDENT}\s*(?:USING\s+\w+\s*)?\((.*?)\)\s*(INCLUDE\s*\(.*?\)\s*)?(WHERE\s+.*)?;?$",
+    re.IGNORECASE | re.DOTALL,
+)
+_MATVIEW = re.compile(
+    rf"^CREATE\s+MATERIALIZED\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:public\.)?{_IDENT}(.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_FUNCTION = re.compile(
+    rf"^CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(?:public\.)?{_IDENT}\s*\((.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_TRIGGER = re.compile(
+    rf"^CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+{_IDENT}.*?\bON\s+(?:public\.)?{_IDENT}"
+    rf".*?EXECUTE\s+(?:FUNCTION|PROCEDURE)\s+(?:public\.)?{_IDENT}\s*\(",
+    re.IGNORECASE | re.DOTALL,
+)
+_WRITES = re.compile(
+    r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|MERGE\s+INTO)\s+(?:public\.)?\"?(\w+)", re.IGNORECASE
+)
+_TIME_OR_RANDOM = re.compile(
+    r"\b(now\s*\(|current_timestamp|current_date|current_time|localtimestamp|localtime|"
+    r"clock_timestamp|statement_timestamp|transaction_timestamp|timeofday|random\s*\()",
+    re.IGNORECASE,
+)
+_VOLATILE_DEFAULT = re.compile(
+    r"\bDEFAULT\s+(clock_timestamp|random|gen_random_uuid|uuid_generate_v\d\w*|timeofday|txid_current)\s*\(",
+    re.IGNORECASE,
+)
+_APP_DATA_CHANGE = re.compile(
+    "|".join(
+        (
+            rf"^DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:[\w\"]+\s*,\s*)*\"?(?:{_APP})\b(?!_)",
+            rf"^TRUNCATE\s+(?:TABLE\s+)?(?:[\w\"]+\s*,\s*)*\"?(?:{_APP})\b(?!_)",
+            rf"^DELETE\s+FROM\s+\"?(?:{_APP})\b(?!_)",
+            rf"^ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?\"?(?:{_APP})\b(?!_)\"?\s+DROP\s+COLUMN",
+        )
+    ),
+    re.IGNORECASE,
+)
+
+
+# A statement may accept a rule on purpose, saying why next to it:
+#   -- opskit: allow time-in-matview (each refresh scores trending for its own instant)
+_ALLOW = re.compile(r"--\s*opskit:\s*allow\s+([\w-]+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    statement: int
+    rule: str
+    message: str
+
+
+def _clean(statement: str) -> str:
+    return sqlparse.format(statement, strip_comments=True).strip()
+
+
+def lint(directory: Traversable = MIGRATIONS_DIR) -> list[Finding]:
+    """Every rule violation in the phase files (and down files) of `directory`."""
+    phases = load_phases(directory)
+    findings: list[Finding] = []
+    functions: dict[str, set[str]] = {}  # function name -> relations its body writes
+    triggers: list[tuple[int, str, int, str, str]] = []  # (position, file, no, trigger, function)
+    matviews: dict[str, tuple[str, int, str]] = {}
+    unique_plain_indexes: set[str] = set()
+    backfill_position: int | None = None
+    backfilled: set[str] = set()
+
+    allowed: set[tuple[str, int, str]] = set()  # (file, statement number, rule)
+    for phase in phases:
+        file = phase.path.name
+        raw_statements = phase.statements()
+        statements = [_clean(s) for s in raw_statements]
+        findings += _timeouts(phase, statements)
+        for number, raw in enumerate(raw_statements, start=1):
+            allowed |= {(file, number, rule.lower()) for rule in _ALLOW.findall(raw)}
+        for number, text in enumerate(statements, start=1):
+            position = (PHASES.index(phase.name) * 100_000) + number
+            findings += _statement_rules(phase, file, number, text)
+            if phase.name == BACKFILL_PHASE:
+                backfill_position = position if backfill_position is None else backfill_position
+                backfilled |= {name.lower() for name in _WRITES.findall(text)}
+            if match := _FUNCTION.match(text):
+                functions[match.group(1).lower()] = {w.lower() for w in _WRITES.findall(text)}
+            if match := _TRIGGER.match(text):
+                triggers.append((position, file, number, match.group(1), match.group(3).lower()))
+            if match := _MATVIEW.match(text):
+                matviews[match.group(1).lower()] = (file, number, match.group(2))
+            if (match := _INDEX.match(text)) and re.match(r"^CREATE\s+UNIQUE", text, re.IGNORECASE):
+                columns = [c.strip().strip('"') for c in match.group(4).split(",")]
+                if not match.group(6) and all(re.fullmatch(r"\w+", c) for c in columns):
+                    unique_plain_indexes.add(match.group(3).lower())
+        if phase.down_path is not None:
+            down = [_clean(s) for s in split_statements(phase.down_path.read_text())]
+            for number, text in enumerate(down, start=1):
+                if _APP_DATA_CHANGE.match(text):
+                    findings.append(
+                        Finding(
+                            phase.down_path.name,
+                            number,
+                            "touches-app-data",
+                            "a down script must never drop, empty or alter app tables",
+                        )
+                    )
+
+    for name, (file, number, body) in matviews.items():
+        if name not in unique_plain_indexes:
+            findings.append(
+                Finding(
+                    file,
+                    number,
+                    "matview-without-unique-index",
+                    f"{name} has no plain unique index, so it cannot be refreshed CONCURRENTLY",
+                )
+            )
+        if _TIME_OR_RANDOM.search(body):
+            findings.append(
+                Finding(
+                    file,
+                    number,
+                    "time-in-matview",
+                    f"{name} uses the clock or random(): its rows change at "
+                    "every refresh; apply time at read time",
+                )
+            )
+    if backfill_position is not None:
+        for position, file, number, trigger, function in triggers:
+            if position > backfill_position and functions.get(function, set()) & backfilled:
+                findings.append(
+                    Finding(
+                        file,
+                        number,
+                        "trigger-after-backfill",
+                        f"trigger {trigger} maintains what {BACKFILL_PHASE} fills "
+                        "but is created after it: writes during the backfill "
+                        "would be lost",
+                    )
+                )
+    return [f for f in findings if (f.file, f.statement, f.rule) not in allowed]
+
+
+def _timeouts(phase: PhaseFile, statements: list[str]) -> list[Finding]:
+    found = {m.group(1).lower() for s in statements if (m := SET_TIMEOUT.match(s))}
+    return [
+        Finding(
+            phase.path.name,
+            0,
+            "missing-timeout",
+            f"the file never sets {name}: a blocked statement could queue every query behind it",
+        )
+        for name in ("lock_timeout", "statement_timeout")
+        if name not in found
+    ]
+
+
+def _statement_rules(phase: PhaseFile, file: str, number: int, text: str) -> list[Finding]:
+    findings = []
+    index = _INDEX.match(text)
+    if index and not index.group(1) and index.group(3).lower() in APP_TABLES:
+        findings.append(
+            Finding(
+                file,
+                number,
+                "blocking-index-on-app-table",
+                f"CREATE INDEX on {index.group(3)} without CONCURRENTLY blocks "
+                "its writes for the whole build",
+            )
+        )
+    if (
+        phase.transactional
+        and re.search(r"\bCONCURRENTLY\b", text, re.IGNORECASE)
+        and not re.match(r"^REFRESH", text, re.IGNORECASE)
+    ):
+        findings.append(
+            Finding(
+                file,
+                number,
+                "concurrently-in-transaction",
+                "CONCURRENTLY cannot run in a transaction: mark the file "
+                "`-- opskit: no-transaction`",
+            )
+        )
+    if _VOLATILE_DEFAULT.search(text):
+        findings.append(
+            Finding(
+                file,
+                number,
+                "volatile-default",
+                "a volatile DEFAULT rewrites the table when added to existing "
+                "rows and differs per row; use a stable default or none",
+            )
+        )
+    if _APP_DATA_CHANGE.match(text):
+        findings.append(
+            Finding(
+                file,
+                number,
+                "touches-app-data",
+                "migrations must never drop, empty or alter app tables' data",
+            )
+        )
+    return findings

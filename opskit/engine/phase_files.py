@@ -1,0 +1,156 @@
+"""The phase files: where they are, their order, their statements and what those statements lock.
+
+Phases are `<name>.sql` (up) and `<name>.down.sql` (down) of the checkout's `migrations/` folder,
+shipped inside the package as `opskit.engine.phases`, applied in the order of PHASES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+
+import sqlparse
+
+from opskit.core.errors import EnvironmentProblem
+
+# The phase files: the checkout's `migrations/` folder, shipped as this package (pyproject.toml).
+MIGRATIONS_DIR: Traversable = resources.files("opskit.engine.phases")
+PHASES: tuple[str, ...] = (
+    "phase0_cleanup",
+    "phase1_denormalized_tables",
+    "phase1_backfill_data",
+    "phase2_materialized_views",
+    "phase3_search_and_forums",
+    "phase4_critical_indexes",
+)
+BASE = "base"
+NO_TRANSACTION = "-- opskit: no-transaction"
+
+_CREATED = re.compile(
+    r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+)?"
+    r"(TABLE|VIEW|MATERIALIZED\s+VIEW|INDEX|(?:CONSTRAINT\s+)?TRIGGER|FUNCTION)\s+"
+    r"(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(?:public\.)?\"?(\w+)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class PhaseFile:
+    name: str
+    path: Traversable
+    down_path: Traversable | None
+    text: str
+    checksum: str
+
+    @property
+    def transactional(self) -> bool:
+        return NO_TRANSACTION not in self.text.split("\n", 3)[0:3]
+
+    def statements(self) -> list[str]:
+        return split_statements(self.text)
+
+
+@dataclass(frozen=True)
+class PlannedStatement:
+    phase: str
+    number: int
+    sql: str
+    lock: str
+    blocks: str
+
+
+def split_statements(text: str) -> list[str]:
+    """The SQL statements of a file, comments kept, comment-only pieces dropped."""
+    return [
+        statement.strip()
+        for statement in sqlparse.split(text)
+        if sqlparse.format(statement, strip_comments=True).strip()
+    ]
+
+
+def load_phases(directory: Traversable = MIGRATIONS_DIR) -> list[PhaseFile]:
+    """The phase files in `directory`, in CONTRACT order; an unknown .sql file is an error."""
+    if not directory.is_dir():
+        raise EnvironmentProblem(
+            f"migrations folder {directory} is missing",
+            hint="reinstall opskit: its phase files are gone",
+        )
+    known = set(PHASES)
+    for path in directory.iterdir():
+        if not path.name.endswith(".sql"):
+            continue
+        name = path.name.removesuffix(".sql").removesuffix(".down")
+        if name not in known:
+            raise EnvironmentProblem(
+                f"unknown migration file {path.name} in {directory}",
+                hint=f"phase files are named after CONTRACT §4: {', '.join(PHASES)}",
+            )
+    phases = []
+    for name in PHASES:
+        path = directory / f"{name}.sql"
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise EnvironmentProblem(f"cannot read migration file {path}: {err}") from err
+        down = directory / f"{name}.down.sql"
+        phases.append(
+            PhaseFile(
+                name=name,
+                path=path,
+                down_path=down if down.is_file() else None,
+                text=text,
+                checksum=hashlib.sha256(text.encode()).hexdigest(),
+            )
+        )
+    return phases
+
+
+def created_objects(phases: Iterable[PhaseFile]) -> list[tuple[str, str]]:
+    """(kind, name) of every object the phase files create, in file order."""
+    objects: list[tuple[str, str]] = []
+    for phase in phases:
+        for statement in phase.statements():
+            match = _CREATED.match(sqlparse.format(statement, strip_comments=True))
+            if match:
+                kind = " ".join(match.group(1).lower().split()).removeprefix("constraint ")
+                if (kind, match.group(2).lower()) not in objects:
+                    objects.append((kind, match.group(2).lower()))
+    return objects
+
+
+def describe_lock(statement: str) -> tuple[str, str]:
+    """The strongest lock a statement takes and what that lock blocks, for `--dry-run`."""
+    text = " ".join(sqlparse.format(statement, strip_comments=True).split()).upper()
+    rules: list[tuple[str, str, str]] = [
+        (
+            r"^CREATE (UNIQUE )?INDEX CONCURRENTLY",
+            "SHARE UPDATE EXCLUSIVE",
+            "nothing (only DDL, VACUUM)",
+        ),
+        (r"^CREATE (UNIQUE )?INDEX", "SHARE", "writes"),
+        (r"^DROP INDEX CONCURRENTLY", "SHARE UPDATE EXCLUSIVE", "nothing (only DDL, VACUUM)"),
+        (r"^REFRESH MATERIALIZED VIEW CONCURRENTLY", "EXCLUSIVE", "other refreshes (not reads)"),
+        (r"^REFRESH MATERIALIZED VIEW", "ACCESS EXCLUSIVE", "reads and writes of the view"),
+        (r"^CREATE (OR REPLACE )?(CONSTRAINT )?TRIGGER", "SHARE ROW EXCLUSIVE", "writes"),
+        (r"^(DROP|ALTER) TRIGGER", "ACCESS EXCLUSIVE", "reads and writes"),
+        (r"^ALTER TABLE .* (ENABLE|DISABLE) TRIGGER", "SHARE ROW EXCLUSIVE", "writes"),
+        (
+            r"^(ALTER|DROP) (TABLE|VIEW|MATERIALIZED VIEW|INDEX)",
+            "ACCESS EXCLUSIVE",
+            "reads and writes",
+        ),
+        (r"^TRUNCATE", "ACCESS EXCLUSIVE", "reads and writes"),
+        (r"^LOCK", "as written", "see statement"),
+        (r"^(INSERT|UPDATE|DELETE|MERGE)", "ROW EXCLUSIVE", "nothing (row locks only)"),
+        (r"^CREATE (MATERIALIZED VIEW|TABLE .* AS )", "ACCESS SHARE on sources", "nothing"),
+    ]
+    for pattern, lock, blocks in rules:
+        if re.search(pattern, text):
+            return lock, blocks
+    return "none on existing tables", "nothing"
