@@ -58,15 +58,18 @@ def _imported_top_level_modules() -> set[str]:
 
 def test_every_import_is_declared_and_every_declaration_imported():
     distributions = packages_distributions()
-    imported = {}
-    for module in _imported_top_level_modules():
-        assert module in distributions, f"{module} is imported but not installed"
-        for dist in distributions[module]:
-            imported[canonicalize_name(dist)] = module
     declared = set(_requirements())
-    undeclared = sorted(f"{dist} (import {mod})" for dist, mod in imported.items() if dist not in declared)
-    unused = sorted(declared - set(imported) - set(USED_BY_NAME))
+    undeclared, used = [], set()
+    for module in sorted(_imported_top_level_modules()):
+        assert module in distributions, f"{module} is imported but not installed"
+        # a module may come from several distributions (e.g. a package and its -slim twin)
+        providers = {canonicalize_name(dist) for dist in distributions[module]}
+        if providers & declared:
+            used |= providers & declared
+        else:
+            undeclared.append(f"{module} (from {', '.join(sorted(providers))})")
     assert undeclared == [], "imported at run time, missing from [project.dependencies]"
+    unused = sorted(declared - used - set(USED_BY_NAME))
     assert unused == [], "declared in [project.dependencies], imported nowhere"
 
 
@@ -99,5 +102,7 @@ def test_every_package_folder_ships():
         if path.is_file() and "__pycache__" not in path.parts
     }
     on_disk |= set(mapped)
-    assert on_disk - listed == set(), "folders under opskit/ missing from [tool.setuptools] packages"
+    assert on_disk - listed == set(), (
+        "folders under opskit/ missing from [tool.setuptools] packages"
+    )
     assert all(not name.startswith(("migrations", "loadtests")) for name in listed)
