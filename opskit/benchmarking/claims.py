@@ -30,12 +30,12 @@ class Claim:
         return endpoint.split("?", 1)[0] == self.path
 
 
-def claims_data() -> dict:
+def _read_claims_file() -> dict:
     """claims.json as stored: the source it names, notes, and one entry per claim."""
     return json.loads(files(__package__).joinpath(CLAIMS_FILE).read_text(encoding="utf-8"))
 
 
 CLAIMS = tuple(
     Claim(entry["label"], entry["endpoint"], entry["before_ms"], entry["after_ms"])
-    for entry in claims_data()["claims"]
+    for entry in _read_claims_file()["claims"]
 )
