@@ -1,4 +1,5 @@
-"""The HTTP API (CONTRACT §9): Starlette routes over `opskit.app.endpoints`, before or after mode.
+"""The HTTP API (docs/interface.md §9): Starlette routes over `opskit.app.endpoints`, in before
+or after mode.
 
 Routes only parse and validate the request, check the bearer token, borrow a pooled connection,
 call one `Endpoints` method and encode its answer with orjson. Bad input gets a 4xx with

@@ -312,7 +312,7 @@ def openapi_document(mode: str) -> dict:
         "info": {
             "title": "opskit API",
             "version": __version__,
-            "description": f"The project discovery app's API, {mode} mode (CONTRACT §9). "
+            "description": f"The project discovery app's API, {mode} mode. "
             "Both modes give the same answers on the same data.",
         },
         "components": {
