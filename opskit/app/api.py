@@ -190,7 +190,7 @@ def _query_choice(request: Request, name: str, choices: dict, default: str) -> s
 
 
 # RFC 3339's date-time (the document's `format: date-time`): T and Z in either case, seconds up
-# to 60 (a leap second), any number of fraction digits, an offset of Z or +hh:mm.
+# to 60 (a leap second), any number of fraction digits, an offset of Z, +hh:mm or -hh:mm.
 MINUTE = timedelta(minutes=1)
 RFC3339_DATE_TIME = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
@@ -285,7 +285,7 @@ def _field_id(body: dict, name: str, *, required: bool = True) -> int | None:
     if type(value) is float and value.is_integer():
         value = int(value)  # JSON has one number type: 390.0 is the integer 390 (JSON Schema too)
     if type(value) is not int or not 1 <= value <= MAX_ID:
-        raise ApiError(422, f"{name} must be a positive integer id")
+        raise ApiError(422, f"{name} must be an integer id from 1 to {MAX_ID}")
     return value
 
 

@@ -63,17 +63,19 @@ def test_every_link_names_an_operation_and_its_parameters():
         assert set(link["parameters"]) <= {p["name"] for p in target["parameters"]}, link
 
 
-def test_ids_are_bigint_and_request_bodies_say_extra_properties_are_ignored():
-    document = openapi_document("after")
-    for path, methods in document["paths"].items():
+def test_every_integer_input_is_a_bigint_and_bodies_say_extra_properties_are_ignored():
+    assert MAX_ID == 2**63 - 1
+    for path, methods in openapi_document("after")["paths"].items():
         for operation in methods.values():
-            for parameter in operation.get("parameters", []):
-                if parameter["schema"].get("type") == "integer":
-                    assert parameter["schema"]["maximum"] <= MAX_ID == 2**63 - 1, path
+            inputs = [parameter["schema"] for parameter in operation.get("parameters", [])]
             body = operation.get("requestBody")
             if body:
                 schema = body["content"]["application/json"]["schema"]
                 assert schema["additionalProperties"] is True, path
+                inputs += schema["properties"].values()
+            for schema in inputs:
+                if "integer" in schema.get("type", ()):  # "integer" or ["integer", "null"]
+                    assert schema["minimum"] >= 1 and schema["maximum"] <= MAX_ID, path
 
 
 @pytest.mark.parametrize(
