@@ -6,7 +6,7 @@ call one `Endpoints` method and encode its answer with orjson. Bad input gets a 
 non-UTF-8 JSON bodies 400, bodies over 64 KiB 413, well-formed bodies with wrong fields 422,
 missing/invalid/expired tokens (or a token whose user is gone) 401, a message or intro to oneself
 403, unknown ids 404, a method the route does not serve 405 (with `Allow`). Validation accepts
-exactly what the request schemas of `opskit.openapi` allow.
+exactly what the request schemas of `opskit.app.openapi` allow.
 """
 
 from __future__ import annotations
