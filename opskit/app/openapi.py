@@ -503,7 +503,11 @@ def openapi_document(mode: str) -> dict:
                             "name": "slug",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_QUERY_CHARS,
+                            },
                         },
                         *PAGE_PARAMETERS,
                     ],
