@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/opskit bench $(DEMO_BENCH) -o reports/demo.html
 
 ## test: the default suite (no benchmarks) against real servers
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/pytest -m "not bench" $(PYTEST_ARGS)
 
 ## bench: the benchmarks with speed targets (slow)
