@@ -214,7 +214,8 @@ def _alternate_runs(
     progress: loadtest.RunsProgress | None,
 ) -> dict[str, list[RunSummary]]:
     """K runs per mode, before and after alternating, each against its own server and clone."""
-    prefix = f"{plan.database_prefix}:{os.getpid()}:"
+    # Below OPSKIT_REDIS_PREFIX, like every key opskit writes; deleted at the end.
+    prefix = f"{settings.redis_prefix}{plan.database_prefix}:{os.getpid()}:"
     runs: dict[str, list[RunSummary]] = {"before": [], "after": []}
     with ExitStack() as servers:
         servers.callback(clones.forget_redis_keys, redis_url, prefix)
