@@ -46,7 +46,7 @@ SET statement_timeout = '15min';
 --      * the per-vote cost is one plpgsql row-trigger call and one heap row + two index entries:
 --        about 30 us of server CPU per vote on the hot key, where the first design (statement
 --        triggers with transition tables, owner lookup, FOR SHARE project lock, a projects
---        trigger moving owners' counts) took about 90 us (README, "Write cost").
+--        trigger moving owners' counts) took about 90 us (docs/measurements.md, "Write cost").
 --    A single user's row stays a few index lookups: users, base and delta by user_id, the
 --    user's projects by projects_owner_id_idx, each project's base row and pending deltas.
 --
@@ -92,7 +92,7 @@ SET statement_timeout = '15min';
 -- The base tables are half empty on purpose (fillfactor 50): every fold updates the base row of
 -- each user and project it folds, and with room on the page those updates stay HOT (no new
 -- index entry, less WAL). Packed full, nearly every fold update moved its row to another page:
--- about 10k instructions more per folded vote (README, "Write cost").
+-- about 10k instructions more per folded vote (docs/measurements.md, "Write cost").
 CREATE TABLE user_dashboard_stats_base (
     user_id                 bigint PRIMARY KEY,
     votes_cast              bigint NOT NULL DEFAULT 0,

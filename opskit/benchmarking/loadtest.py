@@ -4,9 +4,10 @@ Locust runs in its own processes (it monkey-patches with gevent), started with a
 model (open: a fixed arrival rate; closed: a number of users), the scenario's locustfile in
 `loadtests/`, and a fixture of real ids, tokens and search terms read from the database before
 the run. The Locust side (`benchmarking.locust_user`) writes every request's timing; this side
-generator's CPU each second, then writes one result folder per repetition (README, "Load
-tests"): meta.json, requests.parquet, seconds.parquet and Locust's own CSVs. A run folder is
-written under a temporary name and renamed when complete, so a failed run leaves nothing behind.
+samples the generator's CPU each second, then writes one result folder per repetition
+(docs/benchmarking.md, "Load tests"): meta.json, requests.parquet, seconds.parquet and Locust's
+own CSVs. A run folder is written under a temporary name and renamed when complete, so a failed
+run leaves nothing behind.
 """
 
 from __future__ import annotations
