@@ -191,11 +191,12 @@ def _query_choice(request: Request, name: str, choices: dict, default: str) -> s
 
 
 # RFC 3339's date-time (the document's `format: date-time`): T and Z in either case, seconds up
-# to 60 (a leap second), any number of fraction digits, an offset of Z, +hh:mm or -hh:mm.
+# to 60 (a leap second), any number of fraction digits, an offset of Z, +hh:mm or -hh:mm. Clients
+# have always been able to leave the offset out (read as UTC), so it stays optional here.
 MINUTE = timedelta(minutes=1)
 RFC3339_DATE_TIME = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
-    r"(?P<fraction>\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})",
+    r"(?P<fraction>\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?",
     re.ASCII,
 )
 
@@ -220,7 +221,8 @@ def _as_of(request: Request) -> datetime | None:
 
 
 def rfc3339_instant(text: str) -> datetime:
-    """The aware datetime an RFC 3339 date-time names; ValueError when the text is not one.
+    """The aware datetime an RFC 3339 date-time names (without an offset: UTC); ValueError when
+    the text is not one.
 
     A leap second (23:59:60 in UTC) is the first instant of the next minute, as PostgreSQL reads
     it. Python's datetime cannot hold year 0000, which RFC 3339 allows: that is a ValueError too.
@@ -228,11 +230,14 @@ def rfc3339_instant(text: str) -> datetime:
     match = RFC3339_DATE_TIME.fullmatch(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 date-time: {text!r}")
-    if match["second"] != "60":
-        return datetime.fromisoformat(text.upper())
-    instant = datetime.fromisoformat(
-        (text[: match.start("second")] + "59" + text[match.end("second") :]).upper()
-    )
+    leap_second = match["second"] == "60"
+    if leap_second:
+        text = text[: match.start("second")] + "59" + text[match.end("second") :]
+    instant = datetime.fromisoformat(text.upper())
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    if not leap_second:
+        return instant
     utc_minute = (instant.hour * 60 + instant.minute - instant.utcoffset() // MINUTE) % (24 * 60)
     if utc_minute != 23 * 60 + 59:
         raise ValueError(f"a leap second is 23:59:60 in UTC, not {text!r}")

@@ -434,9 +434,10 @@ def openapi_document(mode: str) -> dict:
                             "name": "as_of",
                             "in": "query",
                             "description": "instant the trending score is computed for, an RFC "
-                            "3339 date-time from year 0001 to 9999 (default: now in before mode; "
-                            "in after mode the instant of the scores the feed view's last refresh "
-                            "stored, which the answer's as_of carries)",
+                            "3339 date-time from year 0001 to 9999; one without an offset is read "
+                            "as UTC (default: now in before mode; in after mode the instant of the "
+                            "scores the feed view's last refresh stored, which the answer's as_of "
+                            "carries)",
                             "schema": TIME,
                         },
                         *PAGE_PARAMETERS,
