@@ -456,12 +456,12 @@ SELECT EXISTS (SELECT FROM mv_chains_discovery WHERE slug = %(slug)s) AS chain_e
 -- letters and digits of lower(q), a document's words those of its lower-cased text and its
 -- name words those of its title (phase 3's mv_search_index.words, name_words). A query word
 -- matches a document word when they are equal, or when neither has a digit (0-9) and their
--- pg_trgm similarity reaches %(threshold)s; a query word's
--- best match in a document is its most similar word there, a name word first among equals. A
--- document matches when every query word matches one of its words; its similarity is the mean
--- of the best matches' similarities. Ranked by similarity desc, the number of best matches that
--- are name words desc, popularity desc, kind, id. Before mode computes that from the base
--- tables; after mode from the word index (search_words, search_postings) in two steps.
+-- pg_trgm similarity reaches the threshold; a query word's best match in a document is its
+-- most similar word there, a name word first among equals. A document matches when every query
+-- word matches one of its words; its similarity is the mean of the best matches'
+-- similarities. Ranked by similarity desc, the number of best matches that are name words
+-- desc, popularity desc, kind, id. Before mode computes that from the base tables; after mode
+-- from the word index (search_words, search_postings) in two steps.
 -- name: search_before --
 WITH documents AS (
     SELECT 'project'::text AS kind, p.id, p.title, p.tagline AS subtitle,
