@@ -290,11 +290,9 @@ class Endpoints:
             pairs = [
                 (query_word, m["word"]) for query_word, found in matches.items() for m in found
             ]
-            driver = min(matches, key=lambda word: sum(m["documents"] for m in matches[word]))
             params = {
                 "query_words": [query_word for query_word, _ in pairs],
                 "words": [word for _, word in pairs],
-                "driver": driver,
                 "query_word_count": len(matches),
             }
             rows = await _rows(conn, _sql("search_all_words_after"), {**params, **page.params()})

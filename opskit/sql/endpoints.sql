@@ -593,37 +593,40 @@ ORDER BY page.similarity DESC, page.in_name DESC, page.popularity DESC, page.kin
          page.entity_id;
 
 -- After mode, step 2 for several query words: (query_words[i], words[i]) are the matches of
--- step 1. Every matching document holds a word of the `driver` query word (the one whose
--- matches have the fewest postings), so its postings are the candidates, and each
--- candidate's words decide the rest. Costs the driver's postings: the rarer word bounds it.
+-- step 1. Each query word's best match in each document comes from the postings of its
+-- matches (index-only scans); a document that has one for every query word matches. Costs
+-- the matched words' postings: a query of common words reads many.
 -- name: search_all_words_after --
 WITH matched AS (
     SELECT query_word, word, similarity(query_word, word) AS similarity
     FROM unnest(%(query_words)s::text[], %(words)s::text[]) AS m(query_word, word)
-), candidates AS (
-    SELECT DISTINCT p.kind, p.entity_id
+), best AS (
+    SELECT DISTINCT ON (m.query_word, p.kind, p.entity_id)
+           m.query_word, p.kind, p.entity_id, p.popularity, m.similarity, p.in_name
     FROM matched m
-    JOIN search_postings p ON p.word = m.word
-    WHERE m.query_word = %(driver)s
-), scored AS (
-    SELECT s.kind, s.entity_id, s.title, s.subtitle, s.popularity,
-           avg(best.similarity) AS similarity, count(*) FILTER (WHERE best.in_name) AS in_name
-    FROM candidates c
-    JOIN mv_search_index s ON s.kind = c.kind AND s.entity_id = c.entity_id
     CROSS JOIN LATERAL (
-        SELECT DISTINCT ON (m.query_word)
-               m.query_word, m.similarity, m.word = ANY (s.name_words) AS in_name
-        FROM matched m
-        WHERE m.word = ANY (s.words)
-        ORDER BY m.query_word, m.similarity DESC, m.word = ANY (s.name_words) DESC
-    ) best
-    GROUP BY s.kind, s.entity_id, s.title, s.subtitle, s.popularity
+        -- OFFSET 0 keeps this a scan of one word's postings per match: unflattened, the
+        -- planner misjudges the join and reads every posting (0.8 s at medium)
+        SELECT kind, entity_id, popularity, in_name
+        FROM search_postings
+        WHERE word = m.word
+        OFFSET 0
+    ) p
+    ORDER BY m.query_word, p.kind, p.entity_id, m.similarity DESC, p.in_name DESC
+), page AS (
+    SELECT kind, entity_id, popularity, avg(similarity) AS similarity,
+           count(*) FILTER (WHERE in_name) AS in_name
+    FROM best
+    GROUP BY kind, entity_id, popularity
     HAVING count(*) = %(query_word_count)s
+    ORDER BY similarity DESC, in_name DESC, popularity DESC, kind, entity_id
+    LIMIT %(limit)s OFFSET %(offset)s
 )
-SELECT kind, entity_id AS id, title, subtitle, similarity, popularity
-FROM scored
-ORDER BY similarity DESC, in_name DESC, popularity DESC, kind, entity_id
-LIMIT %(limit)s OFFSET %(offset)s;
+SELECT page.kind, page.entity_id AS id, s.title, s.subtitle, page.similarity, page.popularity
+FROM page
+JOIN mv_search_index s ON s.kind = page.kind AND s.entity_id = page.entity_id
+ORDER BY page.similarity DESC, page.in_name DESC, page.popularity DESC, page.kind,
+         page.entity_id;
 
 -- name: pg_trgm_installed --
 SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm') AS installed;
