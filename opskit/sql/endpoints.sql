@@ -479,34 +479,30 @@ WITH documents AS (
     SELECT DISTINCT word AS query_word
     FROM regexp_split_to_table(lower(%(q)s), '[^[:alnum:]]+') AS word
     WHERE word <> ''
-), document_words AS (
-    SELECT d.kind, d.id, word, bool_or(in_name) AS in_name
+), tokens AS MATERIALIZED (
+    -- every word of every document, and again each word of its name (in_name)
+    SELECT d.kind, d.id, word, false AS in_name
     FROM documents d,
-         LATERAL (
-             SELECT word, false AS in_name
-             FROM unnest(string_to_array(regexp_replace(d.document, '[^[:alnum:]]+', ' ', 'g'),
-                                         ' ')) AS word
-             UNION ALL
-             SELECT word, true
-             FROM unnest(string_to_array(regexp_replace(lower(d.title), '[^[:alnum:]]+', ' ', 'g'),
-                                         ' ')) AS word
-         ) tokens
-    WHERE word <> ''
-    GROUP BY d.kind, d.id, word
+         unnest(string_to_array(regexp_replace(d.document, '[^[:alnum:]]+', ' ', 'g'), ' ')) AS word
+    UNION ALL
+    SELECT d.kind, d.id, word, true
+    FROM documents d,
+         unnest(string_to_array(regexp_replace(lower(d.title), '[^[:alnum:]]+', ' ', 'g'), ' ')) AS word
 ), matched AS (
     -- each distinct word once: similarity() runs per vocabulary word, not per occurrence
     SELECT q.query_word, v.word, similarity(q.query_word, v.word) AS similarity
     FROM query_words q
-    CROSS JOIN (SELECT DISTINCT word FROM document_words) v
+    CROSS JOIN (SELECT DISTINCT word FROM tokens WHERE word <> '') v
     WHERE v.word = q.query_word
        OR (q.query_word !~ '[0-9]' AND v.word !~ '[0-9]'
            AND similarity(q.query_word, v.word) >= %(threshold)s)
 ), best AS (
-    SELECT DISTINCT ON (dw.kind, dw.id, m.query_word)
-           dw.kind, dw.id, m.query_word, m.similarity, dw.in_name
-    FROM document_words dw
-    JOIN matched m ON m.word = dw.word
-    ORDER BY dw.kind, dw.id, m.query_word, m.similarity DESC, dw.in_name DESC
+    -- the documents' occurrences of matched words only, then each query word's best match
+    SELECT DISTINCT ON (t.kind, t.id, m.query_word)
+           t.kind, t.id, m.query_word, m.similarity, t.in_name
+    FROM tokens t
+    JOIN matched m ON m.word = t.word
+    ORDER BY t.kind, t.id, m.query_word, m.similarity DESC, t.in_name DESC
 ), scored AS (
     SELECT kind, id, avg(similarity) AS similarity, count(*) FILTER (WHERE in_name) AS in_name
     FROM best
