@@ -136,24 +136,20 @@ BEGIN
        OR v.popularity IS DISTINCT FROM s.popularity;
     ANALYZE search_changed;
 
+    -- A posting is kept when the document still has the word, with the same popularity and
+    -- in_name: a test per row (arrays of a few dozen words), no set operation over all postings.
     DELETE FROM search_postings p
-    USING (
-        SELECT word, word = ANY (c.old_name_words) AS in_name, c.old_popularity AS popularity,
-               c.kind, c.entity_id
-        FROM search_changed c, unnest(c.old_words) AS word
-        EXCEPT
-        SELECT word, word = ANY (c.new_name_words), c.new_popularity, c.kind, c.entity_id
-        FROM search_changed c, unnest(c.new_words) AS word
-    ) gone
-    WHERE p.word = gone.word AND p.in_name = gone.in_name AND p.popularity = gone.popularity
-      AND p.kind = gone.kind AND p.entity_id = gone.entity_id;
+    USING search_changed c, unnest(c.old_words) AS word
+    WHERE NOT (word = ANY (c.new_words) AND c.new_popularity = c.old_popularity
+               AND (word = ANY (c.new_name_words)) = (word = ANY (c.old_name_words)))
+      AND p.word = word AND p.in_name = (word = ANY (c.old_name_words))
+      AND p.popularity = c.old_popularity AND p.kind = c.kind AND p.entity_id = c.entity_id;
 
     INSERT INTO search_postings (word, in_name, popularity, kind, entity_id)
     SELECT word, word = ANY (c.new_name_words), c.new_popularity, c.kind, c.entity_id
     FROM search_changed c, unnest(c.new_words) AS word
-    EXCEPT
-    SELECT word, word = ANY (c.old_name_words), c.old_popularity, c.kind, c.entity_id
-    FROM search_changed c, unnest(c.old_words) AS word;
+    WHERE NOT (word = ANY (c.old_words) AND c.old_popularity IS NOT DISTINCT FROM c.new_popularity
+               AND (word = ANY (c.old_name_words)) = (word = ANY (c.new_name_words)));
 
     WITH counted AS (
         INSERT INTO search_words AS d (word, documents)
