@@ -139,10 +139,10 @@ BEGIN
     -- A posting is kept when the document still has the word, with the same popularity and
     -- in_name: a test per row (arrays of a few dozen words), no set operation over all postings.
     DELETE FROM search_postings p
-    USING search_changed c, unnest(c.old_words) AS word
-    WHERE NOT (word = ANY (c.new_words) AND c.new_popularity = c.old_popularity
-               AND (word = ANY (c.new_name_words)) = (word = ANY (c.old_name_words)))
-      AND p.word = word AND p.in_name = (word = ANY (c.old_name_words))
+    USING search_changed c, unnest(c.old_words) AS old(word)
+    WHERE NOT (old.word = ANY (c.new_words) AND c.new_popularity = c.old_popularity
+               AND (old.word = ANY (c.new_name_words)) = (old.word = ANY (c.old_name_words)))
+      AND p.word = old.word AND p.in_name = (old.word = ANY (c.old_name_words))
       AND p.popularity = c.old_popularity AND p.kind = c.kind AND p.entity_id = c.entity_id;
 
     INSERT INTO search_postings (word, in_name, popularity, kind, entity_id)
