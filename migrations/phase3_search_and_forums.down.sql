@@ -2,7 +2,7 @@ SET lock_timeout = '5s';
 SET statement_timeout = '15min';
 
 -- Undo phase3_search_and_forums: its triggers, its rows of the dependency list and the queue,
--- and its views. phase2's queue, function and views stay. pg_trgm stays: other objects may use
+-- its views and the search word index. phase2's queue, function and views stay. pg_trgm stays: other objects may use
 -- it. App tables and their rows are not touched.
 
 DROP TRIGGER IF EXISTS trg_opskit_mvq_intro_requests ON intro_requests;
@@ -16,4 +16,8 @@ WHERE view_name IN ('mv_search_index', 'mv_chain_posts', 'mv_investors_directory
 
 DROP MATERIALIZED VIEW IF EXISTS mv_investors_directory;
 DROP MATERIALIZED VIEW IF EXISTS mv_chain_posts;
+DROP FUNCTION IF EXISTS opskit_search_words_sync();
+DROP TABLE IF EXISTS search_synced;
+DROP TABLE IF EXISTS search_postings;
+DROP TABLE IF EXISTS search_words;
 DROP MATERIALIZED VIEW IF EXISTS mv_search_index;

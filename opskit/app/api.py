@@ -41,6 +41,7 @@ from opskit.app.endpoints import (
     CHAIN_ORDERS,
     FEED_ORDERS,
     MODES,
+    SEARCH_SIMILARITY_THRESHOLD,
     ApiError,
     Endpoints,
     Page,
@@ -70,10 +71,10 @@ log = logging.getLogger(__name__)
 POOL_TIMEOUT_S = 10.0
 TOKEN_CACHE_SIZE = 10_000
 WORKER_HEALTHCHECK_TIMEOUT_S = 30
-WORD_SIMILARITY_THRESHOLD = 0.6  # pg_trgm's default, pinned so both modes match the same rows
-# Every connection: UTC timestamps in JSON, the same trigram threshold, no runaway query.
+# Every connection: UTC timestamps in JSON, search's trigram threshold (for the `%` operator
+# the word index serves), no runaway query.
 CONNECTION_OPTIONS = (
-    f"-c TimeZone=UTC -c pg_trgm.word_similarity_threshold={WORD_SIMILARITY_THRESHOLD} "
+    f"-c TimeZone=UTC -c pg_trgm.similarity_threshold={SEARCH_SIMILARITY_THRESHOLD} "
     "-c statement_timeout=60s"
 )
 AFTER_RELATIONS = (
@@ -87,6 +88,8 @@ AFTER_RELATIONS = (
     "mv_chains_discovery",
     "mv_chain_posts",
     "mv_search_index",
+    "search_words",
+    "search_postings",
     "mv_investors_directory",
 )
 # `opskit serve --workers N` hands these to the worker processes (uvicorn imports the factory).
@@ -602,7 +605,7 @@ def _readiness_problem(mode: str, missing: list[str]) -> EnvironmentProblem | No
 async def _prepare_database(conn: psycopg.AsyncConnection, mode: str) -> None:
     """Refuse a database the mode cannot serve; give before mode the pg_trgm extension.
 
-    Search means pg_trgm word similarity in both modes (so both rank the same rows); phase 3
+    Search means pg_trgm similarity of words in both modes (so both rank the same rows); phase 3
     installs the extension, and a before-mode database that never ran it gets it here.
     """
     cursor = await conn.execute(
@@ -615,7 +618,7 @@ async def _prepare_database(conn: psycopg.AsyncConnection, mode: str) -> None:
     if not (await cursor.fetchone())[0]:
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-            log.warning("installed the pg_trgm extension: search uses its word similarity")
+            log.warning("installed the pg_trgm extension: search uses its similarity")
         except psycopg.Error as err:
             log.warning("pg_trgm is missing and cannot be installed, search answers 503: %s", err)
 

@@ -517,7 +517,7 @@ def openapi_document(mode: str) -> dict:
             "/api/search": {
                 "get": _get(
                     "search",
-                    "Fuzzy search over projects, builders and chains (pg_trgm word similarity)",
+                    "Search projects, builders and chains by words, typos forgiven (pg_trgm)",
                     _page_of(SEARCH_HIT, q=TEXT),
                     400,
                     parameters=[
