@@ -29,6 +29,13 @@ from opskit.core.db import connect
 from opskit.core.errors import BadInput, DatabaseError, ProblemFound, first_line
 from opskit.core.schema import require_base_schema
 from opskit.engine.grants import grant, plan_grants, record_grantees, require_roles
+from opskit.engine.locked_section import (
+    LockedSection,
+    LockGroup,
+    SectionFailed,
+    lock_groups,
+    lock_runs,
+)
 from opskit.engine.phase_files import (
     BASE,
     MIGRATIONS_DIR,
@@ -38,6 +45,7 @@ from opskit.engine.phase_files import (
     PlannedStatement,
     describe_lock,
     load_phases,
+    locked_section_start,
     split_statements,
 )
 from opskit.sql import queries
@@ -84,6 +92,7 @@ class MigrateResult:
     applied: list[dict] = field(default_factory=list)
     already_applied: list[str] = field(default_factory=list)
     plan: list[PlannedStatement] = field(default_factory=list)
+    lock_groups: list[LockGroup] = field(default_factory=list)  # dry run: per pending phase
     dry_run: bool = False
     granted: list[str] = field(default_factory=list)  # roles given opskit's relations
 
@@ -243,9 +252,11 @@ def migrate(
                 grantees = record_grantees(conn, grant_to, _applied_by(), progress.notice)
                 grant(conn, grantees, [p for p in phases if p.name in ledger])
         pending = [p for p in phases if p.name not in ledger and _phase_index(p.name) <= target]
+        last_runs = lock_runs(conn, "up") if dry_run else {}
         for phase in pending:
             if dry_run:
                 result.plan.extend(_plan(phase))
+                result.lock_groups.extend(lock_groups(phase, last_runs))
                 continue
             started = time.perf_counter()
             if phase.transactional:
@@ -315,26 +326,51 @@ def _run_in_one_transaction(
 ) -> None:
     """Run `statements` and then `finish` (the ledger update) in one transaction.
 
-    A lock timeout or deadlock retries the whole transaction; any other error is reported with
-    the number of the statement that failed, and nothing of the attempt remains.
+    From its first `LOCK TABLE` on, the script is a locked section (opskit.engine.locked_section):
+    it retries on its own, inside the transaction, until it gets its locks. Any other lock
+    timeout or deadlock retries the whole transaction; any other error is reported with the
+    number of the statement that failed, and nothing of the attempt remains.
     """
     settings = _timeout_settings(statements, timeouts)
+    start = locked_section_start(statements)
+    head = statements if start is None else statements[:start]
+    section_statements = [
+        (number, statement)
+        for number, statement in enumerate(statements[len(head) :], start=len(head) + 1)
+        if not _is_timeout_set(statement)
+    ]
 
     def attempt() -> int:
         progress.phase_started(label, len(statements))
         number = 0
+        section = None
         try:
             with conn.transaction():
                 _set_timeouts(conn, settings, is_local=True)
-                for number, statement in enumerate(statements, start=1):  # noqa: B007
+                for number, statement in enumerate(head, start=1):  # noqa: B007
                     if not _is_timeout_set(statement):
                         conn.execute(statement)
                     progress.statement_finished(label)
+                if section_statements:
+                    section = LockedSection(
+                        conn,
+                        phase,
+                        label,
+                        section_statements,
+                        retries=timeouts.lock_retries,
+                        backoff_s=timeouts.backoff_s,
+                    )
+                    section.run(lambda: progress.statement_finished(label), progress.notice)
+                    _set_timeouts(conn, settings, is_local=True)  # for the ledger update
                 finish()
         except _LOCK_CONFLICTS:
             raise
+        except SectionFailed as failed:
+            raise _phase_error(phase, failed.number, failed.error, undo=undo) from failed.error
         except psycopg.Error as err:
             raise _phase_error(phase, number, err, undo=undo) from err
+        if section is not None:
+            section.committed("down" if undo else "up")
         return len(statements)
 
     _with_lock_retries(attempt, phase.name, timeouts, progress)
@@ -526,6 +562,8 @@ def rollback(
     undone = []
     with migration_lock(url, wait=True, progress=progress), connect(url, autocommit=True) as conn:
         ledger = read_ledger(conn)
+        if ledger:
+            _ensure_ledger(conn)  # a ledger older than opskit_migration_locks gets it
         for name in sorted(ledger, key=_phase_index, reverse=True):
             if _phase_index(name) <= target:
                 break

@@ -323,8 +323,9 @@ def test_a_permission_error_mid_phase_exits_3_and_records_only_what_was_applied(
         admin.execute(
             sql.SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(sql.Identifier(role))
         )
+        # UPDATE lets it LOCK the app tables (phase 0 does), not create triggers on them
         admin.execute(
-            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(
+            sql.SQL("GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public TO {}").format(
                 sql.Identifier(role)
             )
         )

@@ -1,0 +1,209 @@
+"""The locked section of a phase script: its strong locks taken up front, under one budget.
+
+The app must never be the one that loses. A script's `LOCK TABLE` statements start its locked
+section, which runs to the script's commit: the LOCKs take every lock on an app table the rest
+needs (together, parents before children, in the strongest mode needed: `opskit lint` checks
+that), then short DDL runs, then the transaction commits. The section's whole run, lock waits
+included, is bounded by the phase's lock_timeout, which must be below the server's
+deadlock_timeout: each statement gets what is left of that budget as its lock_timeout and
+statement_timeout. An app transaction that queues behind the section started waiting after the
+section began, so it waits less than deadlock_timeout and its own deadlock check never runs
+while it waits for us. When the section and an app transaction wait for each other, the
+section's budget runs out first: it rolls back to its savepoint, which releases every lock it
+took, and tries again after a jittered backoff, keeping the work done before the section.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from opskit.core.errors import BadInput, ProblemFound
+from opskit.engine.phase_files import LOCK_BLOCKS, PhaseFile, lock_statement, section_locks
+from opskit.sql import queries
+
+# What makes a section give way: it waited too long (lock_timeout, or statement_timeout while
+# waiting) or PostgreSQL found it in a deadlock (the budget makes that the migration's own).
+_GIVE_WAY = (
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.QueryCanceled,
+)
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    """How the last run of a phase's locked section went (table opskit_migration_locks)."""
+
+    waited_ms: int  # from the first LOCK attempt until every lock was granted, backoffs included
+    held_ms: int  # from the locks granted until the commit released them
+    attempts: int
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class LockGroup:
+    """What `migrate --dry-run` says about a pending phase's locks taken together."""
+
+    phase: str
+    tables: list[str]
+    mode: str
+    blocks: str
+    last_run: LockRecord | None
+
+    def describe(self) -> str:
+        if self.last_run:
+            tries = "try" if self.last_run.attempts == 1 else "tries"
+            last = (
+                f"held {self.last_run.held_ms} ms last time (waited {self.last_run.waited_ms} "
+                f"ms, {self.last_run.attempts} {tries})"
+            )
+        else:
+            last = "never run on this database"
+        return (
+            f"locks taken together: {', '.join(self.tables)} in {self.mode} mode "
+            f"(blocks {self.blocks}); {last}"
+        )
+
+
+class SectionFailed(Exception):
+    """A statement of the section failed for another reason than its locks."""
+
+    def __init__(self, number: int, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.number, self.error = number, error
+
+
+class _BudgetSpent(Exception):
+    """The section used up its budget before its last statement."""
+
+
+def _gave_way(err: Exception) -> bool:
+    if isinstance(err, psycopg.errors.QueryCanceled):  # not a cancel by an operator
+        return "statement timeout" in str(err)
+    return isinstance(err, (*_GIVE_WAY, _BudgetSpent))
+
+
+def lock_runs(conn: psycopg.Connection, script: str) -> dict[str, LockRecord]:
+    """The last run of each phase's locked section (`script` up or down), by phase name."""
+    sql = queries("migrations.sql")
+    if not conn.execute(sql["lock_runs_exist"]).fetchone()[0]:
+        return {}
+    return {
+        row[0]: LockRecord(*row[1:]) for row in conn.execute(sql["lock_runs"], {"script": script})
+    }
+
+
+def lock_groups(phase: PhaseFile, last_runs: dict[str, LockRecord]) -> list[LockGroup]:
+    """The locks a pending phase takes together (none for a phase without a locked section)."""
+    locks = section_locks(phase.statements()) if phase.transactional else None
+    if locks is None:
+        return []
+    blocks = LOCK_BLOCKS.get(locks.mode, "nothing the app does")
+    return [
+        LockGroup(phase.name, list(locks.tables), locks.mode, blocks, last_runs.get(phase.name))
+    ]
+
+
+class LockedSection:
+    """Runs the numbered statements of a locked section inside the caller's transaction."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        phase: PhaseFile,
+        label: str,
+        numbered: list[tuple[int, str]],
+        *,
+        retries: int,
+        backoff_s: float,
+    ) -> None:
+        self.conn, self.phase, self.label = conn, phase, label
+        self.numbered, self.retries, self.backoff_s = numbered, retries, backoff_s
+        self.locks = section_locks([statement for _, statement in numbered])
+        self.last_lock = max(number for number, s in numbered if lock_statement(s))
+        self.number = numbered[0][0]  # the statement running, for error messages
+        self.attempts = 0
+        self.waited_s = 0.0
+        self.granted_at = 0.0
+
+    def _budget_ms(self) -> int:
+        lock_timeout_ms, deadlock_timeout_ms = self.conn.execute(
+            queries("migrations.sql")["lock_limits"]
+        ).fetchone()
+        if not 0 < lock_timeout_ms < deadlock_timeout_ms:
+            raise BadInput(
+                f"{self.label}: lock_timeout {lock_timeout_ms} ms is not below the server's "
+                f"deadlock_timeout ({deadlock_timeout_ms} ms): PostgreSQL could end an app "
+                "transaction to break a deadlock before the migration gives up its locks",
+                hint=f"pass --lock-timeout below {deadlock_timeout_ms}ms "
+                "(half of it leaves the app a margin)",
+            )
+        return lock_timeout_ms
+
+    def run(self, statement_finished: Callable[[], None], notice: Callable[[str], None]) -> None:
+        budget_ms = self._budget_ms()
+        delay = self.backoff_s
+        first_try = time.perf_counter()
+        while True:
+            self.attempts += 1
+            try:
+                with self.conn.transaction():  # a savepoint: a failed try releases its locks
+                    self._run_once(budget_ms, statement_finished)
+                break
+            except (psycopg.Error, _BudgetSpent) as err:
+                if not _gave_way(err):
+                    raise SectionFailed(self.number, err) from err
+                if self.attempts > self.retries:
+                    raise ProblemFound(
+                        f"{self.label}: could not take and use its locks on "
+                        f"{', '.join(self.locks.tables)} within {budget_ms} ms, "
+                        f"{self.attempts} tries in {time.perf_counter() - first_try:.1f} s",
+                        hint="find the long transaction holding them (pg_stat_activity); "
+                        "retry later or with more --lock-retries",
+                    ) from err
+                wait = delay * random.uniform(0.5, 1.5)  # jitter: never in step with the app
+                notice(
+                    f"{self.label}: gave way to the app ({type(err).__name__} at statement "
+                    f"{self.number}, budget {budget_ms} ms); try {self.attempts + 1} "
+                    f"in {wait:.1f} s"
+                )
+                time.sleep(wait)
+                delay = min(delay * 2, 60)
+        self.waited_s = self.granted_at - first_try
+
+    def _run_once(self, budget_ms: int, statement_finished: Callable[[], None]) -> None:
+        began = time.perf_counter()
+        for number, statement in self.numbered:
+            self.number = number
+            left_ms = budget_ms - round((time.perf_counter() - began) * 1000)
+            if left_ms <= 0:
+                raise _BudgetSpent()
+            # One round trip: the section holds its locks meanwhile. left_ms is our own integer.
+            self.conn.execute(
+                f"SET LOCAL lock_timeout = {left_ms}; SET LOCAL statement_timeout = {left_ms};\n"
+                + statement
+            )
+            if self.number == self.last_lock:
+                self.granted_at = time.perf_counter()
+            statement_finished()
+
+    def committed(self, script: str) -> None:
+        """Record, once the commit released the locks, how long the section held them."""
+        self.conn.execute(
+            queries("migrations.sql")["record_lock_run"],
+            {
+                "phase": self.phase.name,
+                "script": script,
+                "tables": list(self.locks.tables),
+                "mode": self.locks.mode,
+                "waited_ms": round(self.waited_s * 1000),
+                "held_ms": round((time.perf_counter() - self.granted_at) * 1000),
+                "attempts": self.attempts,
+            },
+        )
