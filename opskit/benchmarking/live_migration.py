@@ -51,6 +51,7 @@ class Window:
     operations: int
     p99_ms: float | None
     max_ms: float | None
+    slowest: str | None  # the write path of the slowest operation
 
 
 @dataclass
@@ -111,9 +112,10 @@ def _percentile(sorted_values: Sequence[float], share: float) -> float:
 
 
 def window(
-    step: str, phase: str, start: float, end: float, timings: Sequence[tuple[float, float]]
+    step: str, phase: str, start: float, end: float, timings: Sequence[tuple[float, float, str]]
 ) -> Window:
-    seconds = sorted(took for began, took in timings if start <= began < end)
+    inside = sorted((took, name) for began, took, name in timings if start <= began < end)
+    seconds = [took for took, _ in inside]
     return Window(
         step,
         phase,
@@ -121,6 +123,7 @@ def window(
         len(seconds),
         round(_percentile(seconds, 0.99) * 1000, 1) if seconds else None,
         round(seconds[-1] * 1000, 1) if seconds else None,
+        inside[-1][1] if inside else None,
     )
 
 

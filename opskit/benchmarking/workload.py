@@ -146,8 +146,8 @@ class Writers:
     `reconnect`, a connection the server closed (a terminated backend) is counted and replaced,
     and the operation's outcome is unknown; without it, that is an error like any other.
     `ops` limits the operations to those names (default: the app's, plus the admin ones with
-    `admin`). `timings` holds (start, seconds) of every operation, retries included: what the
-    app's request waited.
+    `admin`). `timings` holds (start, seconds, name) of every operation, retries included: what
+    the app's request waited.
     """
 
     def __init__(
@@ -176,7 +176,7 @@ class Writers:
         self.deadlock_details: list[str] = []
         self.connections_lost = 0
         self.errors: list[str] = []
-        self.timings: list[tuple[float, float]] = []  # (time.monotonic() at start, seconds)
+        self.timings: list[tuple[float, float, str]] = []  # (monotonic start, seconds, name)
         self.ops_done: collections.Counter[str] = collections.Counter()  # committed, by name
         self.running: dict[int, str] = {}  # backend pid -> operation, to explain deadlocks
         self.stop = threading.Event()
@@ -231,7 +231,7 @@ class Writers:
         try:
             return self._attempt_with_retries(conn, name, params, rollback)
         finally:
-            self.timings.append((started, time.monotonic() - started))
+            self.timings.append((started, time.monotonic() - started, name))
 
     def _attempt_with_retries(
         self, conn: psycopg.Connection, name: str, params: dict, rollback: bool
