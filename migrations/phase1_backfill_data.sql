@@ -501,7 +501,7 @@ BEGIN
 END
 $proc$;
 
-CALL opskit_backfill_in_batches(1000);
+CALL opskit_backfill_in_batches(250);
 
 -- Fresh planner statistics for what the backfill wrote: without them the planner guessed ~2,500
 -- conversations per user on `medium` and chose a parallel scan (4 ms of worker start-up) for

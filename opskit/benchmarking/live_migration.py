@@ -35,10 +35,12 @@ WORLD_USERS = 400
 WORLD_PROJECTS = 60
 # The slow app transaction: a read, then writes to child tables, then to a parent (the opposite
 # of the migration's lock order), pausing between statements with its locks held (idle in
-# transaction), as a slow app server does. Inserts only, in one order for every thread: app
-# transactions never deadlock among themselves, so every deadlock would be the migration's.
+# transaction), as a slow app server does, and between transactions (its next request). Inserts
+# only, in one order for every thread: app transactions never deadlock among themselves, so
+# every deadlock would be the migration's.
 SLOW_TRANSACTION = ("read_hot_votes", "follow", "comment", "message", "new_project")
 SLOW_PAUSE_S = (0.005, 0.05)
+SLOW_THINK_S = (0.05, 0.25)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,11 @@ class _SlowWriters(Writers):
             self.committed += 1
             self.ops_done[name] += 1
         return True
+
+    def _attempt(self, conn, name, params, rollback) -> bool:
+        done = super()._attempt(conn, name, params, rollback)
+        time.sleep(self.pauses.uniform(*SLOW_THINK_S))  # not timed: before the next request
+        return done
 
 
 _SLOW_SQL = {"read_hot_votes": "SELECT count(*) FROM votes WHERE project_id = %(hot)s"}

@@ -27,6 +27,7 @@ from opskit.core.errors import BadInput, ProblemFound
 from opskit.engine.phase_files import LOCK_BLOCKS, PhaseFile, lock_statement, section_locks
 from opskit.sql import queries
 
+LOCK_SLICES = 5  # the LOCKs of a section wait at most a fifth of its budget before queueing again
 # What makes a section give way: it waited too long (lock_timeout, or statement_timeout while
 # waiting) or PostgreSQL found it in a deadlock (the budget makes that the migration's own).
 _GIVE_WAY = (
@@ -126,8 +127,11 @@ class LockedSection:
         self.conn, self.phase, self.label = conn, phase, label
         self.numbered, self.retries, self.backoff_s = numbered, retries, backoff_s
         self.locks = section_locks([statement for _, statement in numbered])
-        self.last_lock = max(number for number, s in numbered if lock_statement(s))
+        last_lock = max(number for number, s in numbered if lock_statement(s))
+        self.lock_statements = [(n, s) for n, s in numbered if n <= last_lock]
+        self.other_statements = [(n, s) for n, s in numbered if n > last_lock]
         self.number = numbered[0][0]  # the statement running, for error messages
+        self.requeues = 0
         self.attempts = 0
         self.waited_s = 0.0
         self.granted_at = 0.0
@@ -170,8 +174,8 @@ class LockedSection:
                 wait = delay * random.uniform(0.5, 1.5)  # jitter: never in step with the app
                 notice(
                     f"{self.label}: gave way to the app ({type(err).__name__} at statement "
-                    f"{self.number}, budget {budget_ms} ms); try {self.attempts + 1} "
-                    f"in {wait:.1f} s"
+                    f"{self.number}, budget {budget_ms} ms, {self.requeues} requeues); "
+                    f"try {self.attempts + 1} in {wait:.1f} s"
                 )
                 time.sleep(wait)
                 delay = min(delay * 2, 60)
@@ -179,19 +183,43 @@ class LockedSection:
 
     def _run_once(self, budget_ms: int, statement_finished: Callable[[], None]) -> None:
         began = time.perf_counter()
-        for number, statement in self.numbered:
-            self.number = number
-            left_ms = budget_ms - round((time.perf_counter() - began) * 1000)
-            if left_ms <= 0:
+
+        def left_ms() -> int:
+            left = budget_ms - round((time.perf_counter() - began) * 1000)
+            if left <= 0:
                 raise _BudgetSpent()
-            # One round trip: the section holds its locks meanwhile. left_ms is our own integer.
-            self.conn.execute(
-                f"SET LOCAL lock_timeout = {left_ms}; SET LOCAL statement_timeout = {left_ms};\n"
-                + statement
-            )
-            if self.number == self.last_lock:
-                self.granted_at = time.perf_counter()
+            return left
+
+        # The LOCKs wait in slices of the budget. A slice that runs out releases every lock taken
+        # so far and queues again at once: an app transaction that holds one of our tables and
+        # waits for another we hold (its order is not ours) goes on after one slice at most,
+        # instead of both waiting until the budget runs out.
+        slice_ms = max(budget_ms // LOCK_SLICES, 1)
+        while True:
+            try:
+                with self.conn.transaction():
+                    for number, statement in self.lock_statements:
+                        self.number = number
+                        self._execute(statement, min(slice_ms, left_ms()))
+                break
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as err:
+                if not _gave_way(err):
+                    raise
+                self.requeues += 1
+        self.granted_at = time.perf_counter()
+        for _ in self.lock_statements:
             statement_finished()
+        for number, statement in self.other_statements:
+            self.number = number
+            self._execute(statement, left_ms())
+            statement_finished()
+
+    def _execute(self, statement: str, limit_ms: int) -> None:
+        # One round trip: the section holds its locks meanwhile. limit_ms is our own integer.
+        self.conn.execute(
+            f"SET LOCAL lock_timeout = {limit_ms}; SET LOCAL statement_timeout = {limit_ms};\n"
+            + statement
+        )
 
     def committed(self, script: str) -> None:
         """Record, once the commit released the locks, how long the section held them."""
