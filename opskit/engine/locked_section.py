@@ -162,7 +162,7 @@ class LockedSection:
                 break
             except (psycopg.Error, _BudgetSpent) as err:
                 if not _gave_way(err):
-                    raise SectionFailed(self.number, err) from err
+                    raise self._failure(err) from err
                 if self.attempts > self.retries:
                     raise ProblemFound(
                         f"{self.label}: could not take and use its locks on "
@@ -209,10 +209,31 @@ class LockedSection:
         self.granted_at = time.perf_counter()
         for _ in self.lock_statements:
             statement_finished()
-        for number, statement in self.other_statements:
-            self.number = number
-            self._execute(statement, left_ms())
-            statement_finished()
+        if self.other_statements:
+            # All in one round trip: with the app's tables locked they rarely wait, and every
+            # round trip is time the app waits for us. Each statement may wait at most what is
+            # left of the budget now.
+            self.number = self.other_statements[0][0]
+            self._execute("\n".join(s for _, s in self.other_statements), left_ms())
+            for _ in self.other_statements:
+                statement_finished()
+
+    def _failure(self, err: psycopg.Error) -> SectionFailed:
+        """The failure of the section's statements, with the number of the one that failed:
+        found by running them again one by one (the section's savepoint undid the first run)."""
+        in_batch = bool(self.other_statements) and self.number == self.other_statements[0][0]
+        if not in_batch:
+            return SectionFailed(self.number, err)
+        try:
+            with self.conn.transaction():
+                for number, statement in self.lock_statements + self.other_statements:
+                    self.number = number
+                    self.conn.execute(statement)
+                raise _BudgetSpent()  # it went through this time: undo it, report the first error
+        except psycopg.Error as again:
+            return SectionFailed(self.number, again)
+        except _BudgetSpent:
+            return SectionFailed(self.other_statements[0][0], err)
 
     def _execute(self, statement: str, limit_ms: int) -> None:
         # One round trip: the section holds its locks meanwhile. limit_ms is our own integer.
