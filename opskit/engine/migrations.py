@@ -456,12 +456,13 @@ def _apply_statement_by_statement(
                 progress.statement_finished(phase.name)
                 continue
             index = _CONCURRENT_INDEX.match(sqlparse.format(statement, strip_comments=True))
-            if index:
-                _drop_invalid_index(conn, index.group(1), progress)
 
             def run(statement: str = statement, index=index) -> int:
                 if not index:
                     return _execute(conn, statement)
+                # before every try: a build that hit lock_timeout leaves an INVALID index
+                # that IF NOT EXISTS would keep
+                _drop_invalid_index(conn, index.group(1), progress)
                 with _watch_index_build(conn, index.group(1), progress):
                     return _execute(conn, statement)
 
