@@ -375,7 +375,10 @@ def lint(as_json: JsonOption = False) -> None:
     phase, a file without lock_timeout / statement_timeout, a trigger created after the backfill
     that depends on it, a materialized view without a plain unique index, the clock or random()
     inside a materialized view, a volatile column default, and any statement (down scripts
-    included) that drops, empties or alters the app's own tables.
+    included) that drops, empties or alters the app's own tables. Locked sections: a lock that
+    blocks the app's writes taken outside the script's up-front LOCK TABLE, or stronger than
+    it (an upgrade), LOCKs not in the one table order (parents first) or not together, a LOCK
+    in a no-transaction file.
     """
     from opskit.engine.lint import lint as lint_migrations
 
