@@ -4,14 +4,17 @@ Real concurrent writers on every write path, real PostgreSQL; no wall-clock uppe
 (the latency targets are benchmarks: tests/bench/test_live_migration_targets.py).
 """
 
+import json
 import threading
 import time
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from opskit.benchmarking import live_migration
 from opskit.benchmarking.workload import APP_OPS
+from opskit.cli import app
 from opskit.core.errors import BadInput
 from opskit.engine import migrations
 from opskit.engine.phase_files import PHASES
@@ -117,3 +120,29 @@ def test_migrate_rollback_and_migrate_again_while_every_write_path_runs(tiny_db_
             "SELECT script, count(*) FROM opskit_migration_locks GROUP BY script ORDER BY script"
         ).fetchall()
     assert scripts == [("down", 3), ("up", 4)]  # phases 1-3 down; phase 0-3 up
+
+
+def test_dry_run_shows_the_locks_each_phase_takes_together_and_how_long_it_held_them(
+    tiny_db_url,
+):
+    env = {"OPSKIT_DATABASE_URL": tiny_db_url}
+    first = CliRunner().invoke(app, ["migrate", "--dry-run"], env=env, catch_exceptions=False)
+    assert first.exit_code == 0
+    lines = [line for line in first.stdout.splitlines() if "locks taken together" in line]
+    assert len(lines) == 4  # phases 0 to 3 have a locked section, phase 4 builds concurrently
+    assert lines[1] == (
+        "phase1_denormalized_tables: locks taken together: users, votes, comments, follows, "
+        "messages, intro_requests in SHARE ROW EXCLUSIVE mode (blocks writes); "
+        "never run on this database"
+    )
+    migrations.migrate(tiny_db_url, to="phase1_denormalized_tables")
+    migrations.rollback(tiny_db_url, to="base")
+    again = CliRunner().invoke(
+        app, ["migrate", "--dry-run", "--json"], env=env, catch_exceptions=False
+    )
+    groups = {group["phase"]: group for group in json.loads(again.stdout)["lock_groups"]}
+    assert groups["phase0_cleanup"]["mode"] == "ACCESS EXCLUSIVE"
+    assert groups["phase0_cleanup"]["tables"][0] == "users"
+    held = groups["phase1_denormalized_tables"]["last_run"]
+    assert held["attempts"] >= 1 and held["held_ms"] >= 0 and held["waited_ms"] >= 0
+    assert groups["phase2_materialized_views"]["last_run"] is None
