@@ -52,6 +52,7 @@ from opskit.sql import queries
 
 LOCK_SPACE = 0x6F70736B  # "opsk"
 MIGRATE_LOCK = 1
+WAIT_POLL_S = 0.5
 
 SET_TIMEOUT = re.compile(
     r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(lock_timeout|statement_timeout)\s*(?:=|TO)\s*'?([^';]*)'?\s*;?\s*$",
@@ -125,7 +126,10 @@ def migration_lock(
     """Hold the session-level migrate lock on its own connection for the whole run.
 
     A session lock (not a transaction lock) on a separate connection never deadlocks with
-    CREATE INDEX CONCURRENTLY, which waits for every older transaction to end.
+    CREATE INDEX CONCURRENTLY, which waits for every older transaction to end. A second run
+    waits by trying again every WAIT_POLL_S, not in one blocking statement: that statement
+    would be such an older transaction, and the first run's concurrent index build would wait
+    for it while it waits for the first run.
     """
     sql = queries("migrations.sql")
     key = {"space": LOCK_SPACE, "key": MIGRATE_LOCK}
@@ -139,7 +143,8 @@ def migration_lock(
                     hint="wait for it, or run again without --no-wait to queue behind it",
                 )
             progress.notice(f"waiting for another opskit migrate to finish{who}")
-            lock_conn.execute(sql["wait_lock"], key)
+            while not lock_conn.execute(sql["try_lock"], key).fetchone()[0]:
+                time.sleep(WAIT_POLL_S)
         try:
             yield lock_conn
         finally:

@@ -93,9 +93,6 @@ DELETE FROM opskit_migration_steps WHERE phase = %(phase)s;
 -- name: try_lock --
 SELECT pg_try_advisory_lock(%(space)s, %(key)s);
 
--- name: wait_lock --
-SELECT pg_advisory_lock(%(space)s, %(key)s);
-
 -- name: unlock --
 SELECT pg_advisory_unlock(%(space)s, %(key)s);
 
