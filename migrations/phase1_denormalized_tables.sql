@@ -1,4 +1,4 @@
-SET lock_timeout = '5s';
+SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
 SET statement_timeout = '15min';
 
 -- phase1_denormalized_tables: the three denormalized relations of docs/interface.md §6 and the
@@ -834,6 +834,11 @@ $fn$;
 
 -- ------------------------------------------------------------------ triggers
 -- Created here, before phase1_backfill_data runs, so no write made during the backfill is missed.
+
+-- The tables that get triggers, locked together, parents before children (the one order of
+-- every opskit LOCK), in the mode CREATE TRIGGER takes. The runner bounds this locked section by
+-- lock_timeout (docs/migrations.md).
+LOCK TABLE users, votes, comments, follows, messages, intro_requests IN SHARE ROW EXCLUSIVE MODE;
 
 CREATE CONSTRAINT TRIGGER trg_opskit_users_del AFTER DELETE ON users
     DEFERRABLE INITIALLY DEFERRED

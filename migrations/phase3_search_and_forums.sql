@@ -1,4 +1,4 @@
-SET lock_timeout = '5s';
+SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
 SET statement_timeout = '15min';
 
 -- phase3_search_and_forums: trigram search over projects, people and chains, the chain forum
@@ -279,6 +279,7 @@ INSERT INTO mv_dependencies (view_name, source_table) VALUES
 -- Phase 2's triggers read mv_dependencies, so the rows above wire the new views to the tables
 -- phase 2 already watches; only the two tables no phase-2 view reads need a trigger. Created last,
 -- after the view builds, to keep the write-blocking trigger locks short.
+LOCK TABLE intro_requests, investor_profiles IN SHARE ROW EXCLUSIVE MODE;
 CREATE TRIGGER trg_opskit_mvq_intro_requests
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON intro_requests
     FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
