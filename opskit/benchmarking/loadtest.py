@@ -68,6 +68,8 @@ POOL_MIN, POOL_MAX = 10, 2000
 RUN_MARGIN_S = 1
 STOP_TIMEOUT_S = 10
 START_TIMEOUT_S = 60  # Locust start-up, and workers connecting to the master
+# A worker writes its Parquet file as it quits: seconds on a loaded 2-core machine.
+WORKER_EXIT_TIMEOUT_S = 60
 FIXTURE_USERS, FIXTURE_PROJECTS, FIXTURE_CHAINS, FIXTURE_WORDS = 200, 5000, 1000, 500
 TOKEN_SLACK_S = 3600  # tokens outlive the run comfortably
 PG_SETTINGS = (
@@ -424,7 +426,7 @@ def _run_locust(
             processes.append(head)
         samples = _sample_until_exit(head, processes, run_s, records / STARTED_FILE, progress)
         for process in processes[1:]:
-            process.wait(STOP_TIMEOUT_S + 5)
+            process.wait(WORKER_EXIT_TIMEOUT_S)
     finally:
         for process in processes:
             stop_process(process)
