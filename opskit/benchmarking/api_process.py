@@ -49,8 +49,11 @@ def api_server(
     *,
     redis_prefix: str | None = None,
     log_path: Path | None = None,
+    workers: int = 1,
+    pool_size: int | None = None,
 ) -> Iterator[str]:
-    """An `opskit serve --mode M` subprocess on a free port; yields its URL once healthy."""
+    """An `opskit serve --mode M --workers W` subprocess on a free port; yields its URL once
+    healthy. `pool_size`: connections per worker (default: serve's)."""
     port = free_port()
     env = {
         **os.environ,
@@ -61,7 +64,9 @@ def api_server(
     if redis_prefix is not None:
         env["OPSKIT_REDIS_PREFIX"] = redis_prefix
     command = [sys.executable, "-m", "opskit", "serve", "--mode", mode]
-    command += ["--host", HOST, "--port", str(port)]
+    command += ["--host", HOST, "--port", str(port), "--workers", str(workers)]
+    if pool_size is not None:
+        command += ["--pool-size", str(pool_size)]
     with _log_file(log_path) as log:
         server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
