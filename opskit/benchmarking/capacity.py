@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -156,6 +157,7 @@ class StepResult:
     errors: int
     generator_cpu: float | None  # % of the generator's cores (100 = all busy)
     flags: list[str] = field(default_factory=list)
+    error_kinds: dict[str, int] = field(default_factory=dict)  # "<endpoint> <status>": count
     held: bool = False  # p99 within the SLO and no error
 
     @property
@@ -190,7 +192,16 @@ def measure_step(
     completed = started + latency / 1000
     inside = (completed >= start) & (completed < end)
     good = inside & ok
-    errors = int((inside & ~ok).sum())
+    failed = inside & ~ok
+    errors = int(failed.sum())
+    kinds = Counter(
+        f"{endpoint} {status}"
+        for endpoint, status in zip(
+            np.asarray(requests["endpoint"].to_pylist(), dtype=object)[failed],
+            requests["status"].to_numpy()[failed],
+            strict=True,
+        )
+    )
     duration = max(end - start, 1e-9)
     rps = float(inside.sum() / duration)
     mean_latency_s = float(latency[good].mean() / 1000) if good.any() else 0.0
@@ -222,6 +233,7 @@ def measure_step(
         errors=errors,
         generator_cpu=cpu,
         flags=flags,
+        error_kinds=dict(kinds.most_common()),
         held=p99 is not None and p99 <= plan.slo_p99_ms and errors == 0,
     )
 

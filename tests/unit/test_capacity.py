@@ -8,9 +8,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from opskit.benchmarking.capacity import CapacityPlan, StepResult, held_users, measure_step, parse_think
-from opskit.core.errors import BadInput
+from opskit.benchmarking.capacity import (
+    CapacityPlan,
+    StepResult,
+    held_users,
+    measure_step,
+    parse_think,
+)
 from opskit.benchmarking.requestlog import REQUEST_SCHEMA
+from opskit.core.errors import BadInput
 
 PLAN = CapacityPlan(mode="after", users_max=300, step=100, step_s=30, think_min_s=1, think_max_s=5)
 
@@ -18,6 +24,7 @@ PLAN = CapacityPlan(mode="after", users_max=300, step=100, step_s=30, think_min_
 def _requests(latency_ms, *, start=1000.0, spacing_s=0.009, ok=None, lag_s=0.0) -> pa.Table:
     """Requests sent every `spacing_s` from `start`, each `lag_s` after its intended time."""
     n = len(latency_ms)
+    ok = [True] * n if ok is None else ok
     started = start + np.arange(n) * spacing_s
     return pa.table(
         {
@@ -25,8 +32,8 @@ def _requests(latency_ms, *, start=1000.0, spacing_s=0.009, ok=None, lag_s=0.0) 
             "intended_at": started - lag_s,
             "started_at": started,
             "latency_ms": np.asarray(latency_ms, dtype=float),
-            "ok": [True] * n if ok is None else ok,
-            "status": [200] * n,
+            "ok": ok,
+            "status": [200 if answered else 503 for answered in ok],
         },
         schema=REQUEST_SCHEMA,
     )
@@ -98,6 +105,7 @@ def test_one_error_or_a_slow_tail_breaks_the_slo():
     ok = [True] * 999 + [False]
     failed = _measure(_requests([10.0] * 1000, ok=ok))
     assert failed.errors == 1 and not failed.held
+    assert failed.error_kinds == {"GET /api/projects 503": 1}
     assert failed.p99_ms == 10.0  # latencies of answered requests only
 
     slow = _measure(_requests([10.0] * 980 + [250.0] * 20))
