@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from opskit.benchmarking import api_process, loadtest
-from opskit.benchmarking.requestlog import STEPS_FILE, STOP_FILE
+from opskit.benchmarking.requestlog import STEPS_FILE, STOP_FILE, WRITTEN_KEY
 from opskit.core import servers
 from opskit.core.db import connect
 from opskit.core.errors import BadInput, EnvironmentProblem, ProblemFound
@@ -34,7 +34,7 @@ from opskit.sql import queries
 
 RAMP_LOCUSTFILE = Path(__file__).with_name("capacity_ramp.py")
 FLUSH_S = 1.0  # how often each Locust process writes its requests (see locust_user)
-READ_MARGIN_S = 1.5  # after a step ends, wait this long past a flush before reading it
+PARTS_TIMEOUT_S = 60  # a step's requests not all written this long after its end: give up
 STEP_START_TIMEOUT_S = 60  # Locust start-up, or a ramp tick delayed by a busy machine
 GENERATOR_CPU_HIGH_PCT = 70.0  # of the generator's cores: over this, its own delays show
 RATE_LOW_FRACTION = 0.95  # of users / (mean think + mean latency)
@@ -375,7 +375,6 @@ def _ramp(
 ) -> list[StepResult]:
     """Run the Locust ramp; measure each step once it has ended; stop after a broken SLO."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     counts = plan.users_per_step()
     with tempfile.TemporaryDirectory(prefix="opskit-capacity-") as workdir:
@@ -399,10 +398,11 @@ def _ramp(
             )
         )
         locustfiles = [loadtest.scenarios()[plan.scenario], RAMP_LOCUSTFILE]
-        head_args = ["--headless", "--host", target_url, "--stop-timeout", "2", "--only-summary"]
+        # No --stop-timeout: users moved between workers when a step rebalances them stop at
+        # once (a graceful stop of a moved user fails in Locust 2.x and stalls its worker).
+        head_args = ["--headless", "--host", target_url, "--only-summary"]
         head_args += ["--exit-code-on-error", "0"]  # failed requests are counted, not fatal
-        tables: list = []
-        read: set[Path] = set()
+        parts = _RecordedParts(records, plan.load_processes)
         steps: list[StepResult] = []
         with loadtest.locust_processes(
             locustfiles, head_args, plan.workers, plan_file, Path(workdir)
@@ -412,8 +412,8 @@ def _ramp(
             for index, users in enumerate(counts):
                 started_at = _step_started(records, index, locust)
                 end = started_at + plan.step_s
-                while time.time() < end + FLUSH_S + READ_MARGIN_S and locust.running():
-                    time.sleep(min(1.0, max(end + FLUSH_S + READ_MARGIN_S - time.time(), 0.05)))
+                while not (time.time() >= end and parts.read_until(end, locust)):
+                    time.sleep(min(1.0, max(end - time.time(), 0.2)))
                     samples.append(meter.sample())
                     if progress is not None:
                         progress(
@@ -427,23 +427,11 @@ def _ramp(
                                 last=steps[-1] if steps else None,
                             )
                         )
-                last_step = index == len(counts) - 1
-                if last_step:
-                    locust.wait()  # the ramp ends after its last step: every part is written
-                for path in sorted(records.glob("requests-*.parquet")):
-                    if path not in read:
-                        read.add(path)
-                        tables.append(pq.read_table(path).replace_schema_metadata(None))
-                if not tables:
-                    raise ProblemFound(
-                        "Locust ran but recorded no request",
-                        hint="check the scenario file and the API's log",
-                    )
                 step = measure_step(
                     users=users,
                     started_at=started_at,
                     window=(started_at + plan.settle_s, end),
-                    requests=pa.concat_tables(tables),
+                    requests=pa.concat_tables(parts.tables),
                     cpu_samples=samples,
                     plan=plan,
                 )
@@ -453,6 +441,49 @@ def _ramp(
                     break
             locust.stop()
     return steps
+
+
+class _RecordedParts:
+    """The request parts the Locust processes wrote so far, and until when each process wrote."""
+
+    def __init__(self, folder: Path, processes: int) -> None:
+        self.folder = folder
+        self.processes = processes
+        self.tables: list = []
+        self._read: set[Path] = set()
+        self._written_until: dict[int, float] = {}
+
+    def read_until(self, until: float, locust: loadtest.LocustProcesses) -> bool:
+        """Read the new parts; True once every process has written past `until` (epoch s).
+
+        Raises ProblemFound when Locust is gone before, or no part comes for too long.
+        """
+        import pyarrow.parquet as pq
+
+        for path in sorted(self.folder.glob("requests-*.parquet")):
+            if path in self._read:
+                continue
+            self._read.add(path)
+            table = pq.read_table(path)
+            written_at = float((table.schema.metadata or {}).get(WRITTEN_KEY, b"0"))
+            process = int(path.name.split("-")[1])
+            self._written_until[process] = max(self._written_until.get(process, 0.0), written_at)
+            self.tables.append(table.replace_schema_metadata(None))
+        written = [self._written_until.get(k, 0.0) for k in range(self.processes)]
+        if min(written) >= until:
+            return True
+        if not locust.any_running():
+            raise ProblemFound(
+                f"Locust exited before its requests up to the step's end were written "
+                f"(code {locust.returncode})",
+                hint=locust.last_log_line() or "see Locust's output",
+            )
+        if time.time() > until + PARTS_TIMEOUT_S:
+            raise ProblemFound(
+                f"a Locust process wrote no requests for {PARTS_TIMEOUT_S} s",
+                hint="is the machine overloaded? see Locust's output",
+            )
+        return False
 
 
 def _step_started(records: Path, index: int, locust: loadtest.LocustProcesses) -> float:

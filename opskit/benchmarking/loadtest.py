@@ -402,6 +402,9 @@ class LocustProcesses:
     def running(self) -> bool:
         return self.head.poll() is None
 
+    def any_running(self) -> bool:
+        return any(process.poll() is None for process in self.processes)
+
     @property
     def returncode(self) -> int | None:
         return self.head.poll()

@@ -25,6 +25,9 @@ REQUEST_SCHEMA = pa.schema(
     ]
 )
 T0_KEY = b"opskit_t0"  # Parquet metadata: when this process's schedule (and run) started
+# Parquet metadata: when the part was written; every request completed before is in this part
+# or an earlier one of its process.
+WRITTEN_KEY = b"opskit_written_at"
 STARTED_FILE = "started"  # written by the head Locust process when the test starts: progress
 # `opskit capacity`'s ramp: the steps' start times, appended as they start, and the file whose
 # existence ends the ramp.
@@ -99,7 +102,7 @@ class RequestRecorder:
         Written under a temporary name and renamed, so a reader never sees half a file.
         """
         table = pa.table(self._columns, schema=REQUEST_SCHEMA).replace_schema_metadata(
-            {T0_KEY: repr(self.t0).encode()}
+            {T0_KEY: repr(self.t0).encode(), WRITTEN_KEY: repr(time.time()).encode()}
         )
         self._columns = {name: [] for name in REQUEST_SCHEMA.names}
         name = f"requests-{self.process_index:03d}-{os.getpid()}-{self._parts:05d}.parquet"
