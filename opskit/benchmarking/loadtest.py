@@ -485,8 +485,11 @@ def locust_processes(
 
 
 def _last_line(path: Path) -> str | None:
+    """The log's last error or warning (Locust's stats tables around them say little)."""
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else None
+    notes = [line for line in lines if "/ERROR/" in line or "/WARNING/" in line]
+    picked = notes or lines
+    return picked[-1][:300] if picked else None
 
 
 def _sample_until_exit(
