@@ -30,7 +30,12 @@ import gevent
 from locust import FastHttpUser, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from opskit.benchmarking.requestlog import STARTED_FILE, ArrivalSchedule, RequestRecorder
+from opskit.benchmarking.requestlog import (
+    STARTED_FILE,
+    ArrivalSchedule,
+    RequestRecorder,
+    warm_up_writer,
+)
 
 PLAN = json.loads(Path(os.environ["OPSKIT_LOADTEST_PLAN"]).read_text())
 FIXTURE: dict = PLAN["fixture"]
@@ -47,6 +52,8 @@ IDLE_S = 3600.0  # after the load window a user idles until Locust ends the run
 def _listen_for_t0(environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.register_message(T0_MESSAGE, _receive_t0)
+    if not isinstance(environment.runner, MasterRunner):
+        warm_up_writer()
 
 
 def _receive_t0(environment, msg, **_kwargs) -> None:

@@ -7,6 +7,7 @@ the per-process files back. Columns are those of `requests.parquet` (see README,
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -109,6 +110,12 @@ class RequestRecorder:
         self._parts += 1
         pq.write_table(table, folder / f".{name}")
         return (folder / f".{name}").rename(folder / name)
+
+
+def warm_up_writer() -> None:
+    """Write an empty part to memory: pyarrow's first Parquet write initialises it (seconds on
+    a busy machine), which must not stall a Locust process in the middle of a load."""
+    pq.write_table(REQUEST_SCHEMA.empty_table(), io.BytesIO())
 
 
 def read_process_logs(folder: Path) -> tuple[pa.Table, float | None]:

@@ -54,9 +54,7 @@ class BenchPlan:
     write_seconds: float = 5.0
     database_prefix: str = "opskit_bench"
     keep_databases: bool = False
-    capacity: capacity.CapacityPlan | None = (
-        None  # then ramp each mode after the runs; its mode is ignored
-    )
+    ramp: capacity.CapacityPlan | None = None  # each mode's capacity ramp (its mode is ignored)
 
     def validate(self, out: Path) -> None:
         if out.suffix not in (".html", ".md"):
