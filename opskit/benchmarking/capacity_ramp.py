@@ -13,16 +13,10 @@ import json
 import time
 from pathlib import Path
 
-import locust.runners
 from locust import LoadTestShape
 
 from opskit.benchmarking.locust_user import PLAN
 from opskit.benchmarking.requestlog import STEPS_FILE, STOP_FILE
-
-# The master counts a worker gone after this many missed 1 s heartbeats, and ends the test when
-# all are gone (Locust's default: 3). A worker stalled a few seconds at the top of a ramp on a
-# busy 2-core machine is not gone; the step's generator CPU and lag show the stall instead.
-locust.runners.HEARTBEAT_LIVENESS = 30
 
 
 class CapacityRamp(LoadTestShape):

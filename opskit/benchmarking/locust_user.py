@@ -27,6 +27,7 @@ from itertools import count
 from pathlib import Path
 
 import gevent
+import locust.runners
 from locust import FastHttpUser, events
 from locust.runners import MasterRunner, WorkerRunner
 
@@ -38,6 +39,13 @@ from opskit.benchmarking.requestlog import (
 )
 
 PLAN = json.loads(Path(os.environ["OPSKIT_LOADTEST_PLAN"]).read_text())
+# Now, before Locust's runner starts its heartbeats: pyarrow's first Parquet write takes seconds
+# on a busy machine, and must stall neither a heartbeat nor a step of the load.
+warm_up_writer()
+# The master counts a worker gone after this many missed 1 s heartbeats, and ends the test when
+# all are gone (Locust's default: 3). A worker stalled a few seconds by a busy 2-core machine is
+# not gone; the generator CPU, the corrected latencies and the flags show the stall instead.
+locust.runners.HEARTBEAT_LIVENESS = 30
 FIXTURE: dict = PLAN["fixture"]
 
 _recorder = RequestRecorder()
@@ -52,8 +60,6 @@ IDLE_S = 3600.0  # after the load window a user idles until Locust ends the run
 def _listen_for_t0(environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.register_message(T0_MESSAGE, _receive_t0)
-    if not isinstance(environment.runner, MasterRunner):
-        warm_up_writer()
 
 
 def _receive_t0(environment, msg, **_kwargs) -> None:

@@ -114,7 +114,7 @@ class RequestRecorder:
 
 def warm_up_writer() -> None:
     """Write an empty part to memory: pyarrow's first Parquet write initialises it (seconds on
-    a busy machine), which must not stall a Locust process in the middle of a load."""
+    a busy machine), better done before a Locust process starts its load."""
     pq.write_table(REQUEST_SCHEMA.empty_table(), io.BytesIO())
 
 

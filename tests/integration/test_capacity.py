@@ -60,7 +60,7 @@ def test_the_ramp_stops_after_the_first_step_over_the_slo(migrated_db_url, redis
     )
 
     assert [step["users"] for step in answer["steps"]] == [2]
-    assert answer["steps"][0]["p99_ms"] > 0.001
+    assert not answer["steps"][0]["held"]
     assert answer["held_users"] == 0 and answer["stopped_by"] == "slo"
 
 
