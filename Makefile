@@ -26,7 +26,7 @@ report: $(STAMP)
 	$(BIN)/opskit bench $(REPORT_BENCH) -o reports/medium.html
 
 ## test: the default suite (no benchmarks) against real servers
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/pytest -m "not bench" $(PYTEST_ARGS)
 
 ## bench: the benchmarks with speed targets (slow)

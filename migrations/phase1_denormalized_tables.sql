@@ -1,9 +1,9 @@
 SET lock_timeout = '5s';
 SET statement_timeout = '15min';
 
--- phase1_denormalized_tables: the three denormalized relations of CONTRACT §6 and the triggers
--- that keep them equal to their truth (opskit/sql/truth.sql) at every commit, for every write
--- path of the app, from many READ COMMITTED connections at once.
+-- phase1_denormalized_tables: the three denormalized relations of docs/interface.md §6 and the
+-- triggers that keep them equal to their truth (opskit/sql/truth.sql) at every commit, for every
+-- write path of the app, from many READ COMMITTED connections at once.
 --
 -- Relations readers query
 --   user_dashboard_stats          VIEW  = users LEFT JOIN base + pending deltas

@@ -2,7 +2,7 @@ SET lock_timeout = '5s';
 SET statement_timeout = '15min';
 
 -- phase2_materialized_views: the read models of the feed, the leaderboards, the chains page and
--- the project page, plus the refresh queue that keeps them fresh (CONTRACT §7).
+-- the project page, plus the refresh queue that keeps them fresh (docs/interface.md §7).
 --
 -- Every view reads the app tables only (never phase1's relations, never another view), so this
 -- phase does not depend on phase1 and no view has to wait for another one's refresh.

@@ -2,8 +2,8 @@ SET lock_timeout = '5s';
 SET statement_timeout = '15min';
 
 -- phase3_search_and_forums: trigram search over projects, people and chains, the chain forum
--- listing and the investors directory (CONTRACT §7). Same rules as phase2: app tables only,
--- deterministic views with a plain unique index each, enqueue triggers created last. Needs
+-- listing and the investors directory (docs/interface.md §7). Same rules as phase2: app tables
+-- only, deterministic views with a plain unique index each, enqueue triggers created last. Needs
 -- phase2's queue tables and opskit_mv_enqueue_refresh(), not phase1.
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm;

@@ -1,4 +1,5 @@
-"""Every CLI verb is documented in the README, and the README starts with the two commands."""
+"""Every CLI verb is documented in the README and in docs/interface.md, and the README starts
+with the two commands."""
 
 import re
 from pathlib import Path
@@ -7,7 +8,9 @@ import typer.main
 
 from opskit.cli import app
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+INTERFACE = (ROOT / "docs" / "interface.md").read_text()
 
 
 def _verbs() -> list[str]:
@@ -23,3 +26,8 @@ def test_every_verb_is_in_the_readme():
 def test_readme_starts_with_the_two_commands():
     opening = README.split("\n\n", 3)[1]
     assert "make demo" in opening and "make test" in opening
+
+
+def test_every_verb_has_a_section_in_the_interface():
+    missing = [verb for verb in _verbs() if f"\n### opskit {verb}\n" not in INTERFACE]
+    assert missing == []

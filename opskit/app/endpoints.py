@@ -1,4 +1,4 @@
-"""The API's query layer: each endpoint's data, in `before` or `after` mode (CONTRACT §9).
+"""The API's query layer: each endpoint's data, in `before` or `after` mode (docs/interface.md §9).
 
 Every read names a pair of blocks in `opskit/sql/endpoints.sql`, `<name>_before` (normalized
 tables, the joins an app would write) and `<name>_after` (denormalized relations, materialized

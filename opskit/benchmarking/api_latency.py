@@ -18,9 +18,6 @@ import collections
 import os
 import random
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -33,16 +30,15 @@ from psycopg import sql as pgsql
 
 from opskit.app import auth
 from opskit.benchmarking import clones, seed
-from opskit.core import servers
+from opskit.benchmarking.api_process import ApiProcess, server_env
 from opskit.core.db import connect
-from opskit.core.errors import EnvironmentProblem, ProblemFound
+from opskit.core.errors import ProblemFound
 from opskit.core.settings import Settings
 from opskit.engine import migrations, refresh
 from opskit.engine.phase_files import BASE, PHASES
 from opskit.sql import queries
 
 FLOOR = "floor"
-SERVER_START_TIMEOUT_S = 120.0  # a loaded 2-core box starts Python slowly
 # The original write-up's speed-up claims, doubled: the issue's targets (after p50 vs before p50).
 TARGET_SPEEDUPS = {
     "stats": 24.0,
@@ -175,64 +171,6 @@ def _calls(sample: Sample, rng: random.Random) -> dict[str, Callable[[], Call]]:
     }
 
 
-class ApiServer:
-    """`opskit serve` in a subprocess on a free port, stopped on exit."""
-
-    def __init__(self, mode: str, env: dict[str, str], pool_size: int, log_path: Path) -> None:
-        self.port = servers.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log_path.open("wb")
-        self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "opskit",
-                "serve",
-                "--mode",
-                mode,
-                "--port",
-                str(self.port),
-                "--pool-size",
-                str(pool_size),
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise EnvironmentProblem(
-                    f"the API server exited with code {self._process.returncode}",
-                    hint=f"see its log: {self._log.name}",
-                )
-            try:
-                if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise EnvironmentProblem(f"the API server did not answer within {SERVER_START_TIMEOUT_S} s")
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGINT)
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._log.close()
-
-    def __enter__(self) -> ApiServer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 async def _drive(
     base_url: str,
     calls: list[Call],
@@ -275,20 +213,6 @@ async def _drive(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies
-
-
-def _server_env(
-    settings: Settings, database_url: str, redis_url: str, redis_prefix: str, secret: str
-) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSKIT_")}
-    env.update(
-        OPSKIT_DATABASE_URL=database_url,
-        OPSKIT_REDIS_URL=redis_url,
-        OPSKIT_HOME=str(settings.home),
-        OPSKIT_JWT_SECRET=secret,
-        OPSKIT_REDIS_PREFIX=redis_prefix,
-    )
-    return env
 
 
 def prepare_scale_database(admin_url: str, scale: str, progress=None) -> str:
@@ -395,12 +319,20 @@ def bench_api(
             cleanup.callback(clones.drop_databases, source_url, list(urls.values()))
         servers, generators = {}, {}
         for column, (mode, role) in COLUMNS.items():
-            env = _server_env(settings, urls[role], redis_url, f"{redis_prefix}{column}:", secret)
+            env = server_env(
+                settings,
+                urls[role],
+                redis_url,
+                redis_prefix=f"{redis_prefix}{column}:",
+                jwt_secret=secret,
+            )
             log_path = log_dir / f"serve-{column}.log"
-            servers[column] = cleanup.enter_context(ApiServer(mode, env, pool_size, log_path))
+            servers[column] = cleanup.enter_context(
+                ApiProcess(mode, env, pool_size=pool_size, log_path=log_path)
+            )
             generators[column] = _calls(sample, random.Random(2))  # the same requests in each
         for server in servers.values():
-            server.wait_ready()
+            server.wait_healthy()
             # Every user's vote cache key exists before measuring (after mode): steady state.
             priming = [Call("GET", f"/api/projects/{sample.project_ids[0]}", u) for u in tokens]
             asyncio.run(_drive(server.url, priming, tokens, concurrency, warmup=len(priming)))

@@ -24,6 +24,7 @@ from jinja2 import Environment, PackageLoader
 
 from opskit import __version__
 from opskit.benchmarking import charts, stats
+from opskit.benchmarking.claims import CLAIMS, Claim
 from opskit.core.errors import BadInput, ProblemFound
 
 FORMATS = ("html", "md")
@@ -34,36 +35,6 @@ REQUEST_COLUMNS = ("endpoint", "intended_at", "started_at", "latency_ms", "ok", 
 SECOND_COLUMNS = ("second", "target_rate", "achieved_rate", "errors", "generator_cpu_pct")
 # What must match between the two sides for the comparison to mean anything.
 COMPARABLE_KEYS = ("scenario", "model", "target_rate", "users")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A speed-up the original write-up claimed, with its own before/after figures."""
-
-    label: str
-    path: str  # method and path; matches every endpoint with that path (any query string)
-    before_ms: float
-    after_ms: float
-
-    @property
-    def speedup(self) -> float:
-        return self.before_ms / self.after_ms
-
-    def matches(self, endpoint: str) -> bool:
-        return endpoint.split("?", 1)[0] == self.path
-
-
-# The table "Performance Improvements Achieved" of the original write-up
-# (/work/shared/seed/000_2da7d69dfd38b286.txt). It claims the leaderboard figure for
-# /api/leaderboard/projects only, and the feed figure for /api/projects in every sort.
-CLAIMS = (
-    Claim("dashboard stats", "GET /api/users/stats", 600, 50),
-    Claim("feed", "GET /api/projects", 800, 120),
-    Claim("project leaderboard", "GET /api/leaderboard/projects", 1200, 80),
-    Claim("chains", "GET /api/chains", 500, 90),
-    Claim("search", "GET /api/search", 1500, 150),
-    Claim("upvote", "POST /api/votes", 200, 5),
-)
 
 
 # ---------------------------------------------------------------------------- loading

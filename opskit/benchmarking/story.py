@@ -11,7 +11,6 @@ report: NAME/before, NAME/after, NAME/story.json, then NAME.html.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -24,7 +23,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -219,7 +217,8 @@ def _alternate_runs(
     progress: loadtest.RunsProgress | None,
 ) -> dict[str, list[RunSummary]]:
     """K runs per mode, before and after alternating, each against its own server and clone."""
-    prefix = f"{plan.database_prefix}:{os.getpid()}:"
+    # Below OPSKIT_REDIS_PREFIX, like every key opskit writes; deleted at the end.
+    prefix = f"{settings.redis_prefix}{plan.database_prefix}:{os.getpid()}:"
     runs: dict[str, list[RunSummary]] = {"before": [], "after": []}
     with ExitStack() as servers:
         servers.callback(clones.forget_redis_keys, redis_url, prefix)
@@ -367,21 +366,17 @@ def _staleness(url: str, windows: list[tuple[float, float]]) -> dict | None:
 
 def _floor(url: str) -> dict[str, float]:
     """p50/p99 of sequential GET /api/health/db on one kept-alive connection."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    import httpx
+
     latencies = []
-    try:
+    with httpx.Client(base_url=url, timeout=10) as client:
         for number in range(FLOOR_REQUESTS + FLOOR_REQUESTS // 10):  # the first tenth warms up
             started = time.perf_counter()
-            conn.request("GET", FLOOR_PATH)
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
+            response = client.get(FLOOR_PATH)
+            if response.status_code != 200:
                 return {}
             if number >= FLOOR_REQUESTS // 10:
                 latencies.append((time.perf_counter() - started) * 1000)
-    finally:
-        conn.close()
     return {
         "p50_ms": round(float(np.percentile(latencies, 50)), 3),
         "p99_ms": round(float(np.percentile(latencies, 99)), 3),

@@ -1,4 +1,4 @@
-"""The app's write paths (CONTRACT §5), run at random from many connections at once.
+"""The app's write paths (docs/interface.md §5), run at random from many connections at once.
 
 `opskit soak` and the exactness tests (tests/integration/test_phase1_exactness.py) share these
 operations: single statements of opskit/sql/workload.sql, a multi-statement transaction, their

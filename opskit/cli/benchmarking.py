@@ -418,9 +418,9 @@ def soak_command(
 ) -> None:
     """Run every write path under load while faults are injected, then prove convergence.
 
-    Writer threads run the app's write paths (CONTRACT §5) on the configured, migrated database
-    (--scale seeds and migrates an empty one first), API clients vote through `opskit serve
-    --mode after` (the Redis vote cache), and the daemon refreshes the views (`python
+    Writer threads run the app's write paths (docs/interface.md §5) on the configured, migrated
+    database (--scale seeds and migrates an empty one first), API clients vote through `opskit
+    serve --mode after` (the Redis vote cache), and the daemon refreshes the views (`python
     scheduler.py` is started unless one is alive). Faults on a schedule: daemon_kill (during a
     refresh, then restart), two_daemons, redis_flush (keys under OPSKIT_REDIS_PREFIX), flushall
     (in `all` only on opskit's embedded Valkey), redis_stop (10 s; embedded Valkey only),

@@ -76,7 +76,7 @@ def migrate(
     lock_retries: LockRetriesOption = 5,
     as_json: JsonOption = False,
 ) -> None:
-    """Apply the pending migration phases in order (CONTRACT §4).
+    """Apply the pending migration phases in order (docs/interface.md §4).
 
     Each phase runs in one transaction and is recorded in the ledger (opskit_migrations) in that
     transaction; phases marked `-- opskit: no-transaction` (concurrent index builds) run

@@ -1,10 +1,10 @@
 """The phased migration runner: ledger, checksums, a session lock, timeouts, resume, rollback.
 
 Phases are `migrations/<name>.sql` (up) and `migrations/<name>.down.sql` (down), applied in the
-order of CONTRACT §4. A phase runs in one transaction and is recorded in that same transaction,
-unless its file starts with `-- opskit: no-transaction` (concurrent index builds): then it runs
-statement by statement, records each finished statement, and a crashed run resumes after the last
-one recorded.
+order of docs/interface.md §4. A phase runs in one transaction and is recorded in that same
+transaction, unless its file starts with `-- opskit: no-transaction` (concurrent index builds):
+then it runs statement by statement, records each finished statement, and a crashed run resumes
+after the last one recorded.
 """
 
 from __future__ import annotations

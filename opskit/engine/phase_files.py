@@ -73,7 +73,7 @@ def split_statements(text: str) -> list[str]:
 
 
 def load_phases(directory: Traversable = MIGRATIONS_DIR) -> list[PhaseFile]:
-    """The phase files in `directory`, in CONTRACT order; an unknown .sql file is an error."""
+    """The phase files in `directory`, in the order of PHASES; an unknown .sql file is an error."""
     if not directory.is_dir():
         raise EnvironmentProblem(
             f"migrations folder {directory} is missing",
@@ -87,7 +87,7 @@ def load_phases(directory: Traversable = MIGRATIONS_DIR) -> list[PhaseFile]:
         if name not in known:
             raise EnvironmentProblem(
                 f"unknown migration file {path.name} in {directory}",
-                hint=f"phase files are named after CONTRACT §4: {', '.join(PHASES)}",
+                hint=f"phase files are named after the phases: {', '.join(PHASES)}",
             )
     phases = []
     for name in PHASES:

@@ -1,5 +1,5 @@
--- The HTTP API's queries (CONTRACT §9), each read endpoint as a pair: `<name>_before` answers
--- from the normalized app tables with the joins and aggregates an app naturally writes;
+-- The HTTP API's queries (docs/interface.md §9), each read endpoint as a pair: `<name>_before`
+-- answers from the normalized app tables with the joins and aggregates an app naturally writes;
 -- `<name>_after` answers from phase 1's denormalized relations and the phase 2/3 views. Both
 -- return the same columns, in the same order, with the same types, so the two modes give the
 -- same JSON. Writes are one set of statements used by both modes.

@@ -25,7 +25,7 @@ from opskit.engine import refresh
 from tests.integration.test_phase2_3_views import trending
 
 SECRET = "a-test-secret-for-the-api-that-is-long-enough-even-for-the-hs512-forgery"
-AS_OF = ["2026-11-01T00:00:00Z", "2025-06-15T12:30:00+02:00", "2024-01-01T00:00:00"]
+AS_OF = ["2026-11-01T00:00:00Z", "2025-06-15T12:30:00+02:00", "2024-01-01t00:00:00.5z"]
 NO_RESULT_TERMS = ["zqxjvw", "'; DROP TABLE users; --", "%_%", "\\x"]
 
 

@@ -314,7 +314,7 @@ def test_describe_lock(statement, lock, blocks):
 
 
 def test_a_permission_error_mid_phase_exits_3_and_records_only_what_was_applied(tiny_db_url):
-    """A role that may create tables but not triggers on the app's tables (CONTRACT §2, §4)."""
+    """A role that may create tables but not triggers on the app's tables (interface.md §2, §4)."""
     role = f"opskit_limited_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(tiny_db_url, autocommit=True) as admin:
         admin.execute(

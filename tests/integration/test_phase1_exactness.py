@@ -144,7 +144,7 @@ def populate(conn: psycopg.Connection, rng: random.Random, users: int, projects:
             "INSERT INTO comments (project_id, user_id, body) VALUES (%s, %s, %s)",
             [(rng.choice(pids), rng.choice(uids), "c") for _ in range(users * 3)],
         )
-        # choices, not sample: a user may follow or message themselves (CONTRACT §5 allows it)
+        # choices, not sample: a user may follow or message themselves (docs/interface.md §5)
         follows = {tuple(rng.choices(uids, k=2)) for _ in range(users * 3)}
         cur.executemany("INSERT INTO follows (follower_id, followee_id) VALUES (%s, %s)", follows)
         cur.executemany(

@@ -125,7 +125,7 @@ def test_a_migrate_killed_during_phase4_resumes_without_invalid_indexes(tiny_db_
     assert _run(tiny_db_url, "verify").exit_code == 0
 
 
-# Every kind of write of CONTRACT §5 an app makes, run as the app's own role.
+# Every kind of write of docs/interface.md §5 an app makes, run as the app's own role.
 APP_WRITES = (
     "INSERT INTO votes (user_id, project_id, vote_type)"
     " SELECT u.id, p.id, 'up' FROM (SELECT id FROM users ORDER BY id LIMIT 3) u,"

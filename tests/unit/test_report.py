@@ -2,14 +2,17 @@
 
 import json
 import re
+import tomllib
+from fnmatch import fnmatch
 from html.parser import HTMLParser
+from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from opskit.benchmarking import charts, report
+from opskit.benchmarking import charts, claims, report
 from opskit.benchmarking.soak import SoakResult
 from opskit.cli import app
 from tests.unit.result_folders import ENDPOINTS, write_result_folder
@@ -267,24 +270,50 @@ def test_bad_story_and_malformed_run_exit_2(tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
+def _packaged_claims() -> dict:
+    """claims.json read as a user of the installed package would, not through opskit's loader."""
+    return json.loads((files(claims.__package__) / claims.CLAIMS_FILE).read_text())
+
+
 def test_the_claims_are_the_write_ups_figures():
-    """The claimed factors come from the write-up's table, not from memory."""
-    write_up = Path("/work/shared/seed/000_2da7d69dfd38b286.txt")
-    factors = {claim.path: claim.speedup for claim in report.CLAIMS}
-    assert factors == pytest.approx(
-        {
-            "GET /api/users/stats": 12.0,
-            "GET /api/projects": 800 / 120,
-            "GET /api/leaderboard/projects": 15.0,
-            "GET /api/chains": 500 / 90,
-            "GET /api/search": 10.0,
-            "POST /api/votes": 40.0,
-        }
-    )
-    if write_up.exists():  # the seed document lives outside the repository
-        table = write_up.read_text()
-        for claim in report.CLAIMS:
-            assert f"| {claim.path} " in table
+    """The packaged data is the write-up's table, and the report's claims are that data."""
+    data = _packaged_claims()
+    assert data["source"] == 'the original write-up, table "Performance Improvements Achieved"'
+    table = {
+        entry["write_up_row"]: (entry["before_ms"], entry["after_ms"], entry["stated"])
+        for entry in data["claims"]
+    }
+    assert table == {  # the write-up's rows, as it printed them
+        "GET /api/users/stats": (600, 50, "12x faster"),
+        "GET /api/projects (feed)": (800, 120, "6.7x faster"),
+        "GET /api/leaderboard/projects": (1200, 80, "15x faster"),
+        "GET /api/chains": (500, 90, "5.6x faster"),
+        "GET /api/search": (1500, 150, "10x faster"),
+        "POST /api/votes (upvote)": (200, 5, "40x faster"),
+    }
+    for entry in data["claims"]:  # its stated factor is its own times' ratio, as rounded there
+        stated = entry["stated"].removesuffix("x faster")
+        digits = len(stated.partition(".")[2])
+        assert round(entry["before_ms"] / entry["after_ms"], digits) == float(stated)
+        assert entry["write_up_row"].startswith(entry["endpoint"])
+    assert [(c.label, c.path, c.before_ms, c.after_ms) for c in report.CLAIMS] == [
+        (e["label"], e["endpoint"], e["before_ms"], e["after_ms"]) for e in data["claims"]
+    ]
+
+
+def test_the_claims_data_ships_in_the_wheel():
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    package_data = pyproject["tool"]["setuptools"]["package-data"].get(claims.__package__, [])
+    assert any(fnmatch(claims.CLAIMS_FILE, pattern) for pattern in package_data)
+
+
+def test_the_report_compares_against_every_packaged_claim(folders, tmp_path):
+    out = report.render(*folders, tmp_path / "report.md", fmt="md")
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")]
+    claimed = {(row[0].removeprefix("| "), row[2]) for row in rows}
+    for entry in _packaged_claims()["claims"]:
+        factor = report.format_times(entry["before_ms"] / entry["after_ms"])
+        assert (entry["label"], factor) in claimed
 
 
 def test_a_partial_story_and_a_sparse_meta_still_render(tmp_path):
