@@ -157,9 +157,7 @@ def api_server(
     """An `opskit serve --mode M --workers W` child process on a free port; yields its URL once
     healthy. `pool_size`: connections per worker (default: serve's)."""
     env = server_env(settings, database_url, redis_url, redis_prefix=redis_prefix)
-    with ApiProcess(
-        mode, env, workers=workers, pool_size=pool_size, log_path=log_path
-    ) as server:
+    with ApiProcess(mode, env, workers=workers, pool_size=pool_size, log_path=log_path) as server:
         server.wait_healthy()
         yield server.url
 
