@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/opskit up
 	$(BIN)/opskit bench $(DEMO_BENCH) -o reports/demo.html
 
-## report: the stakeholder report at `medium`: the story plus each mode's capacity ramp (~10-25 min)
+## report: the stakeholder report at `medium`: the story plus each mode's capacity ramp
 REPORT_BENCH := --scale medium --rate 40 --duration 20 --warmup 5 --repeat 4 \
 	--capacity --capacity-users-max 3000 --capacity-step 100 --capacity-step-seconds 20
 report: $(STAMP)
