@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo report test test-all bench lint format up down clean browser-deps
+.PHONY: demo report test test-all bench lint format up down clean browser-deps wheel-smoke
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: $(STAMP) browser-deps
 ## bench: the benchmarks with speed targets (slow)
 bench: $(STAMP)
 	$(BIN)/pytest -m bench $(PYTEST_ARGS)
+
+## wheel-smoke: build the wheel, install it without extras at every dependency's floor
+## (.ci/floors.txt) into a fresh venv outside the checkout, run seed..report on embedded servers
+wheel-smoke:
+	PYTHON=$(PYTHON) .ci/wheel-smoke
 
 ## browser-deps: Debian's chromium, for the report's headless-browser test (needs root or sudo)
 browser-deps:

@@ -1,7 +1,7 @@
 """`python scheduler.py`: the daemon, the same as `opskit scheduler`.
 
-The jobs are wired in opskit/scheduler.py (inside the package, so an installed opskit has them
-too); their logic lives in opskit/daemon.py.
+The jobs are wired in opskit/engine/scheduler.py (inside the package, so an installed opskit has
+them too); their logic lives in opskit/engine/daemon.py.
 """
 
 import sys

@@ -1,5 +1,5 @@
-"""Every CLI verb is documented in the README and in docs/interface.md, and the README starts
-with the two commands."""
+"""The README: every CLI verb in it, the two commands first, a front page with a true layout;
+every verb has a section in docs/interface.md."""
 
 import re
 from pathlib import Path
@@ -31,3 +31,16 @@ def test_readme_starts_with_the_two_commands():
 def test_every_verb_has_a_section_in_the_interface():
     missing = [verb for verb in _verbs() if f"\n### opskit {verb}\n" not in INTERFACE]
     assert missing == []
+
+
+def test_readme_is_a_front_page():
+    # reference lives in docs/, dated figures in docs/measurements.md
+    assert len(README.splitlines()) <= 350
+
+
+def test_readme_layout_names_every_part_of_the_package():
+    layout = README.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    package = ROOT / "opskit"
+    parts = sorted(path.parent.name for path in package.glob("*/__init__.py"))
+    missing = [part for part in parts if f"  {part}/ " not in layout]
+    assert parts and missing == []

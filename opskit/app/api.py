@@ -41,6 +41,7 @@ from opskit.app.endpoints import (
     CHAIN_ORDERS,
     FEED_ORDERS,
     MODES,
+    SEARCH_SIMILARITY_THRESHOLD,
     ApiError,
     Endpoints,
     Page,
@@ -70,10 +71,10 @@ log = logging.getLogger(__name__)
 POOL_TIMEOUT_S = 10.0
 TOKEN_CACHE_SIZE = 10_000
 WORKER_HEALTHCHECK_TIMEOUT_S = 30
-WORD_SIMILARITY_THRESHOLD = 0.6  # pg_trgm's default, pinned so both modes match the same rows
-# Every connection: UTC timestamps in JSON, the same trigram threshold, no runaway query.
+# Every connection: UTC timestamps in JSON, search's trigram threshold (for the `%` operator
+# the word index serves), no runaway query.
 CONNECTION_OPTIONS = (
-    f"-c TimeZone=UTC -c pg_trgm.word_similarity_threshold={WORD_SIMILARITY_THRESHOLD} "
+    f"-c TimeZone=UTC -c pg_trgm.similarity_threshold={SEARCH_SIMILARITY_THRESHOLD} "
     "-c statement_timeout=60s"
 )
 AFTER_RELATIONS = (
@@ -87,6 +88,8 @@ AFTER_RELATIONS = (
     "mv_chains_discovery",
     "mv_chain_posts",
     "mv_search_index",
+    "search_words",
+    "search_postings",
     "mv_investors_directory",
 )
 # `opskit serve --workers N` hands these to the worker processes (uvicorn imports the factory).
@@ -191,11 +194,12 @@ def _query_choice(request: Request, name: str, choices: dict, default: str) -> s
 
 
 # RFC 3339's date-time (the document's `format: date-time`): T and Z in either case, seconds up
-# to 60 (a leap second), any number of fraction digits, an offset of Z, +hh:mm or -hh:mm.
+# to 60 (a leap second), any number of fraction digits, an offset of Z, +hh:mm or -hh:mm. Clients
+# have always been able to leave the offset out (read as UTC), so it stays optional here.
 MINUTE = timedelta(minutes=1)
 RFC3339_DATE_TIME = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
-    r"(?P<fraction>\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})",
+    r"(?P<fraction>\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?",
     re.ASCII,
 )
 
@@ -220,7 +224,8 @@ def _as_of(request: Request) -> datetime | None:
 
 
 def rfc3339_instant(text: str) -> datetime:
-    """The aware datetime an RFC 3339 date-time names; ValueError when the text is not one.
+    """The aware datetime an RFC 3339 date-time names (without an offset: UTC); ValueError when
+    the text is not one.
 
     A leap second (23:59:60 in UTC) is the first instant of the next minute, as PostgreSQL reads
     it. Python's datetime cannot hold year 0000, which RFC 3339 allows: that is a ValueError too.
@@ -228,11 +233,14 @@ def rfc3339_instant(text: str) -> datetime:
     match = RFC3339_DATE_TIME.fullmatch(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 date-time: {text!r}")
-    if match["second"] != "60":
-        return datetime.fromisoformat(text.upper())
-    instant = datetime.fromisoformat(
-        (text[: match.start("second")] + "59" + text[match.end("second") :]).upper()
-    )
+    leap_second = match["second"] == "60"
+    if leap_second:
+        text = text[: match.start("second")] + "59" + text[match.end("second") :]
+    instant = datetime.fromisoformat(text.upper())
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    if not leap_second:
+        return instant
     utc_minute = (instant.hour * 60 + instant.minute - instant.utcoffset() // MINUTE) % (24 * 60)
     if utc_minute != 23 * 60 + 59:
         raise ValueError(f"a leap second is 23:59:60 in UTC, not {text!r}")
@@ -597,7 +605,7 @@ def _readiness_problem(mode: str, missing: list[str]) -> EnvironmentProblem | No
 async def _prepare_database(conn: psycopg.AsyncConnection, mode: str) -> None:
     """Refuse a database the mode cannot serve; give before mode the pg_trgm extension.
 
-    Search means pg_trgm word similarity in both modes (so both rank the same rows); phase 3
+    Search means pg_trgm similarity of words in both modes (so both rank the same rows); phase 3
     installs the extension, and a before-mode database that never ran it gets it here.
     """
     cursor = await conn.execute(
@@ -610,7 +618,7 @@ async def _prepare_database(conn: psycopg.AsyncConnection, mode: str) -> None:
     if not (await cursor.fetchone())[0]:
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-            log.warning("installed the pg_trgm extension: search uses its word similarity")
+            log.warning("installed the pg_trgm extension: search uses its similarity")
         except psycopg.Error as err:
             log.warning("pg_trgm is missing and cannot be installed, search answers 503: %s", err)
 

@@ -434,9 +434,10 @@ def openapi_document(mode: str) -> dict:
                             "name": "as_of",
                             "in": "query",
                             "description": "instant the trending score is computed for, an RFC "
-                            "3339 date-time from year 0001 to 9999 (default: now in before mode; "
-                            "in after mode the instant of the scores the feed view's last refresh "
-                            "stored, which the answer's as_of carries)",
+                            "3339 date-time from year 0001 to 9999; one without an offset is read "
+                            "as UTC (default: now in before mode; in after mode the instant of the "
+                            "scores the feed view's last refresh stored, which the answer's as_of "
+                            "carries)",
                             "schema": TIME,
                         },
                         *PAGE_PARAMETERS,
@@ -516,7 +517,7 @@ def openapi_document(mode: str) -> dict:
             "/api/search": {
                 "get": _get(
                     "search",
-                    "Fuzzy search over projects, builders and chains (pg_trgm word similarity)",
+                    "Search projects, builders and chains by words, typos forgiven (pg_trgm)",
                     _page_of(SEARCH_HIT, q=TEXT),
                     400,
                     parameters=[

@@ -29,7 +29,7 @@ import numpy as np
 from psycopg import sql as pgsql
 
 from opskit.app import auth
-from opskit.benchmarking import clones, seed
+from opskit.benchmarking import clones, seed, typos
 from opskit.benchmarking.api_process import ApiProcess, server_env
 from opskit.core.db import connect
 from opskit.core.errors import ProblemFound
@@ -48,6 +48,7 @@ TARGET_SPEEDUPS = {
     "leaderboard_builders": 30.0,
     "chains": 11.0,
     "search": 20.0,
+    "search_typo": 20.0,
     "vote": 80.0,
 }
 TARGET_P50_VS_FLOOR, TARGET_P99_VS_FLOOR = 2.0, 3.0
@@ -67,7 +68,8 @@ class Sample:
     user_ids: list[int]
     project_ids: list[int]
     chain_slugs: list[str]
-    search_terms: list[str]
+    search_terms: list[str]  # whole title words
+    typos: list[typos.Typo]  # one-edit typos of title words (search_typo, and recall)
 
 
 @dataclass(frozen=True)
@@ -110,14 +112,11 @@ class BenchResult:
     repeat: int  # rounds; figures are medians over them
     modes: dict[str, dict[str, dict]]  # column -> endpoint -> Latencies.summary()
     endpoints: list[dict]
+    # after mode's first pages for the typo set (typos.Recall.as_dict()), when search_typo ran
+    search_recall: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _misspell(word: str, rng: random.Random) -> str:
-    at = rng.randrange(1, len(word) - 1)
-    return word[:at] + word[at + 1 :]  # drop one inner letter: 'climate' -> 'clmate'
 
 
 def load_sample(database_url: str, rng: random.Random) -> Sample:
@@ -127,10 +126,15 @@ def load_sample(database_url: str, rng: random.Random) -> Sample:
         project_ids = [row[0] for row in conn.execute(named["bench_projects"])]
         slugs = [row[0] for row in conn.execute(named["bench_chain_slugs"])]
         words = [row[0] for row in conn.execute(named["bench_title_words"])]
-    if not (user_ids and project_ids and slugs and words):
+        long_words = [
+            row[0]
+            for row in conn.execute(
+                named["bench_typo_words"], {"min_length": typos.MIN_WORD_LENGTH}
+            )
+        ]
+    if not (user_ids and project_ids and slugs and words and long_words):
         raise ProblemFound("the database has too little data to benchmark: seed it first")
-    terms = words + [_misspell(word, rng) for word in words if len(word) >= 5]
-    return Sample(user_ids, project_ids, slugs, terms)
+    return Sample(user_ids, project_ids, slugs, words, typos.typo_set(long_words, rng))
 
 
 def _calls(sample: Sample, rng: random.Random) -> dict[str, Callable[[], Call]]:
@@ -159,6 +163,7 @@ def _calls(sample: Sample, rng: random.Random) -> dict[str, Callable[[], Call]]:
         ),
         "chain_posts": lambda: Call("GET", f"/api/chains/{pick(sample.chain_slugs)}/posts"),
         "search": lambda: Call("GET", f"/api/search?q={pick(sample.search_terms)}"),
+        "search_typo": lambda: Call("GET", f"/api/search?q={pick(sample.typos).text}"),
         "investors": lambda: Call("GET", f"/api/investors?page={page()}"),
         "conversations": lambda: Call("GET", "/api/messages/conversations", pick(sample.user_ids)),
         "intro_stats": lambda: Call("GET", "/api/intros/stats", pick(sample.user_ids)),
@@ -196,14 +201,19 @@ async def _drive(
                     {"Authorization": f"Bearer {tokens[call.user_id]}"} if call.user_id else {}
                 )
                 started = time.perf_counter()
-                response = await client.request(
-                    call.method, call.path, json=call.body, headers=headers
-                )
+                try:
+                    response = await client.request(
+                        call.method, call.path, json=call.body, headers=headers
+                    )
+                except httpx.TimeoutException:  # a loaded machine's before mode: an error
+                    response = None
                 client_ms = (time.perf_counter() - started) * 1000
                 if index < warmup:
                     continue
                 latencies.requests += 1
-                if response.status_code >= 400 and response.status_code != 404:
+                if response is None or (
+                    response.status_code >= 400 and response.status_code != 404
+                ):
                     latencies.errors += 1
                     continue
                 latencies.client_ms.append(client_ms)
@@ -353,6 +363,11 @@ def bench_api(
                     )
                     columns[column][name] = latencies.summary()
             rounds.append(columns)
+        search_recall = None
+        if "search_typo" in names:
+            if progress:
+                progress(f"recall of after-mode search on {len(sample.typos)} typos")
+            search_recall = _search_recall(servers["after"].url, sample.typos).as_dict()
     return BenchResult(
         database=source_url,
         databases=urls if keep_databases else {},
@@ -363,7 +378,19 @@ def bench_api(
         repeat=repeat,
         modes=_median_modes(rounds),
         endpoints=_median_rows([_compare(columns) for columns in rounds]),
+        search_recall=search_recall,
     )
+
+
+def _search_recall(base_url: str, typo_set: list[typos.Typo]) -> typos.Recall:
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+
+        def first_page(q: str) -> list[dict]:
+            response = client.get("/api/search", params={"q": q})
+            response.raise_for_status()
+            return response.json()["items"]
+
+        return typos.recall(typo_set, first_page)
 
 
 def _is_seeded(url: str) -> bool:

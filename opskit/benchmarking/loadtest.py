@@ -4,9 +4,10 @@ Locust runs in its own processes (it monkey-patches with gevent), started with a
 model (open: a fixed arrival rate; closed: a number of users), the scenario's locustfile in
 `loadtests/`, and a fixture of real ids, tokens and search terms read from the database before
 the run. The Locust side (`benchmarking.locust_user`) writes every request's timing; this side
-generator's CPU each second, then writes one result folder per repetition (README, "Load
-tests"): meta.json, requests.parquet, seconds.parquet and Locust's own CSVs. A run folder is
-written under a temporary name and renamed when complete, so a failed run leaves nothing behind.
+samples the generator's CPU each second, then writes one result folder per repetition
+(docs/benchmarking.md, "Load tests"): meta.json, requests.parquet, seconds.parquet and Locust's
+own CSVs. A run folder is written under a temporary name and renamed when complete, so a failed
+run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ POOL_MIN, POOL_MAX = 10, 2000
 RUN_MARGIN_S = 1
 STOP_TIMEOUT_S = 10
 START_TIMEOUT_S = 60  # Locust start-up, and workers connecting to the master
+# A worker writes its Parquet file as it quits: seconds on a loaded 2-core machine.
+WORKER_EXIT_TIMEOUT_S = 60
 FIXTURE_USERS, FIXTURE_PROJECTS, FIXTURE_CHAINS, FIXTURE_WORDS = 200, 5000, 1000, 500
 TOKEN_SLACK_S = 3600  # tokens outlive the run comfortably
 PG_SETTINGS = (
@@ -411,7 +414,7 @@ class LocustProcesses:
 
     def wait(self) -> None:
         """Wait for every process to end on its own (the head's run is over)."""
-        limit_s = START_TIMEOUT_S + STOP_TIMEOUT_S
+        limit_s = WORKER_EXIT_TIMEOUT_S
         try:
             for process in self.processes:
                 process.wait(limit_s)

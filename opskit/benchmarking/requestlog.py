@@ -2,7 +2,8 @@
 
 Used on both sides of `opskit loadtest`: inside each Locust process (which must stay light, so
 no pandas or database driver here) to schedule and record requests, and in the collector to read
-the per-process files back. Columns are those of `requests.parquet` (see README, "Load tests").
+the per-process files back. Columns are those of `requests.parquet` (docs/benchmarking.md, "Load
+tests").
 """
 
 from __future__ import annotations

@@ -99,8 +99,10 @@ def test_a_migrate_killed_during_phase4_resumes_without_invalid_indexes(tiny_db_
             building = None
             while building is None and time.monotonic() < deadline:
                 building = watcher.execute(
+                    # this database only: on a shared server another one may be building too
                     "SELECT pid FROM pg_stat_activity WHERE query ILIKE '%CREATE INDEX CONCURRENTLY%' "
-                    "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+                    "AND datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND wait_event_type = 'Lock'"
                 ).fetchone()
                 time.sleep(0.1)
             assert building, "the index build never started waiting"

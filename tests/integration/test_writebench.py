@@ -86,6 +86,15 @@ def test_the_command_compares_no_phases_with_all_phases(test_servers):
 def test_the_breakdown_switches_each_part_off_on_a_scratch_clone(test_servers, monkeypatch):
     monkeypatch.setattr(write_cost, "BREAKDOWN_WRITES", 300)
     monkeypatch.setattr(write_cost, "BREAKDOWN_WARMUP_WRITES", 50)
+    named = []  # the scratch databases this run names (other runs may share the server)
+    database_url = write_cost.clones.database_url
+
+    def recording_database_url(url: str, name: str) -> str:
+        if name.startswith("opskit_benchw_"):
+            named.append(name)
+        return database_url(url, name)
+
+    monkeypatch.setattr(write_cost.clones, "database_url", recording_database_url)
     out = CliRunner().invoke(
         app,
         ["bench-writes", "--breakdown", "--repeat", "1", "--scale", "tiny", "--json"],
@@ -120,6 +129,6 @@ def test_the_breakdown_switches_each_part_off_on_a_scratch_clone(test_servers, m
     }
     with psycopg.connect(test_servers.admin_url) as conn:  # the scratch databases are gone
         left = conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'opskit_benchw_%'"
+            "SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", (named,)
         ).fetchone()[0]
-    assert left == 0
+    assert named and left == 0

@@ -100,6 +100,7 @@ def test_the_not_blank_pattern_is_the_servers_rule(text, allowed):
     [
         "2026-11-01T12:00:00Z",
         "2026-11-01t12:00:00z",
+        "2026-11-01T12:00:00",  # without an offset: UTC, as the server always read it
         "2026-11-01T12:00:00.123456789-07:30",
         "1990-12-31T23:59:60Z",
         "0001-01-01T00:00:00+23:59",
@@ -110,10 +111,13 @@ def test_rfc3339_date_times_are_instants(text):
     assert rfc3339_instant(text).utcoffset() is not None
 
 
+def test_a_date_time_without_an_offset_is_utc():
+    assert rfc3339_instant("2026-11-01T12:00:00") == rfc3339_instant("2026-11-01T12:00:00Z")
+
+
 @pytest.mark.parametrize(
     "text",
     [
-        "2026-11-01T12:00:00",  # no offset
         "2026-11-01",
         "2026-11-01 12:00:00Z",
         "2026-11-01T12:00Z",
