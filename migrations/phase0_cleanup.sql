@@ -1,10 +1,22 @@
-SET lock_timeout = '5s';
+SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
 SET statement_timeout = '15min';
 
 -- phase0_cleanup: remove whatever an earlier (possibly half-finished or hand-made) attempt left,
 -- so the later phases start from the base schema. Safe on a fresh database: every statement is
 -- IF EXISTS. Never touches the app tables of base_schema.sql or their rows (only opskit's
 -- triggers on them).
+
+-- Every app table, parents before children (the one order of every opskit LOCK). First SHARE
+-- ROW EXCLUSIVE: it stops new writes and waits only for those in flight, while their foreign-key
+-- checks (ROW SHARE on the parents) still pass; then ACCESS EXCLUSIVE, the strongest mode any
+-- statement below needs (DROP TRIGGER, DROP INDEX), so no statement upgrades a lock later. The
+-- runner bounds this locked section by lock_timeout (docs/migrations.md).
+LOCK TABLE users, chains, chain_members, projects, votes, comments, follows, chain_posts,
+    chain_post_replies, messages, intro_requests, investor_profiles
+    IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE users, chains, chain_members, projects, votes, comments, follows, chain_posts,
+    chain_post_replies, messages, intro_requests, investor_profiles
+    IN ACCESS EXCLUSIVE MODE;
 
 -- ------------------------------------------------------------------ phase4 (critical indexes)
 -- Newest phase first. Plain DROP INDEX: this file runs in one transaction (on a fresh database
@@ -110,7 +122,8 @@ DROP FUNCTION IF EXISTS opskit_trg_intro_requests();
 DROP FUNCTION IF EXISTS opskit_fold_user_dashboard_deltas(integer);
 DROP FUNCTION IF EXISTS opskit_fold_intro_request_deltas(integer);
 -- phase1_backfill_data's functions
-DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);
+DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_columns(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);

@@ -1,11 +1,12 @@
-SET lock_timeout = '5s';
+SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
 SET statement_timeout = '15min';
 
 -- Undo phase1_backfill_data: drop its functions. The base rows it wrote stay: the triggers of
 -- phase1_denormalized_tables keep them exact, and undoing that phase drops them. App tables and
 -- their rows are not touched.
 
-DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);
+DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_columns(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);

@@ -1,4 +1,5 @@
-SET lock_timeout = '5s';
+-- opskit: no-transaction
+SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
 SET statement_timeout = '1h';
 
 -- phase1_backfill_data: fill the denormalized relations of phase1 from the truth, batch by
@@ -16,7 +17,8 @@ SET statement_timeout = '1h';
 --                                                                  projects: a targeted repair)
 --   opskit_backfill_intro_request_stats(lo, hi)      user ids
 --   opskit_backfill_message_conversations(lo, hi)    user ids
--- and opskit_backfill_all_denormalized(batch_size) runs them all over every id.
+-- and the procedure opskit_backfill_in_batches(batch_size) runs them all over every id, one
+-- batch per transaction.
 --
 -- Why a write racing the backfill is neither lost nor counted twice
 --
@@ -441,59 +443,65 @@ $fn$;
 
 -- ------------------------------------------------------------------ all batches
 
--- Every batch of ids from the smallest to the largest, relation by relation (all dashboard
--- batches first: when everything runs in one transaction, the users' KEY SHARE locks are then
--- taken before any conversation row lock). user_dashboard_stats runs batches of project ids
--- (opskit_backfill_project_stats: every project, whoever owns it meanwhile), then of user ids
--- (opskit_backfill_user_columns). Returns one row per relation.
-CREATE OR REPLACE FUNCTION opskit_backfill_all_denormalized(batch_size bigint DEFAULT 5000)
-RETURNS TABLE (relation text, batches bigint, rows_written bigint)
+-- Every batch of ids from the smallest to the largest, relation by relation: batches of project
+-- ids (opskit_backfill_project_stats: every project, whoever owns it meanwhile), then of user ids
+-- for the per-user columns, the intro stats and the conversations. Each batch COMMITs: the
+-- users' KEY SHARE locks and the conversation row locks it takes are held for one batch, never
+-- for the whole backfill, so an app write waits for one batch at most. A batch that waits longer
+-- than lock_timeout for the app gives way: its subtransaction rolls back (releasing its locks)
+-- and it runs again after a pause. A procedure, so it can commit: CALL it outside a transaction
+-- block (this file is no-transaction); an interrupted run is resumed by running it again.
+CREATE OR REPLACE PROCEDURE opskit_backfill_in_batches(batch_size bigint DEFAULT 5000)
 LANGUAGE plpgsql
-AS $fn$
+AS $proc$
 DECLARE
     step text;
     first_id bigint;
     last_id bigint;
     lo bigint;
-    n bigint;
+    tries int;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be a positive number, not %', batch_size;
     END IF;
-    FOREACH relation IN ARRAY ARRAY['user_dashboard_stats', 'intro_request_stats',
-                                    'message_conversations_denorm'] LOOP
-        batches := 0;
-        rows_written := 0;
-        FOREACH step IN ARRAY CASE relation
-                WHEN 'user_dashboard_stats' THEN ARRAY['project_stats', 'user_columns']
-                ELSE ARRAY[relation] END LOOP
-            IF step = 'project_stats' THEN
-                SELECT min(id), max(id) INTO first_id, last_id FROM projects;
-            ELSE
-                SELECT min(id), max(id) INTO first_id, last_id FROM users;
-            END IF;
-            lo := first_id;
-            WHILE lo IS NOT NULL AND lo <= last_id LOOP
-                IF step = 'project_stats' THEN
-                    n := opskit_backfill_project_stats(lo, lo + batch_size);
-                ELSIF step = 'user_columns' THEN
-                    n := opskit_backfill_user_columns(lo, lo + batch_size);
-                ELSIF step = 'intro_request_stats' THEN
-                    n := opskit_backfill_intro_request_stats(lo, lo + batch_size);
-                ELSE
-                    n := opskit_backfill_message_conversations(lo, lo + batch_size);
-                END IF;
-                batches := batches + 1;
-                rows_written := rows_written + n;
-                lo := lo + batch_size;
+    FOREACH step IN ARRAY ARRAY['project_stats', 'user_columns', 'intro_request_stats',
+                                'message_conversations'] LOOP
+        IF step = 'project_stats' THEN
+            SELECT min(id), max(id) INTO first_id, last_id FROM projects;
+        ELSE
+            SELECT min(id), max(id) INTO first_id, last_id FROM users;
+        END IF;
+        lo := first_id;
+        WHILE lo IS NOT NULL AND lo <= last_id LOOP
+            tries := 0;
+            LOOP
+                BEGIN
+                    IF step = 'project_stats' THEN
+                        PERFORM opskit_backfill_project_stats(lo, lo + batch_size);
+                    ELSIF step = 'user_columns' THEN
+                        PERFORM opskit_backfill_user_columns(lo, lo + batch_size);
+                    ELSIF step = 'intro_request_stats' THEN
+                        PERFORM opskit_backfill_intro_request_stats(lo, lo + batch_size);
+                    ELSE
+                        PERFORM opskit_backfill_message_conversations(lo, lo + batch_size);
+                    END IF;
+                    EXIT;
+                EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                    tries := tries + 1;
+                    IF tries > 10 THEN
+                        RAISE;
+                    END IF;
+                END;
+                PERFORM pg_sleep(0.05 * tries);
             END LOOP;
+            COMMIT;
+            lo := lo + batch_size;
         END LOOP;
-        RETURN NEXT;
     END LOOP;
 END
-$fn$;
+$proc$;
 
-SELECT * FROM opskit_backfill_all_denormalized(5000);
+CALL opskit_backfill_in_batches(250);
 
 -- Fresh planner statistics for what the backfill wrote: without them the planner guessed ~2,500
 -- conversations per user on `medium` and chose a parallel scan (4 ms of worker start-up) for

@@ -1,10 +1,18 @@
-SET lock_timeout = '5s';
+SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
 SET statement_timeout = '15min';
 
 -- Undo phase1_denormalized_tables (and phase1_backfill_data, should its own down script not
 -- have run): the triggers first, so no write calls a dropped function, then the functions, the
 -- views and the tables. App tables and their rows are not touched. Idempotent (IF EXISTS).
 -- phase0_cleanup holds the same statements.
+
+-- The tables whose triggers go, locked together, parents before children (the one order of
+-- every opskit LOCK). First SHARE ROW EXCLUSIVE: it stops new writes and waits only for those
+-- in flight, while their foreign-key checks (ROW SHARE on the parents) still pass; then ACCESS
+-- EXCLUSIVE, which DROP TRIGGER needs, now waiting only for statements that are finishing. The
+-- runner bounds this locked section by lock_timeout (docs/migrations.md).
+LOCK TABLE users, votes, comments, follows, messages, intro_requests IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE users, votes, comments, follows, messages, intro_requests IN ACCESS EXCLUSIVE MODE;
 
 DROP TRIGGER IF EXISTS trg_opskit_users_del ON users;
 DROP TRIGGER IF EXISTS trg_opskit_users_upd ON users;
@@ -36,7 +44,8 @@ DROP FUNCTION IF EXISTS opskit_trg_intro_requests();
 DROP FUNCTION IF EXISTS opskit_fold_user_dashboard_deltas(integer);
 DROP FUNCTION IF EXISTS opskit_fold_intro_request_deltas(integer);
 -- phase1_backfill_data's functions
-DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);
+DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_columns(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);

@@ -1,9 +1,9 @@
-SET lock_timeout = '5s';
+SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
 SET statement_timeout = '15min';
 
--- phase1_denormalized_tables: the three denormalized relations of CONTRACT §6 and the triggers
--- that keep them equal to their truth (opskit/sql/truth.sql) at every commit, for every write
--- path of the app, from many READ COMMITTED connections at once.
+-- phase1_denormalized_tables: the three denormalized relations of docs/interface.md §6 and the
+-- triggers that keep them equal to their truth (opskit/sql/truth.sql) at every commit, for every
+-- write path of the app, from many READ COMMITTED connections at once.
 --
 -- Relations readers query
 --   user_dashboard_stats          VIEW  = users LEFT JOIN base + pending deltas
@@ -46,7 +46,7 @@ SET statement_timeout = '15min';
 --      * the per-vote cost is one plpgsql row-trigger call and one heap row + two index entries:
 --        about 30 us of server CPU per vote on the hot key, where the first design (statement
 --        triggers with transition tables, owner lookup, FOR SHARE project lock, a projects
---        trigger moving owners' counts) took about 90 us (README, "Write cost").
+--        trigger moving owners' counts) took about 90 us (docs/measurements.md, "Write cost").
 --    A single user's row stays a few index lookups: users, base and delta by user_id, the
 --    user's projects by projects_owner_id_idx, each project's base row and pending deltas.
 --
@@ -92,7 +92,7 @@ SET statement_timeout = '15min';
 -- The base tables are half empty on purpose (fillfactor 50): every fold updates the base row of
 -- each user and project it folds, and with room on the page those updates stay HOT (no new
 -- index entry, less WAL). Packed full, nearly every fold update moved its row to another page:
--- about 10k instructions more per folded vote (README, "Write cost").
+-- about 10k instructions more per folded vote (docs/measurements.md, "Write cost").
 CREATE TABLE user_dashboard_stats_base (
     user_id                 bigint PRIMARY KEY,
     votes_cast              bigint NOT NULL DEFAULT 0,
@@ -834,6 +834,11 @@ $fn$;
 
 -- ------------------------------------------------------------------ triggers
 -- Created here, before phase1_backfill_data runs, so no write made during the backfill is missed.
+
+-- The tables that get triggers, locked together, parents before children (the one order of
+-- every opskit LOCK), in the mode CREATE TRIGGER takes. The runner bounds this locked section by
+-- lock_timeout (docs/migrations.md).
+LOCK TABLE users, votes, comments, follows, messages, intro_requests IN SHARE ROW EXCLUSIVE MODE;
 
 CREATE CONSTRAINT TRIGGER trg_opskit_users_del AFTER DELETE ON users
     DEFERRABLE INITIALLY DEFERRED

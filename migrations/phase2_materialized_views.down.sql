@@ -1,10 +1,22 @@
-SET lock_timeout = '5s';
+SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
 SET statement_timeout = '15min';
 
 -- Undo phase2_materialized_views: its triggers first (so no write enqueues into a dropped table),
 -- then the function, the views, and the queue tables. App tables and their rows are not touched.
 -- DROP FUNCTION has no CASCADE on purpose: while phase3's triggers still use it, this script
 -- fails (and changes nothing) instead of leaving triggers that would break every write.
+
+-- The tables whose triggers go, locked together, parents before children (the one order of
+-- every opskit LOCK). First SHARE ROW EXCLUSIVE: it stops new writes and waits only for those
+-- in flight, while their foreign-key checks (ROW SHARE on the parents) still pass; then ACCESS
+-- EXCLUSIVE, which DROP TRIGGER needs, now waiting only for statements that are finishing. The
+-- runner bounds this locked section by lock_timeout (docs/migrations.md).
+LOCK TABLE users, chains, chain_members, projects, votes, comments, follows, chain_posts,
+    chain_post_replies
+    IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE users, chains, chain_members, projects, votes, comments, follows, chain_posts,
+    chain_post_replies
+    IN ACCESS EXCLUSIVE MODE;
 
 DROP TRIGGER IF EXISTS trg_opskit_mvq_projects ON projects;
 DROP TRIGGER IF EXISTS trg_opskit_mvq_projects_truncate ON projects;

@@ -1,8 +1,8 @@
-SET lock_timeout = '5s';
+SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
 SET statement_timeout = '15min';
 
 -- phase2_materialized_views: the read models of the feed, the leaderboards, the chains page and
--- the project page, plus the refresh queue that keeps them fresh (CONTRACT §7).
+-- the project page, plus the refresh queue that keeps them fresh (docs/interface.md §7).
 --
 -- Every view reads the app tables only (never phase1's relations, never another view), so this
 -- phase does not depend on phase1 and no view has to wait for another one's refresh.
@@ -401,6 +401,12 @@ CREATE UNIQUE INDEX mv_project_details_project_id_idx ON mv_project_details (pro
 -- transaction commits, so creating them after the view builds keeps that window short.
 -- Per source table: trg_opskit_mvq_<table> (rows) and trg_opskit_mvq_<table>_truncate; phase 3
 -- adds triggers only on tables that phase 2 does not read.
+-- The tables that get triggers, locked together, parents before children (the one order of
+-- every opskit LOCK), in the mode CREATE TRIGGER takes. The runner bounds this locked section by
+-- lock_timeout (docs/migrations.md).
+LOCK TABLE users, chains, chain_members, projects, votes, comments, follows, chain_posts,
+    chain_post_replies
+    IN SHARE ROW EXCLUSIVE MODE;
 CREATE TRIGGER trg_opskit_mvq_projects
     AFTER INSERT OR UPDATE OR DELETE ON projects
     FOR EACH ROW EXECUTE FUNCTION opskit_mv_enqueue_refresh();

@@ -18,7 +18,7 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS projects_live_newest_idx
 CREATE INDEX CONCURRENTLY IF NOT EXISTS projects_chain_live_idx
     ON projects (chain_id) WHERE deleted_at IS NULL;
 -- No index here names votes.vote_type: a flip could not be a HOT update and every vote insert
--- would pay one more entry, for before-mode counts only (README, "Write cost").
+-- would pay one more entry, for before-mode counts only (docs/measurements.md, "Write cost").
 -- project page (before): newest comments of a project
 CREATE INDEX CONCURRENTLY IF NOT EXISTS comments_project_newest_idx
     ON comments (project_id, created_at DESC, id DESC);

@@ -19,7 +19,7 @@ VOTES=${VOTES:-4000}
 PORT=${PORT:-5499}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OPSKIT="$ROOT/.venv/bin/opskit"
-WORK=$(mktemp -d /tmp/opskit-vote-instructions.XXXXXX)
+WORK=$(mktemp -d -t opskit-vote-instructions.XXXXXX)
 DATA="$WORK/data"
 as_server_user() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 psql_admin() { psql -h 127.0.0.1 -p "$PORT" -U postgres -q -At "$@"; }

@@ -1,10 +1,13 @@
-"""The HTTP API (CONTRACT §9): Starlette routes over `opskit.app.endpoints`, before or after mode.
+"""The HTTP API (docs/interface.md §9): Starlette routes over `opskit.app.endpoints`, in before
+or after mode.
 
 Routes only parse and validate the request, check the bearer token, borrow a pooled connection,
 call one `Endpoints` method and encode its answer with orjson. Bad input gets a 4xx with
 `{"error": "..."}` and never reaches the database: query-string problems are 400, malformed or
-non-UTF-8 JSON bodies 400, bodies over 16 KiB 413, well-formed bodies with wrong fields 422,
-missing/invalid/expired tokens (or a token whose user is gone) 401, unknown ids 404.
+non-UTF-8 JSON bodies 400, bodies over 64 KiB 413, well-formed bodies with wrong fields 422,
+missing/invalid/expired tokens (or a token whose user is gone) 401, a message or intro to oneself
+403, unknown ids 404, a method the route does not serve 405 (with `Allow`). Validation accepts
+exactly what the request schemas of `opskit.app.openapi` allow.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import base64
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -37,12 +41,23 @@ from opskit.app.endpoints import (
     CHAIN_ORDERS,
     FEED_ORDERS,
     MODES,
+    SEARCH_SIMILARITY_THRESHOLD,
     ApiError,
     Endpoints,
     Page,
     user_gone,
 )
-from opskit.app.openapi import openapi_document
+from opskit.app.openapi import (
+    BLANK,
+    DEFAULT_PER_PAGE,
+    MAX_BODY_BYTES,
+    MAX_ID,
+    MAX_MESSAGE_CHARS,
+    MAX_PAGE,
+    MAX_PER_PAGE,
+    MAX_QUERY_CHARS,
+    openapi_document,
+)
 from opskit.core import servers
 from opskit.core.db import connect, redis_client
 from opskit.core.errors import BadInput, EnvironmentProblem, first_line
@@ -53,20 +68,13 @@ from opskit.sql import queries
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 * 1024
-MAX_PAGE = 10_000
-MAX_PER_PAGE = 100
-DEFAULT_PER_PAGE = 20
-MAX_ID = 2**63 - 1
-MAX_QUERY_CHARS = 100
-MAX_MESSAGE_CHARS = 5000
 POOL_TIMEOUT_S = 10.0
 TOKEN_CACHE_SIZE = 10_000
 WORKER_HEALTHCHECK_TIMEOUT_S = 30
-WORD_SIMILARITY_THRESHOLD = 0.6  # pg_trgm's default, pinned so both modes match the same rows
-# Every connection: UTC timestamps in JSON, the same trigram threshold, no runaway query.
+# Every connection: UTC timestamps in JSON, search's trigram threshold (for the `%` operator
+# the word index serves), no runaway query.
 CONNECTION_OPTIONS = (
-    f"-c TimeZone=UTC -c pg_trgm.word_similarity_threshold={WORD_SIMILARITY_THRESHOLD} "
+    f"-c TimeZone=UTC -c pg_trgm.similarity_threshold={SEARCH_SIMILARITY_THRESHOLD} "
     "-c statement_timeout=60s"
 )
 AFTER_RELATIONS = (
@@ -80,6 +88,8 @@ AFTER_RELATIONS = (
     "mv_chains_discovery",
     "mv_chain_posts",
     "mv_search_index",
+    "search_words",
+    "search_postings",
     "mv_investors_directory",
 )
 # `opskit serve --workers N` hands these to the worker processes (uvicorn imports the factory).
@@ -96,8 +106,9 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_UTC_Z)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -106,7 +117,8 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    return _error(exc.status_code, exc.detail)
+    # Starlette's 405 carries `Allow` with the route's methods (RFC 9110 requires it).
+    return _error(exc.status_code, exc.detail, exc.headers)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
@@ -181,31 +193,72 @@ def _query_choice(request: Request, name: str, choices: dict, default: str) -> s
     return value
 
 
+# RFC 3339's date-time (the document's `format: date-time`): T and Z in either case, seconds up
+# to 60 (a leap second), any number of fraction digits, an offset of Z, +hh:mm or -hh:mm. Clients
+# have always been able to leave the offset out (read as UTC), so it stays optional here.
+MINUTE = timedelta(minutes=1)
+RFC3339_DATE_TIME = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
+    r"(?P<fraction>\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?",
+    re.ASCII,
+)
+
+
 def _as_of(request: Request) -> datetime | None:
-    """The instant trending scores are asked for: ?as_of=ISO-8601 (naive = UTC), else None (the
+    """The instant trending scores are asked for: ?as_of=<RFC 3339 date-time>, else None (the
     mode's default: now in before mode, the last refresh's instant in after mode)."""
     raw = request.query_params.get("as_of")
     if raw is None:
         return None
     try:
-        instant = datetime.fromisoformat(raw)
+        instant = rfc3339_instant(raw)
     except ValueError:
         raise ApiError(
-            400, "as_of must be an ISO 8601 instant, e.g. 2026-11-01T12:00:00Z"
+            400,
+            "as_of must be an RFC 3339 date-time from year 0001 to 9999, e.g. 2026-11-01T12:00:00Z",
         ) from None
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=UTC)
     try:
         return instant.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC: PostgreSQL takes it
+        return instant
+
+
+def rfc3339_instant(text: str) -> datetime:
+    """The aware datetime an RFC 3339 date-time names (without an offset: UTC); ValueError when
+    the text is not one.
+
+    A leap second (23:59:60 in UTC) is the first instant of the next minute, as PostgreSQL reads
+    it. Python's datetime cannot hold year 0000, which RFC 3339 allows: that is a ValueError too.
+    """
+    match = RFC3339_DATE_TIME.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not an RFC 3339 date-time: {text!r}")
+    leap_second = match["second"] == "60"
+    if leap_second:
+        text = text[: match.start("second")] + "59" + text[match.end("second") :]
+    instant = datetime.fromisoformat(text.upper())
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    if not leap_second:
+        return instant
+    utc_minute = (instant.hour * 60 + instant.minute - instant.utcoffset() // MINUTE) % (24 * 60)
+    if utc_minute != 23 * 60 + 59:
+        raise ValueError(f"a leap second is 23:59:60 in UTC, not {text!r}")
+    try:
+        return instant + timedelta(seconds=1)
     except OverflowError:
-        raise ApiError(400, "as_of is out of range") from None
+        raise ValueError(f"{text!r} is past year 9999") from None
 
 
 def _text(value: str, name: str, max_chars: int, status: int) -> str:
-    text = value.strip()
-    if not 1 <= len(text) <= max_chars or "\x00" in text:
-        raise ApiError(status, f"{name} must be 1 to {max_chars} characters (no NUL)")
-    return text
+    """A text input as the document's `_text_input` schema allows it, without the blank ends."""
+    if not 1 <= len(value) <= max_chars or "\x00" in value or not value.strip(BLANK):
+        raise ApiError(
+            status,
+            f"{name} must be 1 to {max_chars} characters, not only spaces and control "
+            "characters, without NUL",
+        )
+    return value.strip(BLANK)
 
 
 def _path_id(request: Request, name: str, what: str) -> int:
@@ -238,8 +291,10 @@ def _field_id(body: dict, name: str, *, required: bool = True) -> int | None:
     value = body.get(name)
     if value is None and not required:
         return None
+    if type(value) is float and value.is_integer():
+        value = int(value)  # JSON has one number type: 390.0 is the integer 390 (JSON Schema too)
     if type(value) is not int or not 1 <= value <= MAX_ID:
-        raise ApiError(422, f"{name} must be a positive integer id")
+        raise ApiError(422, f"{name} must be an integer id from 1 to {MAX_ID}")
     return value
 
 
@@ -459,7 +514,7 @@ async def send_message(request: Request) -> Response:
     recipient_id = _field_id(body, "recipient_id")
     text = _field_text(body, "body", MAX_MESSAGE_CHARS)
     if recipient_id == user_id:
-        raise ApiError(422, "you cannot send a message to yourself")
+        raise ApiError(403, "you cannot send a message to yourself")
     state = _state(request)
     async with state.pool.connection() as conn:
         await _require_existing(state, conn, user_id)
@@ -483,7 +538,7 @@ async def request_intro(request: Request) -> Response:
     project_id = _field_id(body, "project_id", required=False)
     message = _field_text(body, "message", MAX_MESSAGE_CHARS, required=False)
     if target_id == user_id:
-        raise ApiError(422, "you cannot request an intro to yourself")
+        raise ApiError(403, "you cannot request an intro to yourself")
     state = _state(request)
     async with state.pool.connection() as conn:
         await _require_existing(state, conn, user_id)
@@ -550,7 +605,7 @@ def _readiness_problem(mode: str, missing: list[str]) -> EnvironmentProblem | No
 async def _prepare_database(conn: psycopg.AsyncConnection, mode: str) -> None:
     """Refuse a database the mode cannot serve; give before mode the pg_trgm extension.
 
-    Search means pg_trgm word similarity in both modes (so both rank the same rows); phase 3
+    Search means pg_trgm similarity of words in both modes (so both rank the same rows); phase 3
     installs the extension, and a before-mode database that never ran it gets it here.
     """
     cursor = await conn.execute(
@@ -563,7 +618,7 @@ async def _prepare_database(conn: psycopg.AsyncConnection, mode: str) -> None:
     if not (await cursor.fetchone())[0]:
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-            log.warning("installed the pg_trgm extension: search uses its word similarity")
+            log.warning("installed the pg_trgm extension: search uses its similarity")
         except psycopg.Error as err:
             log.warning("pg_trgm is missing and cannot be installed, search answers 503: %s", err)
 

@@ -1,4 +1,4 @@
-"""API bearer tokens: HS256 JWTs whose `sub` is the user id (CONTRACT §9).
+"""API bearer tokens: HS256 JWTs whose `sub` is the user id (docs/interface.md §9).
 
 The secret is OPSKIT_JWT_SECRET, else a random one generated once into OPSKIT_HOME/jwt_secret
 (mode 0600) and read back by every later process, so `opskit token` and `opskit serve` agree

@@ -1,12 +1,13 @@
-"""The API's query layer: each endpoint's data, in `before` or `after` mode (CONTRACT §9).
+"""The API's query layer: each endpoint's data, in `before` or `after` mode (docs/interface.md §9).
 
 Every read names a pair of blocks in `opskit/sql/endpoints.sql`, `<name>_before` (normalized
 tables, the joins an app would write) and `<name>_after` (denormalized relations, materialized
 views), that return the same columns; `Endpoints(mode)` picks one side. In Python only three reads
 differ: `has_upvoted` (after mode asks the Redis vote cache), trending (after mode reads the
 scores its last refresh stored, or for an explicit as_of ranks only the recent and high-score
-projects that can reach the page) and whole-word search (after mode tries the most popular
-documents first); each SQL block states why its answer is the same. Writes are the same
+projects that can reach the page) and search (after mode looks the query's words up in the
+word index, then reads only the postings that can reach the page); each SQL block states why
+its answer is the same. Writes are the same
 statements in both modes; after mode also updates the vote cache once the vote has committed.
 
 Functions take an open psycopg AsyncConnection (autocommit) and return plain dicts and
@@ -47,9 +48,12 @@ CHAIN_ORDERS = {
 }
 
 
-# How far the after-mode shortcuts look (see feed_trending_as_of_after, search_whole_word_after).
+# How far the after-mode trending shortcut looks (see feed_trending_as_of_after).
 TRENDING_RECENT_SCAN = 500
-SEARCH_POPULAR_SCAN = 1000
+
+# Search: a query word matches a document word when their pg_trgm similarity reaches this
+# (docs/search.md: one typo in a title word of 6+ letters keeps at least 3/11 = 0.27).
+SEARCH_SIMILARITY_THRESHOLD = 0.25
 
 
 class ApiError(Exception):
@@ -265,16 +269,33 @@ class Endpoints:
         return page.envelope(rows, chain=slug)
 
     async def search(self, conn: psycopg.AsyncConnection, q: str, page: Page) -> dict:
-        if self.mode == "after":
-            wanted = page.offset + page.size + 1
-            params = {"q": q, "popular_scan": SEARCH_POPULAR_SCAN, "wanted": wanted}
-            rows = await _rows(conn, _sql("search_whole_word_after"), params)
-            if len(rows) == wanted:
-                return page.envelope(rows[page.offset :], q=q)
-        try:
-            rows = await _rows(conn, self._q("search"), {"q": q, **page.params()})
-        except pg_errors.UndefinedFunction as err:  # before mode on a database without pg_trgm
-            raise ApiError(503, "search needs the pg_trgm extension on the database") from err
+        params = {"q": q, "threshold": SEARCH_SIMILARITY_THRESHOLD}
+        if self.mode == "before":
+            try:
+                rows = await _rows(conn, _sql("search_before"), {**params, **page.params()})
+            except pg_errors.UndefinedFunction as err:  # a database without pg_trgm
+                raise ApiError(503, "search needs the pg_trgm extension on the database") from err
+            return page.envelope(rows, q=q)
+        matches: dict[str, list[dict]] = {}
+        for row in await _rows(conn, _sql("search_matches_after"), params):
+            matches.setdefault(row.pop("query_word"), []).append(row)
+        if not matches or any(found[0]["word"] is None for found in matches.values()):
+            return page.envelope([], q=q)  # no query word, or one that matches no word
+        wanted = page.offset + page.size + 1
+        if len(matches) == 1:
+            ((query_word, found),) = matches.items()
+            params = {"query_word": query_word, "words": _kept(found, wanted), "wanted": wanted}
+            rows = await _rows(conn, _sql("search_one_word_after"), {**params, **page.params()})
+        else:
+            pairs = [
+                (query_word, m["word"]) for query_word, found in matches.items() for m in found
+            ]
+            params = {
+                "query_words": [query_word for query_word, _ in pairs],
+                "words": [word for _, word in pairs],
+                "query_word_count": len(matches),
+            }
+            rows = await _rows(conn, _sql("search_all_words_after"), {**params, **page.params()})
         return page.envelope(rows, q=q)
 
     async def investors(self, conn: psycopg.AsyncConnection, page: Page) -> dict:
@@ -373,6 +394,17 @@ class Endpoints:
         if current["target_id"] != user_id:
             raise ApiError(403, f"intro request {intro_id} was not sent to you")
         raise ApiError(409, f"intro request {intro_id} is already {current['status']}")
+
+
+def _kept(matches: list[dict], wanted: int) -> list[str]:
+    """The matched words (best first) that can place a document among the first `wanted`.
+
+    A word used by `wanted` or more documents fills that many places with documents at least
+    as similar as itself, so the words less similar than the most similar such word cannot
+    place one; ties are kept. Without such a word, every match may count.
+    """
+    cutoff = max((m["similarity"] for m in matches if m["documents"] >= wanted), default=0.0)
+    return [m["word"] for m in matches if m["similarity"] >= cutoff]
 
 
 def _missing_user(err: pg_errors.ForeignKeyViolation, other_user_id: int) -> ApiError:

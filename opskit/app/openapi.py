@@ -1,8 +1,11 @@
-"""The OpenAPI 3.1 document served at /openapi.json, written by hand from the routes in api.py.
+"""The OpenAPI 3.1 document served at /openapi.json, and the request limits it promises.
 
 Both modes serve the same document (same routes, same answers); only `info.description` names the
-mode. Schemas are strict about the fields each answer always has, so a schema check of real
-responses (tests/integration/test_api_schema.py) catches a drifting answer.
+mode. Request schemas state exactly what the server accepts (api.py validates with the limits
+defined here), so a client that follows the document is never refused with 400 or 422. Response
+schemas are strict about the fields each answer always has, so a schema check of real responses
+(tests/integration/test_api_schema.py) catches a drifting answer. tests/unit/test_openapi.py
+checks that the document and the routes list the same paths, methods and operations.
 """
 
 from __future__ import annotations
@@ -11,9 +14,24 @@ from typing import Any
 
 from opskit import __version__
 
+MAX_ID = 2**63 - 1  # ids are PostgreSQL bigint identities
+MAX_PAGE = 10_000
+MAX_PER_PAGE = 100
+DEFAULT_PER_PAGE = 20
+MAX_QUERY_CHARS = 100
+MAX_MESSAGE_CHARS = 5000
+# Room for any body the request schemas allow: 5,000 characters sent as JSON escapes (up to 12
+# bytes for a character outside the BMP) plus the ids.
+MAX_BODY_BYTES = 64 * 1024
+# Text fields and `q`: besides their length, at least one character other than a space or a C0
+# control character, and no NUL (PostgreSQL text cannot hold one). The server strips spaces and
+# control characters from both ends.
+BLANK = "".join(map(chr, range(0x21)))
+NOT_BLANK_PATTERN = r"^[^\u0000]*[^\u0000-\u0020][^\u0000]*$"
+
 INTEGER = {"type": "integer"}
 COUNT = {"type": "integer", "minimum": 0}
-ID = {"type": "integer", "minimum": 1}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 TEXT = {"type": "string"}
 TIME = {"type": "string", "format": "date-time"}
 
@@ -230,13 +248,33 @@ HEALTH = _object(
 )
 
 PAGE_PARAMETERS = [
-    {"name": "page", "in": "query", "schema": {**ID, "maximum": 10_000, "default": 1}},
+    {"name": "page", "in": "query", "schema": {**ID, "maximum": MAX_PAGE, "default": 1}},
     {
         "name": "per_page",
         "in": "query",
-        "schema": {**ID, "maximum": 100, "default": 20},
+        "schema": {**ID, "maximum": MAX_PER_PAGE, "default": DEFAULT_PER_PAGE},
     },
 ]
+
+
+def _text_input(max_chars: int) -> dict:
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_chars,
+        "pattern": NOT_BLANK_PATTERN,
+        "description": f"1 to {max_chars} characters, not only spaces and control characters, "
+        "no NUL; spaces and control characters at either end are dropped",
+    }
+
+
+def _request_body(properties: dict[str, dict], optional: tuple[str, ...] = ()) -> dict:
+    return {
+        **_object(properties, optional),
+        "additionalProperties": True,
+        "description": "Properties not listed here are ignored. An integer may be sent as a "
+        "number with a zero fraction (390.0 is 390).",
+    }
 
 
 def _page_of(item: dict, **extra: dict) -> dict:
@@ -251,29 +289,41 @@ def _page_of(item: dict, **extra: dict) -> dict:
     )
 
 
-def _json(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(schema: dict, description: str, links: dict | None = None) -> dict:
+    response = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if links:
+        response["links"] = links
+    return response
 
 
 def _errors(*statuses: int) -> dict[str, dict]:
     meaning = {
         400: "bad query string or malformed JSON body",
         401: "missing, invalid or expired token, or the token's user is gone",
-        403: "not yours",
+        403: "not allowed for the caller (someone else's intro, or the caller themselves)",
         404: "unknown id or slug",
         409: "already answered",
-        413: "body over 16 KiB",
+        413: f"body over {MAX_BODY_BYTES // 1024} KiB",
         422: "well-formed body with missing or invalid fields",
         503: "database (or Redis) unreachable",
     }
     return {str(status): _json(ERROR, meaning[status]) for status in statuses}
 
 
-def _get(summary: str, schema: dict, *errors: int, parameters=(), auth=None) -> dict:
+def _get(
+    operation_id: str,
+    summary: str,
+    schema: dict,
+    *errors: int,
+    parameters=(),
+    auth=None,
+    links: dict | None = None,
+) -> dict:
     operation: dict[str, Any] = {
+        "operationId": operation_id,
         "summary": summary,
         "parameters": list(parameters),
-        "responses": {"200": _json(schema, "OK"), **_errors(*errors, 503)},
+        "responses": {"200": _json(schema, "OK", links), **_errors(*errors, 503)},
     }
     if auth == "required":
         operation["security"] = [{"bearer": []}]
@@ -284,12 +334,23 @@ def _get(summary: str, schema: dict, *errors: int, parameters=(), auth=None) -> 
     return operation
 
 
-def _post(summary: str, body: dict | None, schema: dict, status: int, *errors: int) -> dict:
+def _post(
+    operation_id: str,
+    summary: str,
+    body: dict | None,
+    schema: dict,
+    status: int,
+    *errors: int,
+    parameters=(),
+    links: dict | None = None,
+) -> dict:
     operation: dict[str, Any] = {
+        "operationId": operation_id,
         "summary": summary,
         "security": [{"bearer": []}],
+        "parameters": list(parameters),
         "responses": {
-            str(status): _json(schema, "OK"),
+            str(status): _json(schema, "OK", links),
             **_errors(*errors, 401, 503),
         },
     }
@@ -306,13 +367,18 @@ def _path_id(name: str) -> dict:
     return {"name": name, "in": "path", "required": True, "schema": ID}
 
 
+def _link(operation_id: str, **parameters: str) -> dict:
+    """An OpenAPI link: what the answer lets a client call next, with values taken from it."""
+    return {"operationId": operation_id, "parameters": parameters}
+
+
 def openapi_document(mode: str) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "opskit API",
             "version": __version__,
-            "description": f"The project discovery app's API, {mode} mode (CONTRACT §9). "
+            "description": f"The project discovery app's API, {mode} mode. "
             "Both modes give the same answers on the same data.",
         },
         "components": {
@@ -323,6 +389,7 @@ def openapi_document(mode: str) -> dict:
         "paths": {
             "/api/health": {
                 "get": {
+                    "operationId": "health",
                     "summary": "Mode, database and Redis reachability (503 when one is down)",
                     "responses": {
                         "200": _json(HEALTH, "every server answers"),
@@ -332,15 +399,19 @@ def openapi_document(mode: str) -> dict:
             },
             "/api/health/db": {
                 "get": _get(
+                    "health_db",
                     "One SELECT 1 through the pool: the stack's floor for benchmarks",
                     _object({"ok": {"type": "boolean"}}),
                 )
             },
             "/api/users/stats": {
-                "get": _get("The caller's dashboard counters", USER_STATS, auth="required")
+                "get": _get(
+                    "user_stats", "The caller's dashboard counters", USER_STATS, auth="required"
+                )
             },
             "/api/projects": {
                 "get": _get(
+                    "feed",
                     "The project feed; with a token each item carries has_upvoted",
                     _page_of(
                         FEED_ITEM,
@@ -362,10 +433,11 @@ def openapi_document(mode: str) -> dict:
                         {
                             "name": "as_of",
                             "in": "query",
-                            "description": "instant the trending score is computed for "
-                            "(default: now in before mode; in after mode the instant of the "
-                            "scores the feed view's last refresh stored, which the answer's "
-                            "as_of carries)",
+                            "description": "instant the trending score is computed for, an RFC "
+                            "3339 date-time from year 0001 to 9999; one without an offset is read "
+                            "as UTC (default: now in before mode; in after mode the instant of the "
+                            "scores the feed view's last refresh stored, which the answer's as_of "
+                            "carries)",
                             "schema": TIME,
                         },
                         *PAGE_PARAMETERS,
@@ -374,6 +446,7 @@ def openapi_document(mode: str) -> dict:
             },
             "/api/projects/{project_id}": {
                 "get": _get(
+                    "project",
                     "One live project with its five newest comments",
                     PROJECT,
                     404,
@@ -383,6 +456,7 @@ def openapi_document(mode: str) -> dict:
             },
             "/api/leaderboard/projects": {
                 "get": _get(
+                    "leaderboard_projects",
                     "Projects by score (ties: lower id first)",
                     _page_of(LEADERBOARD_PROJECT),
                     400,
@@ -391,6 +465,7 @@ def openapi_document(mode: str) -> dict:
             },
             "/api/leaderboard/builders": {
                 "get": _get(
+                    "leaderboard_builders",
                     "Builders (users with a live project) by score",
                     _page_of(LEADERBOARD_BUILDER),
                     400,
@@ -399,6 +474,7 @@ def openapi_document(mode: str) -> dict:
             },
             "/api/chains": {
                 "get": _get(
+                    "chains",
                     "Chain discovery",
                     _page_of(CHAIN, sort={"type": "string"}),
                     400,
@@ -418,6 +494,7 @@ def openapi_document(mode: str) -> dict:
             },
             "/api/chains/{slug}/posts": {
                 "get": _get(
+                    "chain_posts",
                     "A chain's forum posts, latest activity first",
                     _page_of(CHAIN_POST, chain=TEXT),
                     400,
@@ -427,7 +504,11 @@ def openapi_document(mode: str) -> dict:
                             "name": "slug",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_QUERY_CHARS,
+                            },
                         },
                         *PAGE_PARAMETERS,
                     ],
@@ -435,7 +516,8 @@ def openapi_document(mode: str) -> dict:
             },
             "/api/search": {
                 "get": _get(
-                    "Fuzzy search over projects, builders and chains (pg_trgm word similarity)",
+                    "search",
+                    "Search projects, builders and chains by words, typos forgiven (pg_trgm)",
                     _page_of(SEARCH_HIT, q=TEXT),
                     400,
                     parameters=[
@@ -443,7 +525,7 @@ def openapi_document(mode: str) -> dict:
                             "name": "q",
                             "in": "query",
                             "required": True,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                            "schema": _text_input(MAX_QUERY_CHARS),
                         },
                         *PAGE_PARAMETERS,
                     ],
@@ -451,6 +533,7 @@ def openapi_document(mode: str) -> dict:
             },
             "/api/investors": {
                 "get": _get(
+                    "investors",
                     "Investors directory, most followed first",
                     _page_of(INVESTOR),
                     400,
@@ -459,6 +542,7 @@ def openapi_document(mode: str) -> dict:
             },
             "/api/messages/conversations": {
                 "get": _get(
+                    "conversations",
                     "The caller's conversations, most recent first",
                     _page_of(CONVERSATION),
                     400,
@@ -467,12 +551,18 @@ def openapi_document(mode: str) -> dict:
                 )
             },
             "/api/intros/stats": {
-                "get": _get("The caller's intro request counters", INTRO_STATS, auth="required")
+                "get": _get(
+                    "intro_stats",
+                    "The caller's intro request counters",
+                    INTRO_STATS,
+                    auth="required",
+                )
             },
             "/api/votes": {
                 "post": _post(
+                    "vote",
                     "Vote on a project ('none' removes the vote); the project's new counts",
-                    _object(
+                    _request_body(
                         {
                             "project_id": ID,
                             "vote_type": {"type": "string", "enum": ["up", "down", "none"]},
@@ -481,68 +571,69 @@ def openapi_document(mode: str) -> dict:
                     VOTE_RESULT,
                     200,
                     404,
+                    links={"project": _link("project", project_id="$response.body#/project_id")},
                 )
             },
             "/api/messages": {
                 "post": _post(
-                    "Send a message",
-                    _object(
-                        {
-                            "recipient_id": ID,
-                            "body": {"type": "string", "minLength": 1, "maxLength": 5000},
-                        }
-                    ),
+                    "send_message",
+                    "Send a message (not to oneself: 403)",
+                    _request_body({"recipient_id": ID, "body": _text_input(MAX_MESSAGE_CHARS)}),
                     MESSAGE,
                     201,
+                    403,
                     404,
+                    links={
+                        "read": _link("mark_read", other_user_id="$response.body#/recipient_id")
+                    },
                 )
             },
             "/api/messages/{other_user_id}/read": {
-                "post": {
-                    **_post(
-                        "Mark every message from that user to the caller read",
-                        None,
-                        _object({"other_user_id": ID, "marked_read": COUNT}),
-                        200,
-                        404,
-                    ),
-                    "parameters": [_path_id("other_user_id")],
-                }
+                "post": _post(
+                    "mark_read",
+                    "Mark every message from that user to the caller read",
+                    None,
+                    _object({"other_user_id": ID, "marked_read": COUNT}),
+                    200,
+                    404,
+                    parameters=[_path_id("other_user_id")],
+                )
             },
             "/api/intros": {
                 "post": _post(
-                    "Ask for an intro to a user (optionally about a project)",
-                    _object(
+                    "request_intro",
+                    "Ask for an intro to a user, optionally about a project (not to oneself: 403)",
+                    _request_body(
                         {
                             "target_id": ID,
                             "project_id": _nullable(ID),
-                            "message": _nullable(
-                                {"type": "string", "minLength": 1, "maxLength": 5000}
-                            ),
+                            "message": _nullable(_text_input(MAX_MESSAGE_CHARS)),
                         },
                         optional=("project_id", "message"),
                     ),
                     INTRO,
                     201,
+                    403,
                     404,
+                    links={"respond": _link("respond_intro", intro_id="$response.body#/id")},
                 )
             },
             "/api/intros/{intro_id}/respond": {
-                "post": {
-                    **_post(
-                        "Accept or decline an intro request sent to the caller",
-                        _object({"status": {"type": "string", "enum": ["accepted", "declined"]}}),
-                        INTRO,
-                        200,
-                        403,
-                        404,
-                        409,
-                    ),
-                    "parameters": [_path_id("intro_id")],
-                }
+                "post": _post(
+                    "respond_intro",
+                    "Accept or decline an intro request sent to the caller",
+                    _request_body({"status": {"type": "string", "enum": ["accepted", "declined"]}}),
+                    INTRO,
+                    200,
+                    403,
+                    404,
+                    409,
+                    parameters=[_path_id("intro_id")],
+                )
             },
             "/openapi.json": {
                 "get": {
+                    "operationId": "openapi",
                     "summary": "This document",
                     "responses": {"200": {"description": "OpenAPI 3.1 document"}},
                 }

@@ -26,7 +26,6 @@ the run would hide from the final table the drift the faults caused.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -40,10 +39,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import psycopg
@@ -51,6 +49,7 @@ import redis
 from psycopg import sql
 
 from opskit.app import auth
+from opskit.benchmarking.api_process import ApiProcess
 from opskit.benchmarking.workload import (
     WRITER_APPLICATION_NAME,
     World,
@@ -65,6 +64,9 @@ from opskit.engine import migrations, reconcile
 from opskit.engine.daemon import HEARTBEAT_S, LIVE_AFTER_HEARTBEATS
 from opskit.engine.truth import DENORMALIZED, diff_against_truth
 from opskit.sql import queries
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -427,41 +429,18 @@ class _SoakRun:
         self.result.daemons_started += 1
         return daemon
 
-    def _start_api(self) -> _Process:
-        port = servers.free_port()
-        server = _Process(
-            "API server",
-            [
-                sys.executable,
-                "-m",
-                "opskit",
-                "serve",
-                "--mode",
-                "after",
-                "--port",
-                str(port),
-                "--pool-size",
-                str(API_POOL_SIZE),
-            ],
-            self._child_env(),
-            self.out_dir / "api.log",
+    def _start_api(self) -> ApiProcess:
+        server = ApiProcess(
+            "after", self._child_env(), pool_size=API_POOL_SIZE, log_path=self.out_dir / "api.log"
         )
-        server.base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{server.base_url}/api/health", timeout=1) as reply,
-            ):
-                if reply.status == 200:
-                    return server
-            if not server.alive() or time.monotonic() > deadline:
-                server.stop()
-                raise EnvironmentProblem(
-                    f"the API server did not start: {server.last_line()}",
-                    hint=f"see {server.log_path}",
-                )
-            time.sleep(0.1)
+        try:
+            server.wait_healthy(START_TIMEOUT_S)
+        except EnvironmentProblem as err:
+            server.stop()
+            raise EnvironmentProblem(
+                f"the API server did not start: {err.message}", hint=f"see {server.log_path}"
+            ) from None
+        return server
 
     def _live_daemons(self, conn: psycopg.Connection) -> list[str]:
         if not conn.execute(queries("soak.sql")["heartbeats_exist"]).fetchone()[0]:
@@ -477,41 +456,40 @@ class _SoakRun:
     # ------------------------------------------------------------------ API clients
 
     def _api_client(
-        self, server: _Process, users: tuple[int, ...], world: World, number: int
+        self, server: ApiProcess, users: tuple[int, ...], world: World, number: int
     ) -> None:
         """Vote (up, down, none) and read the feed with has_upvoted, as one of `users`."""
+        import httpx
+
         rng = random.Random(self.options.seed * 1000 + number)
         tokens: dict[int, str] = {}
-        while not self.stop.is_set():
-            user = rng.choice(users)
-            token = tokens.get(user) or tokens.setdefault(
-                user, auth.mint_token(self.secret, user, 24 * 3600)
-            )
-            body = {
-                "project_id": rng.choice(world.projects[:50]),
-                "vote_type": rng.choice(["up", "up", "down", "none"]),
-            }
-            self._api_call(server, "POST", "/api/votes", token, body)
-            self._api_call(server, "GET", "/api/projects?sort=top&per_page=50", token, None)
+        with httpx.Client(base_url=server.url, timeout=API_TIMEOUT_S) as client:
+            while not self.stop.is_set():
+                user = rng.choice(users)
+                token = tokens.get(user) or tokens.setdefault(
+                    user, auth.mint_token(self.secret, user, 24 * 3600)
+                )
+                body = {
+                    "project_id": rng.choice(world.projects[:50]),
+                    "vote_type": rng.choice(["up", "up", "down", "none"]),
+                }
+                self._api_call(client, "POST", "/api/votes", token, body)
+                self._api_call(client, "GET", "/api/projects?sort=top&per_page=50", token, None)
 
     def _api_call(
-        self, server: _Process, method: str, path: str, token: str, body: dict | None
+        self, client: httpx.Client, method: str, path: str, token: str, body: dict | None
     ) -> None:
-        request = urllib.request.Request(
-            server.base_url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
+        import httpx
+
         problem = None
         try:
-            with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as reply:
-                reply.read()
-        except urllib.error.HTTPError as err:
+            reply = client.request(
+                method, path, json=body, headers={"Authorization": f"Bearer {token}"}
+            )
             # 4xx: a user or project the writers deleted meanwhile; 5xx is a failure
-            if err.code >= 500:
-                problem = f"API {method} {path}: {err.code} {err.read()[:200]!r}"
-        except OSError as err:
+            if reply.status_code >= 500:
+                problem = f"API {method} {path}: {reply.status_code} {reply.content[:200]!r}"
+        except httpx.HTTPError as err:
             problem = f"API {method} {path}: {err}"
         with self.lock:
             self.result.api_requests += 1

@@ -1,4 +1,4 @@
-"""The app's write paths (CONTRACT §5), run at random from many connections at once.
+"""The app's write paths (docs/interface.md §5), run at random from many connections at once.
 
 `opskit soak` and the exactness tests (tests/integration/test_phase1_exactness.py) share these
 operations: single statements of opskit/sql/workload.sql, a multi-statement transaction, their
@@ -8,12 +8,14 @@ them on their own connection and count what happened.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 import re
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -36,6 +38,9 @@ TRANSACTIONS: dict[str, tuple[str, ...]] = {
 NOT_APP = frozenset({"move_vote", "give_vote", "move_comment", "flip_all", "edit_comments"})
 WEIGHTS = {"vote_hot": 6, "unvote_hot": 3, "vote": 3, "message": 3, "flip": 2, "read": 2}
 OP_NAMES = sorted(OPERATIONS) + sorted(TRANSACTIONS)
+# Every write path of the app (docs/interface.md §5) and nothing else: no admin statement, no
+# fold (the daemon's job, and a function only phase 1 creates).
+APP_OPS = tuple(name for name in OP_NAMES if name not in NOT_APP and name != "fold")
 EXPECTED_ERRORS = (
     psycopg.errors.ForeignKeyViolation,  # the project or user was deleted meanwhile
     psycopg.errors.UniqueViolation,  # a moved vote meets an existing one
@@ -140,6 +145,9 @@ class Writers:
     counts as rejected. `rollback_share` of the operations roll back on purpose. With
     `reconnect`, a connection the server closed (a terminated backend) is counted and replaced,
     and the operation's outcome is unknown; without it, that is an error like any other.
+    `ops` limits the operations to those names (default: the app's, plus the admin ones with
+    `admin`). `timings` holds (start, seconds, name) of every operation, retries included: what
+    the app's request waited.
     """
 
     def __init__(
@@ -154,11 +162,11 @@ class Writers:
         admin: bool = False,
         rollback_share: float = 0.0,
         reconnect: bool = False,
+        ops: Sequence[str] | None = None,
     ) -> None:
         self.url, self.world = url, world
-        self.names = [
-            n for n in OP_NAMES if admin or n not in NOT_APP for _ in range(WEIGHTS.get(n, 1))
-        ]
+        chosen = ops if ops is not None else [n for n in OP_NAMES if admin or n not in NOT_APP]
+        self.names = [n for n in chosen for _ in range(WEIGHTS.get(n, 1))]
         self.rollback_share = rollback_share
         self.reconnect = reconnect
         self.committed = 0
@@ -168,6 +176,8 @@ class Writers:
         self.deadlock_details: list[str] = []
         self.connections_lost = 0
         self.errors: list[str] = []
+        self.timings: list[tuple[float, float, str]] = []  # (monotonic start, seconds, name)
+        self.ops_done: collections.Counter[str] = collections.Counter()  # committed, by name
         self.running: dict[int, str] = {}  # backend pid -> operation, to explain deadlocks
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -217,6 +227,15 @@ class Writers:
     def _attempt(self, conn: psycopg.Connection, name: str, params: dict, rollback: bool) -> bool:
         """Run one operation with retries; False when the server closed the connection."""
         self.running[conn.info.backend_pid] = name
+        started = time.monotonic()
+        try:
+            return self._attempt_with_retries(conn, name, params, rollback)
+        finally:
+            self.timings.append((started, time.monotonic() - started, name))
+
+    def _attempt_with_retries(
+        self, conn: psycopg.Connection, name: str, params: dict, rollback: bool
+    ) -> bool:
         for _attempt in range(RETRIES):
             try:
                 run_op(conn, name, params, rollback=rollback)
@@ -240,6 +259,7 @@ class Writers:
                     self.rolled_back += 1
                 else:
                     self.committed += 1
+                    self.ops_done[name] += 1
             return True
         return True
 

@@ -36,7 +36,7 @@ def serve(
         int, typer.Option(min=1, max=100, help="Database connections per process.")
     ] = DEFAULT_API_POOL_SIZE,
 ) -> None:
-    """Run the HTTP API (CONTRACT §9) until interrupted, in before or after mode.
+    """Run the HTTP API (docs/interface.md §9) until interrupted, in before or after mode.
 
     before answers from the app's normalized tables with the joins an app would write; after
     answers from the denormalized relations, the materialized views and the Redis vote cache

@@ -296,7 +296,9 @@ def bench_api(
     --concurrency connections; prints server p50/p99 (the Server-Timing header), after mode's
     ratio to /api/health/db (targets: p50 <= 2x, p99 <= 3x) and the after/before speed-up
     against the write-up's claims doubled (stats 24x, feed 13x, leaderboards 30x, chains 11x,
-    search 20x, vote 80x). Vote requests write to the clones, which are dropped at the end.
+    search 20x, vote 80x). `search` asks for whole title words, `search_typo` for one-edit typos
+    of title words of 6+ letters, whose recall in after mode is printed too. Vote requests
+    write to the clones, which are dropped at the end.
     --repeat N measures everything N rounds (the floor first in each) and prints each figure's
     median over the rounds, with the range of the floor ratios (for a shared, noisy machine).
     """
@@ -382,6 +384,13 @@ def bench_api(
             str(row["errors"]),
         )
     stdout.print(table)
+    if result.search_recall:
+        found = result.search_recall
+        stdout.print(
+            f"search_typo recall (after mode, page 1 holds a project whose title has the intended "
+            f"word): {found['found']}/{found['typos']} = {found['recall']:.1%}; noise "
+            f"(page-1 items without the word in title or subtitle) {found['noise']:.1%}"
+        )
 
 
 # ---------------------------------------------------------------------------- soak
@@ -418,9 +427,9 @@ def soak_command(
 ) -> None:
     """Run every write path under load while faults are injected, then prove convergence.
 
-    Writer threads run the app's write paths (CONTRACT §5) on the configured, migrated database
-    (--scale seeds and migrates an empty one first), API clients vote through `opskit serve
-    --mode after` (the Redis vote cache), and the daemon refreshes the views (`python
+    Writer threads run the app's write paths (docs/interface.md §5) on the configured, migrated
+    database (--scale seeds and migrates an empty one first), API clients vote through `opskit
+    serve --mode after` (the Redis vote cache), and the daemon refreshes the views (`python
     scheduler.py` is started unless one is alive). Faults on a schedule: daemon_kill (during a
     refresh, then restart), two_daemons, redis_flush (keys under OPSKIT_REDIS_PREFIX), flushall
     (in `all` only on opskit's embedded Valkey), redis_stop (10 s; embedded Valkey only),

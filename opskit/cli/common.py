@@ -1,7 +1,7 @@
 """The `opskit` command line: parse arguments, call one core function, render its result.
 
 Errors from the core arrive as OpskitError and leave as one line on stderr (plus a hint) and the
-exit code of CONTRACT §2; `--debug` shows the traceback instead.
+exit code of docs/interface.md §2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ class OpskitGroup(TyperGroup):
 app = typer.Typer(
     cls=OpskitGroup,
     help="Denormalize a PostgreSQL + Redis web backend and prove the speed-up.\n\n"
-    + ENVIRONMENT_HELP,
+    + ENVIRONMENT_HELP
+    + "\n\nExit codes: 0 success, 1 a problem found (drift, failed check, refused migration),"
+    " 2 bad usage or input, 3 environment error (cannot connect, server missing). Every verb,"
+    " option and --json shape: docs/interface.md in the project's repository.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

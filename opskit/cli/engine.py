@@ -33,8 +33,9 @@ RollbackTarget = Enum(
 LockTimeoutOption = Annotated[
     str | None,
     typer.Option(
-        help="lock_timeout per statement (PostgreSQL units, e.g. 5s); default: the "
-        "phase file's SET, else 5s."
+        help="lock_timeout per statement (PostgreSQL units, e.g. 400ms); default: the "
+        "phase file's SET, else 5s. Also the budget of a phase's locked section (its LOCK TABLE "
+        "to its commit), which must be below the server's deadlock_timeout."
     ),
 ]
 StatementTimeoutOption = Annotated[
@@ -42,7 +43,10 @@ StatementTimeoutOption = Annotated[
     typer.Option(help="statement_timeout per statement; default: the phase file's SET, else 1h."),
 ]
 LockRetriesOption = Annotated[
-    int, typer.Option(min=0, max=100, help="Retries after a lock timeout, with doubling backoff.")
+    int,
+    typer.Option(
+        min=0, max=100, help="Retries after a lock timeout, with doubling, jittered backoff."
+    ),
 ]
 
 
@@ -76,14 +80,17 @@ def migrate(
     lock_retries: LockRetriesOption = 5,
     as_json: JsonOption = False,
 ) -> None:
-    """Apply the pending migration phases in order (CONTRACT §4).
+    """Apply the pending migration phases in order (docs/interface.md §4).
 
     Each phase runs in one transaction and is recorded in the ledger (opskit_migrations) in that
     transaction; phases marked `-- opskit: no-transaction` (concurrent index builds) run
     statement by statement and resume after a crash. Two migrates never interleave: the second
     waits (or exits 1 with --no-wait). An applied phase whose file changed is refused (exit 1).
     The triggers run with the writer's privileges: if the app connects as another role than
-    this one, name it with --grant-to.
+    this one, name it with --grant-to. Strong locks on app tables are taken together, up front,
+    and given up (then retried) before the app's transactions could be chosen as deadlock
+    victims; --dry-run shows per phase the locks taken together and how long they were held
+    last time.
     """
     from opskit.core import servers
 
@@ -109,17 +116,26 @@ def migrate(
                 "already_applied": result.already_applied,
                 "granted_to": result.granted,
                 "plan": [asdict(step) for step in result.plan],
+                "lock_groups": [asdict(group) for group in result.lock_groups],
             }
         )
         return
     if dry_run:
-        for step in result.plan:
+        groups = {group.phase: group for group in result.lock_groups}
+        for number, step in enumerate(result.plan):
             first_line = " ".join(step.sql.split())[:90]
             stdout.print(
                 f"{step.phase} #{step.number}: {first_line}\n"
                 f"    lock: {step.lock}; blocks: {step.blocks}",
                 markup=False,
             )
+            last_of_phase = (
+                number + 1 == len(result.plan) or result.plan[number + 1].phase != step.phase
+            )
+            if last_of_phase and step.phase in groups:
+                stdout.print(
+                    f"{step.phase}: {groups[step.phase].describe()}", markup=False, soft_wrap=True
+                )
         stdout.print(f"{len(result.plan)} statements pending; nothing was changed")
         return
     for phase in result.applied:
@@ -359,7 +375,10 @@ def lint(as_json: JsonOption = False) -> None:
     phase, a file without lock_timeout / statement_timeout, a trigger created after the backfill
     that depends on it, a materialized view without a plain unique index, the clock or random()
     inside a materialized view, a volatile column default, and any statement (down scripts
-    included) that drops, empties or alters the app's own tables.
+    included) that drops, empties or alters the app's own tables. Locked sections: a lock that
+    blocks the app's writes taken outside the script's up-front LOCK TABLE, or stronger than
+    it (an upgrade), LOCKs not in the one table order (parents first) or not together, a LOCK
+    in a no-transaction file.
     """
     from opskit.engine.lint import lint as lint_migrations
 

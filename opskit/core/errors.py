@@ -1,4 +1,4 @@
-"""The error tree and exit codes every verb shares (CONTRACT §2).
+"""The error tree and exit codes every verb shares (docs/interface.md §2).
 
 Each `OpskitError` subclass carries its exit code; its docstring is the default message.
 Core modules raise these; only the CLI turns them into a line on stderr and an exit code.

@@ -1,4 +1,4 @@
-"""The application's base schema (CONTRACT §5): create it, check it, count and fingerprint it."""
+"""The application's base schema (docs/interface.md §5): create, check, count, fingerprint it."""
 
 from __future__ import annotations
 

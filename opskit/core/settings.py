@@ -1,4 +1,4 @@
-"""One frozen settings object, built once from the environment (CONTRACT §1)."""
+"""One frozen settings object, built once from the environment (docs/interface.md §1)."""
 
 from __future__ import annotations
 

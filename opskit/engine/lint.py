@@ -17,9 +17,12 @@ from opskit.core.schema import APP_TABLES
 from opskit.engine.migrations import SET_TIMEOUT
 from opskit.engine.phase_files import (
     MIGRATIONS_DIR,
+    NO_TRANSACTION,
     PHASES,
     PhaseFile,
     load_phases,
+    lock_statement,
+    mode_rank,
     split_statements,
 )
 
@@ -70,6 +73,32 @@ _APP_DATA_CHANGE = re.compile(
 )
 
 
+# Locks a statement takes on an existing table that block the app's writes (SHARE or stronger):
+# (pattern, mode), the first that matches wins. Group 1 is the table; for DROP INDEX it is the
+# index, whose table comes from the phase file that creates it.
+_TABLE = r"(?:ONLY\s+)?(?:public\.)?\"?(\w+)\"?"
+_STATEMENT_LOCKS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE | re.DOTALL), mode)
+    for pattern, mode in (
+        (
+            rf"^CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s.*?\bON\s+{_TABLE}",
+            "SHARE ROW EXCLUSIVE",
+        ),
+        (rf"^DROP\s+TRIGGER\s+(?:IF\s+EXISTS\s+)?\S+\s+ON\s+{_TABLE}", "ACCESS EXCLUSIVE"),
+        (
+            rf"^ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?{_TABLE}\s+(?:ENABLE|DISABLE)\s+TRIGGER",
+            "SHARE ROW EXCLUSIVE",
+        ),
+        (rf"^ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?{_TABLE}", "ACCESS EXCLUSIVE"),
+        (rf"^CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY).*?\bON\s+{_TABLE}", "SHARE"),
+    )
+)
+_DROP_INDEX = re.compile(
+    rf"^DROP\s+INDEX\s+(?!CONCURRENTLY)(?:IF\s+EXISTS\s+)?{_TABLE}", re.IGNORECASE
+)
+_REFERENCES = re.compile(rf"\bREFERENCES\s+{_TABLE}", re.IGNORECASE)  # a new foreign key
+
+
 # A statement may accept a rule on purpose, saying why next to it:
 #   -- opskit: allow time-in-matview (each refresh scores trending for its own instant)
 _ALLOW = re.compile(r"--\s*opskit:\s*allow\s+([\w-]+)", re.IGNORECASE)
@@ -99,11 +128,18 @@ def lint(directory: Traversable = MIGRATIONS_DIR) -> list[Finding]:
     backfilled: set[str] = set()
 
     allowed: set[tuple[str, int, str]] = set()  # (file, statement number, rule)
+    index_tables = {
+        match.group(2).lower(): match.group(3).lower()
+        for phase in phases
+        for statement in phase.statements()
+        if (match := _INDEX.match(_clean(statement))) and match.group(2)
+    }
     for phase in phases:
         file = phase.path.name
         raw_statements = phase.statements()
         statements = [_clean(s) for s in raw_statements]
         findings += _timeouts(phase, statements)
+        findings += _lock_rules(file, statements, phase.transactional, index_tables)
         for number, raw in enumerate(raw_statements, start=1):
             allowed |= {(file, number, rule.lower()) for rule in _ALLOW.findall(raw)}
         for number, text in enumerate(statements, start=1):
@@ -123,7 +159,10 @@ def lint(directory: Traversable = MIGRATIONS_DIR) -> list[Finding]:
                 if not match.group(6) and all(re.fullmatch(r"\w+", c) for c in columns):
                     unique_plain_indexes.add(match.group(3).lower())
         if phase.down_path is not None:
-            down = [_clean(s) for s in split_statements(phase.down_path.read_text())]
+            down_text = phase.down_path.read_text()
+            down = [_clean(s) for s in split_statements(down_text)]
+            down_transactional = NO_TRANSACTION not in down_text.split("\n", 3)[0:3]
+            findings += _lock_rules(phase.down_path.name, down, down_transactional, index_tables)
             for number, text in enumerate(down, start=1):
                 if _APP_DATA_CHANGE.match(text):
                     findings.append(
@@ -169,6 +208,98 @@ def lint(directory: Traversable = MIGRATIONS_DIR) -> list[Finding]:
                     )
                 )
     return [f for f in findings if (f.file, f.statement, f.rule) not in allowed]
+
+
+def strong_app_locks(statement: str, index_tables: dict[str, str]) -> list[tuple[str, str]]:
+    """(app table, mode) of each lock a statement takes that blocks the app's writes."""
+    found = [(match.group(1), "SHARE ROW EXCLUSIVE") for match in _REFERENCES.finditer(statement)]
+    if match := _DROP_INDEX.match(statement):
+        found.append((index_tables.get(match.group(1).lower(), ""), "ACCESS EXCLUSIVE"))
+    else:
+        found += next(
+            (
+                [(m.group(1), mode)]
+                for pattern, mode in _STATEMENT_LOCKS
+                if (m := pattern.match(statement))
+            ),
+            [],
+        )
+    return [(table.lower(), mode) for table, mode in found if table.lower() in APP_TABLES]
+
+
+def _lock_rules(
+    file: str, statements: list[str], transactional: bool, index_tables: dict[str, str]
+) -> list[Finding]:
+    """The locked section (docs/migrations.md): strong locks on app tables are taken up front,
+    together (consecutive LOCK statements), parents before children, in the strongest mode any
+    later statement needs, and only where a transaction holds them."""
+    findings = []
+    held: dict[str, str] = {}  # app table -> mode the LOCK statements took
+    previous_was_lock = False
+    for number, text in enumerate(statements, start=1):
+        lock = lock_statement(text)
+        if lock:
+            app = [table for table in lock.tables if table in APP_TABLES]
+            if not transactional:
+                findings.append(
+                    Finding(
+                        file,
+                        number,
+                        "lock-outside-transaction",
+                        "LOCK in a no-transaction file ends with its statement: it guards nothing",
+                    )
+                )
+            if held and not previous_was_lock:
+                findings.append(
+                    Finding(
+                        file,
+                        number,
+                        "locks-not-together",
+                        "every LOCK of the locked section comes first, one after the other, so the "
+                        "section takes its locks together before it changes anything",
+                    )
+                )
+            if app != sorted(app, key=APP_TABLES.index):
+                findings.append(
+                    Finding(
+                        file,
+                        number,
+                        "lock-order",
+                        f"lock app tables parents before children ({', '.join(APP_TABLES)}), the "
+                        "one order every phase uses, so two scripts never wait for each other's "
+                        "tables the other way round",
+                    )
+                )
+            for table in app:
+                if mode_rank(lock.mode) > mode_rank(held.get(table, "ACCESS SHARE")):
+                    held[table] = lock.mode
+            previous_was_lock = True
+            continue
+        previous_was_lock = False
+        for table, mode in strong_app_locks(text, index_tables):
+            if table not in held:
+                findings.append(
+                    Finding(
+                        file,
+                        number,
+                        "strong-lock-not-up-front",
+                        f"takes {mode} on {table} (blocks the app's writes) outside a locked "
+                        f"section: start the section with LOCK TABLE ... IN {mode} MODE "
+                        f"{'before it' if transactional else 'in a transactional file'}",
+                    )
+                )
+            elif mode_rank(held[table]) < mode_rank(mode):
+                findings.append(
+                    Finding(
+                        file,
+                        number,
+                        "lock-upgrade",
+                        f"needs {mode} on {table} but the LOCK took {held[table]}: an upgrade "
+                        "inside the transaction can deadlock with the app; "
+                        f"LOCK it IN {mode} MODE up front",
+                    )
+                )
+    return findings
 
 
 def _timeouts(phase: PhaseFile, statements: list[str]) -> list[Finding]:

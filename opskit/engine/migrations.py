@@ -1,10 +1,10 @@
 """The phased migration runner: ledger, checksums, a session lock, timeouts, resume, rollback.
 
 Phases are `migrations/<name>.sql` (up) and `migrations/<name>.down.sql` (down), applied in the
-order of CONTRACT §4. A phase runs in one transaction and is recorded in that same transaction,
-unless its file starts with `-- opskit: no-transaction` (concurrent index builds): then it runs
-statement by statement, records each finished statement, and a crashed run resumes after the last
-one recorded.
+order of docs/interface.md §4. A phase runs in one transaction and is recorded in that same
+transaction, unless its file starts with `-- opskit: no-transaction` (concurrent index builds):
+then it runs statement by statement, records each finished statement, and a crashed run resumes
+after the last one recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +29,13 @@ from opskit.core.db import connect
 from opskit.core.errors import BadInput, DatabaseError, ProblemFound, first_line
 from opskit.core.schema import require_base_schema
 from opskit.engine.grants import grant, plan_grants, record_grantees, require_roles
+from opskit.engine.locked_section import (
+    LockedSection,
+    LockGroup,
+    SectionFailed,
+    lock_groups,
+    lock_runs,
+)
 from opskit.engine.phase_files import (
     BASE,
     MIGRATIONS_DIR,
@@ -38,12 +45,14 @@ from opskit.engine.phase_files import (
     PlannedStatement,
     describe_lock,
     load_phases,
+    locked_section_start,
     split_statements,
 )
 from opskit.sql import queries
 
 LOCK_SPACE = 0x6F70736B  # "opsk"
 MIGRATE_LOCK = 1
+WAIT_POLL_S = 0.5
 
 SET_TIMEOUT = re.compile(
     r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(lock_timeout|statement_timeout)\s*(?:=|TO)\s*'?([^';]*)'?\s*;?\s*$",
@@ -84,6 +93,7 @@ class MigrateResult:
     applied: list[dict] = field(default_factory=list)
     already_applied: list[str] = field(default_factory=list)
     plan: list[PlannedStatement] = field(default_factory=list)
+    lock_groups: list[LockGroup] = field(default_factory=list)  # dry run: per pending phase
     dry_run: bool = False
     granted: list[str] = field(default_factory=list)  # roles given opskit's relations
 
@@ -116,7 +126,10 @@ def migration_lock(
     """Hold the session-level migrate lock on its own connection for the whole run.
 
     A session lock (not a transaction lock) on a separate connection never deadlocks with
-    CREATE INDEX CONCURRENTLY, which waits for every older transaction to end.
+    CREATE INDEX CONCURRENTLY, which waits for every older transaction to end. A second run
+    waits by trying again every WAIT_POLL_S, not in one blocking statement: that statement
+    would be such an older transaction, and the first run's concurrent index build would wait
+    for it while it waits for the first run.
     """
     sql = queries("migrations.sql")
     key = {"space": LOCK_SPACE, "key": MIGRATE_LOCK}
@@ -130,7 +143,8 @@ def migration_lock(
                     hint="wait for it, or run again without --no-wait to queue behind it",
                 )
             progress.notice(f"waiting for another opskit migrate to finish{who}")
-            lock_conn.execute(sql["wait_lock"], key)
+            while not lock_conn.execute(sql["try_lock"], key).fetchone()[0]:
+                time.sleep(WAIT_POLL_S)
         try:
             yield lock_conn
         finally:
@@ -243,9 +257,11 @@ def migrate(
                 grantees = record_grantees(conn, grant_to, _applied_by(), progress.notice)
                 grant(conn, grantees, [p for p in phases if p.name in ledger])
         pending = [p for p in phases if p.name not in ledger and _phase_index(p.name) <= target]
+        last_runs = lock_runs(conn, "up") if dry_run else {}
         for phase in pending:
             if dry_run:
                 result.plan.extend(_plan(phase))
+                result.lock_groups.extend(lock_groups(phase, last_runs))
                 continue
             started = time.perf_counter()
             if phase.transactional:
@@ -315,26 +331,51 @@ def _run_in_one_transaction(
 ) -> None:
     """Run `statements` and then `finish` (the ledger update) in one transaction.
 
-    A lock timeout or deadlock retries the whole transaction; any other error is reported with
-    the number of the statement that failed, and nothing of the attempt remains.
+    From its first `LOCK TABLE` on, the script is a locked section (opskit.engine.locked_section):
+    it retries on its own, inside the transaction, until it gets its locks. Any other lock
+    timeout or deadlock retries the whole transaction; any other error is reported with the
+    number of the statement that failed, and nothing of the attempt remains.
     """
     settings = _timeout_settings(statements, timeouts)
+    start = locked_section_start(statements)
+    head = statements if start is None else statements[:start]
+    section_statements = [
+        (number, statement)
+        for number, statement in enumerate(statements[len(head) :], start=len(head) + 1)
+        if not _is_timeout_set(statement)
+    ]
 
     def attempt() -> int:
         progress.phase_started(label, len(statements))
         number = 0
+        section = None
         try:
             with conn.transaction():
                 _set_timeouts(conn, settings, is_local=True)
-                for number, statement in enumerate(statements, start=1):  # noqa: B007
+                for number, statement in enumerate(head, start=1):  # noqa: B007
                     if not _is_timeout_set(statement):
                         conn.execute(statement)
                     progress.statement_finished(label)
+                if section_statements:
+                    section = LockedSection(
+                        conn,
+                        phase,
+                        label,
+                        section_statements,
+                        retries=timeouts.lock_retries,
+                        backoff_s=timeouts.backoff_s,
+                    )
+                    section.run(lambda: progress.statement_finished(label), progress.notice)
+                    _set_timeouts(conn, settings, is_local=True)  # for the ledger update
                 finish()
         except _LOCK_CONFLICTS:
             raise
+        except SectionFailed as failed:
+            raise _phase_error(phase, failed.number, failed.error, undo=undo) from failed.error
         except psycopg.Error as err:
             raise _phase_error(phase, number, err, undo=undo) from err
+        if section is not None:
+            section.committed("down" if undo else "up")
         return len(statements)
 
     _with_lock_retries(attempt, phase.name, timeouts, progress)
@@ -420,12 +461,13 @@ def _apply_statement_by_statement(
                 progress.statement_finished(phase.name)
                 continue
             index = _CONCURRENT_INDEX.match(sqlparse.format(statement, strip_comments=True))
-            if index:
-                _drop_invalid_index(conn, index.group(1), progress)
 
             def run(statement: str = statement, index=index) -> int:
                 if not index:
                     return _execute(conn, statement)
+                # before every try: a build that hit lock_timeout leaves an INVALID index
+                # that IF NOT EXISTS would keep
+                _drop_invalid_index(conn, index.group(1), progress)
                 with _watch_index_build(conn, index.group(1), progress):
                     return _execute(conn, statement)
 
@@ -526,6 +568,8 @@ def rollback(
     undone = []
     with migration_lock(url, wait=True, progress=progress), connect(url, autocommit=True) as conn:
         ledger = read_ledger(conn)
+        if ledger:
+            _ensure_ledger(conn)  # a ledger older than opskit_migration_locks gets it
         for name in sorted(ledger, key=_phase_index, reverse=True):
             if _phase_index(name) <= target:
                 break

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -30,6 +30,30 @@ PHASES: tuple[str, ...] = (
 BASE = "base"
 NO_TRANSACTION = "-- opskit: no-transaction"
 
+_LOCK = re.compile(
+    r"^\s*LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?(.+?)"
+    r"(?:\s+IN\s+([A-Z ]+?)\s+MODE)?(?:\s+NOWAIT)?\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+# PostgreSQL's table lock modes, weakest first: a mode conflicts with every mode that an earlier
+# one conflicts with, and more (SHARE and SHARE UPDATE EXCLUSIVE aside, which opskit never mixes).
+LOCK_MODES: tuple[str, ...] = (
+    "ACCESS SHARE",
+    "ROW SHARE",
+    "ROW EXCLUSIVE",
+    "SHARE UPDATE EXCLUSIVE",
+    "SHARE",
+    "SHARE ROW EXCLUSIVE",
+    "EXCLUSIVE",
+    "ACCESS EXCLUSIVE",
+)
+# What the app's statements wait for while a table is held in that mode.
+LOCK_BLOCKS = {
+    "SHARE": "writes",
+    "SHARE ROW EXCLUSIVE": "writes",
+    "EXCLUSIVE": "writes and row locks",
+    "ACCESS EXCLUSIVE": "reads and writes",
+}
 _CREATED = re.compile(
     r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+)?"
     r"(TABLE|VIEW|MATERIALIZED\s+VIEW|INDEX|(?:CONSTRAINT\s+)?TRIGGER|FUNCTION)\s+"
@@ -55,6 +79,14 @@ class PhaseFile:
 
 
 @dataclass(frozen=True)
+class LockStatement:
+    """A `LOCK TABLE` of a phase file: the tables it takes together, in its order, and the mode."""
+
+    tables: tuple[str, ...]
+    mode: str
+
+
+@dataclass(frozen=True)
 class PlannedStatement:
     phase: str
     number: int
@@ -73,7 +105,7 @@ def split_statements(text: str) -> list[str]:
 
 
 def load_phases(directory: Traversable = MIGRATIONS_DIR) -> list[PhaseFile]:
-    """The phase files in `directory`, in CONTRACT order; an unknown .sql file is an error."""
+    """The phase files in `directory`, in the order of PHASES; an unknown .sql file is an error."""
     if not directory.is_dir():
         raise EnvironmentProblem(
             f"migrations folder {directory} is missing",
@@ -87,7 +119,7 @@ def load_phases(directory: Traversable = MIGRATIONS_DIR) -> list[PhaseFile]:
         if name not in known:
             raise EnvironmentProblem(
                 f"unknown migration file {path.name} in {directory}",
-                hint=f"phase files are named after CONTRACT §4: {', '.join(PHASES)}",
+                hint=f"phase files are named after the phases: {', '.join(PHASES)}",
             )
     phases = []
     for name in PHASES:
@@ -124,8 +156,39 @@ def created_objects(phases: Iterable[PhaseFile]) -> list[tuple[str, str]]:
     return objects
 
 
+def lock_statement(statement: str) -> LockStatement | None:
+    """The tables and mode of a `LOCK TABLE` statement; None for any other statement."""
+    match = _LOCK.match(sqlparse.format(statement, strip_comments=True).strip())
+    if not match:
+        return None
+    mode = " ".join((match.group(2) or "ACCESS EXCLUSIVE").upper().split())
+    tables = tuple(name.strip().strip('"').lower() for name in match.group(1).split(","))
+    return LockStatement(tables, mode)
+
+
+def locked_section_start(statements: Sequence[str]) -> int | None:
+    """Index of the first `LOCK TABLE` statement: the locked section runs from there to commit."""
+    return next((i for i, s in enumerate(statements) if lock_statement(s)), None)
+
+
+def section_locks(statements: Sequence[str]) -> LockStatement | None:
+    """Every table the LOCK statements of a script take, in order, and the strongest mode."""
+    locks = [lock for lock in map(lock_statement, statements) if lock]
+    if not locks:
+        return None
+    tables = tuple(dict.fromkeys(table for lock in locks for table in lock.tables))
+    return LockStatement(tables, max((lock.mode for lock in locks), key=mode_rank))
+
+
+def mode_rank(mode: str) -> int:
+    """Strength of a table lock mode (an unknown one, which PostgreSQL refuses, ranks above all)."""
+    return LOCK_MODES.index(mode) if mode in LOCK_MODES else len(LOCK_MODES)
+
+
 def describe_lock(statement: str) -> tuple[str, str]:
     """The strongest lock a statement takes and what that lock blocks, for `--dry-run`."""
+    if lock := lock_statement(statement):
+        return lock.mode, LOCK_BLOCKS.get(lock.mode, "nothing the app does")
     text = " ".join(sqlparse.format(statement, strip_comments=True).split()).upper()
     rules: list[tuple[str, str, str]] = [
         (
@@ -146,7 +209,6 @@ def describe_lock(statement: str) -> tuple[str, str]:
             "reads and writes",
         ),
         (r"^TRUNCATE", "ACCESS EXCLUSIVE", "reads and writes"),
-        (r"^LOCK", "as written", "see statement"),
         (r"^(INSERT|UPDATE|DELETE|MERGE)", "ROW EXCLUSIVE", "nothing (row locks only)"),
         (r"^CREATE (MATERIALIZED VIEW|TABLE .* AS )", "ACCESS SHARE on sources", "nothing"),
     ]

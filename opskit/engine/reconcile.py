@@ -1,10 +1,10 @@
 """`opskit reconcile`: prove Redis and the denormalized relations equal the truth; repair them.
 
-Checks: each denormalized relation of CONTRACT §6 against its truth query (a full outer join per
-relation, opskit.engine.truth; the three run at once on their own connections, in one exported
-REPEATABLE READ snapshot); every cached Redis vote set against the votes table (SCAN, then one
-query per batch of users); each materialized view's oldest pending refresh request against the
-daemon's promise (max wait + one poll).
+Checks: each denormalized relation of docs/interface.md §6 against its truth query (a full outer
+join per relation, opskit.engine.truth; the three run at once on their own connections, in one
+exported REPEATABLE READ snapshot); every cached Redis vote set against the votes table (SCAN,
+then one query per batch of users); each materialized view's oldest pending refresh request
+against the daemon's promise (max wait + one poll).
 
 --fix repairs with the phase-1 backfill functions (idempotent, safe while writes go on) over
 the drifted users only, rebuilds drifted Redis keys, refreshes overdue views, then re-checks

@@ -4,7 +4,8 @@ For one view: take the view's lock (never two refreshes of a view at once, even 
 and one of the refresh slots (at most OPSKIT_REFRESH_WORKERS at once), claim its pending requests,
 advance the queue's generation (mv_refresh_generation) and wait until every transaction running
 then has ended (a writer may have skipped enqueueing because it saw a request we just claimed: see
-phase2_materialized_views.sql), then REFRESH ... CONCURRENTLY, log the run, mark done exactly the
+phase2_materialized_views.sql), then REFRESH ... CONCURRENTLY (and, in the same transaction, bring
+the tables derived from the view up to date: DERIVED), log the run, mark done exactly the
 requests claimed and VACUUM the view (its visibility map, for index-only scans). A request that
 arrives during the refresh stays pending for the next run. Advisory locks are session-level, so
 a worker that dies releases them with its connection; its claims go back to pending once they are
@@ -34,6 +35,9 @@ LOCK_SPACE_VIEW = 0x6F707376  # "opsv": one lock per view
 LOCK_SPACE_SLOT = 0x6F707373  # "opss": the refresh slots shared by every refresher
 OLD_TRANSACTIONS_TIMEOUT_S = 60.0
 BACKOFF_MAX_S = 300.0  # a failing view is retried at most this long after its last failure
+# Tables derived from a view, brought up to date in the transaction of the view's refresh (the
+# named block of refresh.sql that does it): search's word index (phase 3).
+DERIVED = {"mv_search_index": "sync_search_words"}
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +194,12 @@ def _refresh_claimed(conn: psycopg.Connection, view: str) -> RefreshRun:
         log_id = conn.execute(
             refresh_sql["log_start"], {"view": view, "worker": worker}
         ).fetchone()[0]
-        conn.execute(
-            sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.Identifier(view))
-        )
+        with conn.transaction():  # readers see the view and what is derived from it change together
+            conn.execute(
+                sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.Identifier(view))
+            )
+            if view in DERIVED:
+                conn.execute(refresh_sql[DERIVED[view]])
     except (psycopg.Error, TimeoutError) as err:
         message = first_line(err)
         conn.execute(refresh_sql["release_claims"], {"ids": claimed})

@@ -15,7 +15,7 @@ from opskit.engine.refresh import readable
 from opskit.engine.truth import DENORMALIZED
 from opskit.sql import queries
 
-# Relations whose row counts status reports when they exist (CONTRACT §6, §7).
+# Relations whose row counts status reports when they exist (docs/interface.md §6, §7).
 MATERIALIZED_VIEWS = (
     "mv_feed_projects",
     "mv_leaderboard_projects",

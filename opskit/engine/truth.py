@@ -1,4 +1,4 @@
-"""The denormalized relations of CONTRACT §6 and set-based diffs against their truth queries."""
+"""The denormalized relations of docs/interface.md §6 and set-based diffs against their truths."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`opskit verify`: the objects the applied phases create exist and are valid, and every
-denormalized relation equals its truth (CONTRACT §3, §6), all read in one snapshot."""
+denormalized relation equals its truth (docs/interface.md §3, §6), all read in one snapshot."""
 
 from __future__ import annotations
 

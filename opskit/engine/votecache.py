@@ -1,4 +1,4 @@
-"""The Redis vote cache (CONTRACT §8): which projects each user has upvoted.
+"""The Redis vote cache (docs/interface.md §8): which projects each user has upvoted.
 
 The database is the truth. Key `{prefix}user:{id}:upvotes` is a set of project ids; a missing
 key means "not cached" (never "no upvotes"), so a user without upvotes is simply never cached.

@@ -17,6 +17,16 @@ WHERE length(word) >= 3
 ORDER BY md5(word)
 LIMIT 40;
 
+-- The title words a typo set is made of (opskit/benchmarking/typos.py): live projects' words of
+-- min_length letters or more (no digit), as search splits them.
+-- name: bench_typo_words --
+SELECT word
+FROM (SELECT DISTINCT lower(word) AS word
+      FROM projects, regexp_split_to_table(title, '[^[:alnum:]]+') AS word
+      WHERE deleted_at IS NULL) w
+WHERE length(word) >= %(min_length)s AND word !~ '[0-9]'
+ORDER BY md5(word);
+
 -- Whether the database holds the app's tables with some users in them.
 -- name: has_app_tables --
 SELECT to_regclass('users') IS NOT NULL;

@@ -1,4 +1,4 @@
--- The application's own normalized schema (CONTRACT §5).
+-- The application's own normalized schema (docs/interface.md §5).
 --
 -- Idempotent: every object is created only if absent, so `opskit seed` can run it on any
 -- database. Indexes are the ones a normal app already has: primary keys, unique constraints and

@@ -1,5 +1,5 @@
--- The HTTP API's queries (CONTRACT §9), each read endpoint as a pair: `<name>_before` answers
--- from the normalized app tables with the joins and aggregates an app naturally writes;
+-- The HTTP API's queries (docs/interface.md §9), each read endpoint as a pair: `<name>_before`
+-- answers from the normalized app tables with the joins and aggregates an app naturally writes;
 -- `<name>_after` answers from phase 1's denormalized relations and the phase 2/3 views. Both
 -- return the same columns, in the same order, with the same types, so the two modes give the
 -- same JSON. Writes are one set of statements used by both modes.
@@ -13,10 +13,9 @@
 --    for the request's as_of (default now). After mode answers a request without as_of from the
 --    scores its last refresh stored for its own instant (mv_feed_projects.scored_at, which the
 --    answer carries as its as_of) and computes it here only for an explicit as_of;
---  * search is pg_trgm word similarity of lower(q) against the same lower-cased document text
---    in both modes (phase 3's mv_search_index definition), ranked by similarity desc,
---    popularity desc, kind, id;
---  * connections run with TimeZone = UTC and an explicit pg_trgm.word_similarity_threshold.
+--  * search matches words by pg_trgm similarity, the same definition in both modes (see the
+--    search blocks), ranked by similarity desc, popularity desc, kind, id;
+--  * connections run with TimeZone = UTC and an explicit pg_trgm.similarity_threshold.
 -- `{order_by}` is replaced by a whitelisted ORDER BY clause (opskit/endpoints.py), never by
 -- user text. Percent signs are doubled: every block runs with parameters.
 
@@ -453,6 +452,16 @@ SELECT EXISTS (SELECT FROM mv_chains_discovery WHERE slug = %(slug)s) AS chain_e
 
 -- ------------------------------------------------------------------ GET /api/search
 
+-- Search by words (docs/search.md): the query's words are the distinct maximal runs of
+-- letters and digits of lower(q), a document's words those of its lower-cased text and its
+-- name words those of its title (phase 3's mv_search_index.words, name_words). A query word
+-- matches a document word when they are equal, or when neither has a digit (0-9) and their
+-- pg_trgm similarity reaches the threshold; a query word's best match in a document is its
+-- most similar word there, a name word first among equals. A document matches when every query
+-- word matches one of its words; its similarity is the mean of the best matches'
+-- similarities. Ranked by similarity desc, the number of best matches that are name words
+-- desc, popularity desc, kind, id. Before mode computes that from the base tables; after mode
+-- from the word index (search_words, search_postings) in two steps.
 -- name: search_before --
 WITH documents AS (
     SELECT 'project'::text AS kind, p.id, p.title, p.tagline AS subtitle,
@@ -466,53 +475,154 @@ WITH documents AS (
     UNION ALL
     SELECT 'chain', c.id, c.name, c.slug, lower(concat_ws(' ', c.name, c.slug, c.description))
     FROM chains c
-), matches AS (
-    SELECT kind, id, title, subtitle, word_similarity(lower(%(q)s), document) AS similarity
-    FROM documents
-    WHERE lower(%(q)s) <%% document
+), query_words AS (
+    SELECT DISTINCT word AS query_word
+    FROM regexp_split_to_table(lower(%(q)s), '[^[:alnum:]]+') AS word
+    WHERE word <> ''
+), tokens AS MATERIALIZED (
+    -- every word of every document, and again each word of its name (in_name)
+    SELECT d.kind, d.id, word, false AS in_name
+    FROM documents d,
+         unnest(string_to_array(regexp_replace(d.document, '[^[:alnum:]]+', ' ', 'g'), ' ')) AS word
+    UNION ALL
+    SELECT d.kind, d.id, word, true
+    FROM documents d,
+         unnest(string_to_array(regexp_replace(lower(d.title), '[^[:alnum:]]+', ' ', 'g'), ' ')) AS word
+), matched AS (
+    -- each distinct word once: similarity() runs per vocabulary word, not per occurrence
+    SELECT q.query_word, v.word, similarity(q.query_word, v.word) AS similarity
+    FROM query_words q
+    CROSS JOIN (SELECT DISTINCT word FROM tokens WHERE word <> '') v
+    WHERE v.word = q.query_word
+       OR (q.query_word !~ '[0-9]' AND v.word !~ '[0-9]'
+           AND similarity(q.query_word, v.word) >= %(threshold)s)
+), best AS (
+    -- the documents' occurrences of matched words only, then each query word's best match
+    SELECT DISTINCT ON (t.kind, t.id, m.query_word)
+           t.kind, t.id, m.query_word, m.similarity, t.in_name
+    FROM tokens t
+    JOIN matched m ON m.word = t.word
+    ORDER BY t.kind, t.id, m.query_word, m.similarity DESC, t.in_name DESC
+), scored AS (
+    SELECT kind, id, avg(similarity) AS similarity, count(*) FILTER (WHERE in_name) AS in_name
+    FROM best
+    GROUP BY kind, id
+    HAVING count(*) = (SELECT count(*) FROM query_words)
+), ranked AS (
+    SELECT s.kind,
+           s.id,
+           d.title,
+           d.subtitle,
+           s.similarity,
+           s.in_name,
+           CASE s.kind
+               WHEN 'project' THEN (SELECT count(*) FILTER (WHERE v.vote_type = 'up')
+                                           - count(*) FILTER (WHERE v.vote_type = 'down')
+                                    FROM votes v WHERE v.project_id = s.id)
+               WHEN 'builder' THEN (SELECT count(*) FROM follows f WHERE f.followee_id = s.id)
+               ELSE (SELECT count(*) FROM chain_members cm WHERE cm.chain_id = s.id)
+           END AS popularity
+    FROM scored s
+    JOIN documents d ON d.kind = s.kind AND d.id = s.id
 )
-SELECT m.kind,
-       m.id,
-       m.title,
-       m.subtitle,
-       m.similarity,
-       CASE m.kind
-           WHEN 'project' THEN (SELECT count(*) FILTER (WHERE v.vote_type = 'up')
-                                       - count(*) FILTER (WHERE v.vote_type = 'down')
-                                FROM votes v WHERE v.project_id = m.id)
-           WHEN 'builder' THEN (SELECT count(*) FROM follows f WHERE f.followee_id = m.id)
-           ELSE (SELECT count(*) FROM chain_members cm WHERE cm.chain_id = m.id)
-       END AS popularity
-FROM matches m
-ORDER BY similarity DESC, popularity DESC, kind, id
-LIMIT %(limit)s OFFSET %(offset)s;
-
--- The GIN trigram index on document serves the word similarity operator.
--- name: search_after --
-SELECT kind, entity_id AS id, title, subtitle,
-       word_similarity(lower(%(q)s), document) AS similarity, popularity
-FROM mv_search_index
-WHERE lower(%(q)s) <%% document
-ORDER BY similarity DESC, popularity DESC, kind, id
-LIMIT %(limit)s OFFSET %(offset)s;
-
--- Search in after mode for a term that many documents contain as a whole word: rows with
--- similarity 1 (the maximum) come first and rank among themselves by popularity desc, kind, id,
--- so if the `popular_scan` most popular documents hold `wanted` (offset + page size + 1) of
--- them, those are the page, exactly as search_after would rank it. Otherwise (rare words,
--- misspellings) endpoints.py runs search_after. The popularity index serves the scan.
--- name: search_whole_word_after --
 SELECT kind, id, title, subtitle, similarity, popularity
-FROM (
-    SELECT kind, entity_id AS id, title, subtitle, document, popularity
-    FROM mv_search_index
-    ORDER BY popularity DESC, kind, entity_id
-    LIMIT %(popular_scan)s
-) popular
-CROSS JOIN LATERAL (SELECT word_similarity(lower(%(q)s), document) AS similarity) s
-WHERE similarity = 1
-ORDER BY popularity DESC, kind, id
-LIMIT %(wanted)s;
+FROM ranked
+ORDER BY similarity DESC, in_name DESC, popularity DESC, kind, id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- After mode, step 1: the query's words and, for each, the dictionary words it matches (the
+-- primary key finds an equal word, the trigram index of the words without a digit serves `%%`,
+-- pinned to the same threshold on every connection), best first. A query word without a match
+-- comes back once with NULL word: no document matches.
+-- name: search_matches_after --
+WITH query_words AS (
+    SELECT DISTINCT word AS query_word
+    FROM regexp_split_to_table(lower(%(q)s), '[^[:alnum:]]+') AS word
+    WHERE word <> ''
+)
+SELECT q.query_word, m.word, m.similarity, m.documents
+FROM query_words q
+LEFT JOIN LATERAL (
+    SELECT d.word, 1::real AS similarity, d.documents
+    FROM search_words d
+    WHERE d.word = q.query_word
+    UNION
+    SELECT d.word, similarity(q.query_word, d.word), d.documents
+    FROM search_words d
+    WHERE q.query_word !~ '[0-9]' AND d.word !~ '[0-9]' AND d.word %% q.query_word
+      AND similarity(q.query_word, d.word) >= %(threshold)s
+) m ON true
+ORDER BY q.query_word, m.similarity DESC, m.word;
+
+-- After mode, step 2 for a one-word query: each kept word's `wanted` first documents in
+-- rank order (name word first, then popularity desc, kind, id: one range scan of the postings
+-- index each). That holds the exact page: a document on it ranks among the first `wanted`
+-- documents of its best word, since every document ranked before it there ranks before it
+-- overall.
+-- name: search_one_word_after --
+WITH kept AS (
+    SELECT word, similarity(%(query_word)s, word) AS similarity
+    FROM unnest(%(words)s::text[]) AS word
+), hits AS (
+    SELECT DISTINCT ON (p.kind, p.entity_id)
+           p.kind, p.entity_id, p.popularity, k.similarity, p.in_name
+    FROM kept k
+    CROSS JOIN LATERAL (
+        SELECT kind, entity_id, in_name, popularity
+        FROM search_postings
+        WHERE word = k.word
+        ORDER BY in_name DESC, popularity DESC, kind, entity_id
+        LIMIT %(wanted)s
+    ) p
+    ORDER BY p.kind, p.entity_id, k.similarity DESC, p.in_name DESC
+), page AS (
+    SELECT kind, entity_id, popularity, similarity, in_name
+    FROM hits
+    ORDER BY similarity DESC, in_name DESC, popularity DESC, kind, entity_id
+    LIMIT %(limit)s OFFSET %(offset)s
+)
+SELECT page.kind, page.entity_id AS id, s.title, s.subtitle,
+       page.similarity::float8 AS similarity, page.popularity
+FROM page
+JOIN mv_search_index s ON s.kind = page.kind AND s.entity_id = page.entity_id
+ORDER BY page.similarity DESC, page.in_name DESC, page.popularity DESC, page.kind,
+         page.entity_id;
+
+-- After mode, step 2 for several query words: (query_words[i], words[i]) are the matches of
+-- step 1. Each query word's best match in each document comes from the postings of its
+-- matches (index-only scans); a document that has one for every query word matches. Costs
+-- the matched words' postings: a query of common words reads many.
+-- name: search_all_words_after --
+WITH matched AS (
+    SELECT query_word, word, similarity(query_word, word) AS similarity
+    FROM unnest(%(query_words)s::text[], %(words)s::text[]) AS m(query_word, word)
+), best AS (
+    SELECT DISTINCT ON (m.query_word, p.kind, p.entity_id)
+           m.query_word, p.kind, p.entity_id, p.popularity, m.similarity, p.in_name
+    FROM matched m
+    CROSS JOIN LATERAL (
+        -- OFFSET 0 keeps this a scan of one word's postings per match: unflattened, the
+        -- planner misjudges the join and reads every posting (0.8 s at medium)
+        SELECT kind, entity_id, popularity, in_name
+        FROM search_postings
+        WHERE word = m.word
+        OFFSET 0
+    ) p
+    ORDER BY m.query_word, p.kind, p.entity_id, m.similarity DESC, p.in_name DESC
+), page AS (
+    SELECT kind, entity_id, popularity, avg(similarity) AS similarity,
+           count(*) FILTER (WHERE in_name) AS in_name
+    FROM best
+    GROUP BY kind, entity_id, popularity
+    HAVING count(*) = %(query_word_count)s
+    ORDER BY similarity DESC, in_name DESC, popularity DESC, kind, entity_id
+    LIMIT %(limit)s OFFSET %(offset)s
+)
+SELECT page.kind, page.entity_id AS id, s.title, s.subtitle, page.similarity, page.popularity
+FROM page
+JOIN mv_search_index s ON s.kind = page.kind AND s.entity_id = page.entity_id
+ORDER BY page.similarity DESC, page.in_name DESC, page.popularity DESC, page.kind,
+         page.entity_id;
 
 -- name: pg_trgm_installed --
 SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm') AS installed;

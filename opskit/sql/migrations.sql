@@ -26,6 +26,21 @@ CREATE TABLE IF NOT EXISTS opskit_migration_grants (
     granted_by text NOT NULL
 );
 
+-- How the locked section of each phase's script (up: the phase, down: its rollback) went the
+-- last time it ran. Kept across rollbacks (unlike the ledger rows), so `migrate --dry-run` can
+-- tell how long a pending phase held its locks the last time it was applied.
+CREATE TABLE IF NOT EXISTS opskit_migration_locks (
+    phase       text NOT NULL,
+    script      text NOT NULL CHECK (script IN ('up', 'down')),
+    tables      text[] NOT NULL,
+    lock_mode   text NOT NULL,
+    waited_ms   bigint NOT NULL,
+    held_ms     bigint NOT NULL,
+    attempts    int NOT NULL,
+    finished_at timestamptz NOT NULL,
+    PRIMARY KEY (phase, script)
+);
+
 -- name: ledger_exists --
 SELECT to_regclass('opskit_migrations') IS NOT NULL;
 
@@ -39,6 +54,29 @@ VALUES (%(name)s, %(checksum)s, clock_timestamp(), %(duration_ms)s, %(applied_by
 
 -- name: forget_applied --
 DELETE FROM opskit_migrations WHERE name = %(name)s;
+
+-- name: record_lock_run --
+INSERT INTO opskit_migration_locks AS l
+    (phase, script, tables, lock_mode, waited_ms, held_ms, attempts, finished_at)
+VALUES (%(phase)s, %(script)s, %(tables)s, %(mode)s, %(waited_ms)s, %(held_ms)s, %(attempts)s,
+        clock_timestamp())
+ON CONFLICT (phase, script) DO UPDATE
+SET tables = EXCLUDED.tables, lock_mode = EXCLUDED.lock_mode, waited_ms = EXCLUDED.waited_ms,
+    held_ms = EXCLUDED.held_ms, attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at;
+
+-- name: lock_runs --
+-- Empty when the table does not exist yet (a database opskit never migrated).
+SELECT phase, waited_ms, held_ms, attempts, finished_at
+FROM opskit_migration_locks
+WHERE script = %(script)s;
+
+-- name: lock_runs_exist --
+SELECT to_regclass('opskit_migration_locks') IS NOT NULL;
+
+-- name: lock_limits --
+-- The transaction's lock_timeout (as set for the phase) and the server's deadlock_timeout, in ms.
+SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'lock_timeout'),
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout');
 
 -- name: completed_steps --
 SELECT statement_no FROM opskit_migration_steps WHERE phase = %(phase)s AND checksum = %(checksum)s;
@@ -54,9 +92,6 @@ DELETE FROM opskit_migration_steps WHERE phase = %(phase)s;
 
 -- name: try_lock --
 SELECT pg_try_advisory_lock(%(space)s, %(key)s);
-
--- name: wait_lock --
-SELECT pg_advisory_lock(%(space)s, %(key)s);
 
 -- name: unlock --
 SELECT pg_advisory_unlock(%(space)s, %(key)s);

@@ -97,6 +97,10 @@ SELECT EXISTS (
     WHERE datname = current_database() AND backend_xid::text = ANY (%(xids)s)
 );
 
+-- name: sync_search_words --
+-- Search's word index follows mv_search_index (phase3_search_and_forums.sql).
+SELECT opskit_search_words_sync();
+
 -- name: log_start --
 INSERT INTO mv_refresh_log (view_name, refresh_started_at, status, worker_id)
 VALUES (%(view)s, clock_timestamp(), 'running', %(worker)s)

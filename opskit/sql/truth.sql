@@ -1,4 +1,5 @@
--- The truth of the denormalized relations (CONTRACT §6), computed from the app tables only.
+-- The truth of the denormalized relations (docs/interface.md §6), computed from the app tables
+-- only.
 -- Each truth_* block returns exactly the columns of its relation, so set differences in either
 -- direction show drift. Each source_rows_* block is an aggregate over the truth's rows `t` in
 -- the diff (a full outer join: relation-only rows have null t columns): how many app rows that

@@ -1,4 +1,4 @@
--- The database side of the Redis vote cache (CONTRACT §8). Blocks are loaded by
+-- The database side of the Redis vote cache (docs/interface.md §8). Blocks are loaded by
 -- opskit.sql.queries(). The truth is the votes table: a cached set holds the project ids a user
 -- voted 'up' on (deleted projects included: the vote row still exists).
 

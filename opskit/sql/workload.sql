@@ -1,5 +1,5 @@
--- The app's write paths (CONTRACT §5) as single statements: opskit.workload runs them from many
--- connections at once, for `opskit soak` and tests/integration/test_phase1_exactness.py.
+-- The app's write paths (docs/interface.md §5) as single statements: opskit.workload runs them
+-- from many connections at once, for `opskit soak` and tests/integration/test_phase1_exactness.py.
 -- Parameters (opskit.workload.op_params): a, b users; p, p2 projects; hot the hot project;
 -- t vote type; k a small number; body text; answer an intro answer; name a fresh username;
 -- last_base_user / last_base_project the newest ids the workload may not hard-delete.

@@ -168,7 +168,7 @@ def cases(ids: dict) -> list[tuple]:
             "POST",
             "/api/messages",
             {"json": {"recipient_id": ids["user"], "body": "me"}, "headers": me},
-            422,
+            403,
         ),
         (
             "POST",
@@ -203,7 +203,7 @@ def cases(ids: dict) -> list[tuple]:
             {"json": {"target_id": ids["other"], "project_id": GONE_USER}, "headers": me},
             404,
         ),
-        ("POST", "/api/intros", {"json": {"target_id": ids["user"]}, "headers": me}, 422),
+        ("POST", "/api/intros", {"json": {"target_id": ids["user"]}, "headers": me}, 403),
         (
             "POST",
             "/api/intros/999999999/respond",

@@ -72,6 +72,9 @@ def test_bench_api_measures_every_endpoint_on_clones_before_and_after(
         assert row["floor_target_met"] == (
             row["after_p50_vs_floor"] <= 2.0 and row["after_p99_vs_floor"] <= 3.0
         )
+    recall = result.search_recall  # after mode's first pages for every typo of the set
+    assert recall["typos"] > 0 and recall["found"] + len(recall["misses"]) == recall["typos"]
+    assert recall["recall"] == round(recall["found"] / recall["typos"], 4)
     vote = next(row for row in result.endpoints if row["endpoint"] == "vote")
     assert vote["target_speedup"] == 80.0 and vote["speedup_p50"] > 0
     assert vote["requests"] == {column: 20 for column in api_latency.COLUMNS}

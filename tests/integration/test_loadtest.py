@@ -87,8 +87,10 @@ def test_open_model_on_two_workers_records_every_request_on_schedule(
     slots = (requests["intended_at"].sort_values().to_numpy() - meta["started_at"]) * plan.rate
     np.testing.assert_allclose(slots, np.round(slots), atol=1e-4)
     assert len(np.unique(np.round(slots))) == len(slots)
-    if "rate_below_target" not in meta["flags"]:
-        np.testing.assert_array_equal(np.round(slots), np.arange(plan.load_s * plan.rate))
+    schedule = np.arange(plan.load_s * plan.rate)
+    assert set(np.round(slots)) <= set(schedule)
+    # every slot was sent, or the run fell behind and says so
+    assert len(slots) == len(schedule) or "rate_below_target" in meta["flags"], meta["flags"]
     # Never sent before its time; the corrected latency is never below the measured one.
     assert (requests["started_at"] >= requests["intended_at"] - 0.002).all()
     corrected = (requests["started_at"] - requests["intended_at"]) * 1000 + requests["latency_ms"]

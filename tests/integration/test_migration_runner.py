@@ -235,6 +235,29 @@ def test_lock_timeouts_are_retried_then_reported(tiny_db_url, phase_dir):
         blocker.close()
 
 
+def test_a_concurrent_build_that_timed_out_is_built_again_not_left_invalid(tiny_db_url, phase_dir):
+    (phase_dir / "phase4_critical_indexes.sql").write_text(
+        PHASE4.replace("SET lock_timeout = '5s';", "SET lock_timeout = '200ms';")
+    )
+    migrations.migrate(tiny_db_url, directory=phase_dir, to="phase1_denormalized_tables")
+    writer = psycopg.connect(tiny_db_url)  # an open write: the build waits for it to end
+    writer.execute("UPDATE votes SET created_at = created_at WHERE user_id = 1")
+    threading.Timer(1.0, writer.rollback).start()
+    try:
+        migrations.migrate(
+            tiny_db_url,
+            directory=phase_dir,
+            timeouts=migrations.Timeouts(lock_retries=20, backoff_s=0.2),
+        )
+    finally:
+        writer.close()
+    with psycopg.connect(tiny_db_url) as conn:
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'votes_type_idx'::regclass"
+        ).fetchone()[0]
+    assert valid
+
+
 def test_rollback_runs_down_scripts_newest_first_and_keeps_app_data(tiny_db_url, phase_dir):
     with psycopg.connect(tiny_db_url) as conn:
         before = schema.table_fingerprints(conn)
@@ -314,7 +337,7 @@ def test_describe_lock(statement, lock, blocks):
 
 
 def test_a_permission_error_mid_phase_exits_3_and_records_only_what_was_applied(tiny_db_url):
-    """A role that may create tables but not triggers on the app's tables (CONTRACT §2, §4)."""
+    """A role that may create tables but not triggers on the app's tables (interface.md §2, §4)."""
     role = f"opskit_limited_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(tiny_db_url, autocommit=True) as admin:
         admin.execute(
@@ -323,8 +346,9 @@ def test_a_permission_error_mid_phase_exits_3_and_records_only_what_was_applied(
         admin.execute(
             sql.SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(sql.Identifier(role))
         )
+        # UPDATE lets it LOCK the app tables (phase 0 does), not create triggers on them
         admin.execute(
-            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(
+            sql.SQL("GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public TO {}").format(
                 sql.Identifier(role)
             )
         )

@@ -29,6 +29,7 @@ from opskit.benchmarking.workload import (
     op_params,
     run_op,
 )
+from opskit.engine import phase_files
 
 ROOT = Path(__file__).parents[2]
 MIGRATIONS = ROOT / "migrations"
@@ -53,11 +54,17 @@ DENORM_TABLES = (
 
 
 def apply_phases(url: str, names: tuple[str, ...] = PHASE1) -> None:
-    """Run each phase file's whole text in one transaction, like a fresh `opskit migrate`."""
-    with psycopg.connect(url, autocommit=False) as conn:
+    """Run each phase file like a fresh `opskit migrate` does: its whole text in one transaction,
+    or statement by statement when it is marked no-transaction (the batched backfill commits)."""
+    with psycopg.connect(url, autocommit=True) as conn:
         for name in names:
-            conn.execute((MIGRATIONS / f"{name}.sql").read_text())
-        conn.commit()
+            phase = next(p for p in phase_files.load_phases(MIGRATIONS) if p.name == name)
+            if phase.transactional:
+                with conn.transaction():
+                    conn.execute(phase.text)
+            else:
+                for statement in phase.statements():
+                    conn.execute(statement)
 
 
 def truth_blocks() -> dict[str, str]:
@@ -144,7 +151,7 @@ def populate(conn: psycopg.Connection, rng: random.Random, users: int, projects:
             "INSERT INTO comments (project_id, user_id, body) VALUES (%s, %s, %s)",
             [(rng.choice(pids), rng.choice(uids), "c") for _ in range(users * 3)],
         )
-        # choices, not sample: a user may follow or message themselves (CONTRACT §5 allows it)
+        # choices, not sample: a user may follow or message themselves (docs/interface.md §5)
         follows = {tuple(rng.choices(uids, k=2)) for _ in range(users * 3)}
         cur.executemany("INSERT INTO follows (follower_id, followee_id) VALUES (%s, %s)", follows)
         cur.executemany(
@@ -639,7 +646,7 @@ def test_backfill_while_the_app_writes(base_db_url):
     apply_phases(base_db_url, ("phase0_cleanup", "phase1_denormalized_tables"))
     with Writers(base_db_url, world, threads=4, ops_each=None, seed=200, folder=True) as writers:
         time.sleep(0.05)
-        # the whole file (one transaction, like `opskit migrate`) while writes go on
+        # the whole file (batch by batch, like `opskit migrate`) while writes go on
         apply_phases(base_db_url, ("phase1_backfill_data",))
         # then the batches again, one transaction per batch, like `opskit backfill`
         with psycopg.connect(base_db_url, autocommit=True) as conn:

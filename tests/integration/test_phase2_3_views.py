@@ -7,6 +7,7 @@ Neither phase needs phase1, so phase1 is never applied here.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from datetime import UTC
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from opskit.engine.refresh import DERIVED
 from opskit.sql import queries
 
 MIGRATIONS = Path(__file__).parents[2] / "migrations"
@@ -58,9 +60,13 @@ def rows(conn: psycopg.Connection, query: str) -> list[tuple]:
 
 
 def refresh_all(url: str) -> None:
+    """Refresh every view as opskit's refresh does: with what is derived from it (DERIVED)."""
     with psycopg.connect(url, autocommit=True) as conn:
         for view in VIEWS:
-            conn.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")
+            with conn.transaction():
+                conn.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")
+                if view in DERIVED:
+                    conn.execute(queries("refresh.sql")[DERIVED[view]])
 
 
 # ------------------------------------------------------------------ the truth, computed apart
@@ -96,7 +102,7 @@ def truth_feed(conn):
 
 
 def trending(score: int, created_at, as_of) -> float:
-    """CONTRACT §7: (upvotes - downvotes) / power(hours_since_created + 2, 1.8)."""
+    """docs/interface.md §7: (upvotes - downvotes) / power(hours_since_created + 2, 1.8)."""
     hours = max((as_of - created_at).total_seconds() / 3600, 0)
     return score / (hours + 2) ** 1.8
 
@@ -178,16 +184,27 @@ def truth_project_details(conn):
     return result
 
 
+def words_of(text: str) -> list[str]:
+    """Search's words of a text: its distinct maximal runs of letters and digits, sorted."""
+    return sorted(set(re.findall(r"[^\W_]+", text)))
+
+
 def truth_search(conn):
     def document(*parts):
         return " ".join(p for p in parts if p is not None).lower()
+
+    def entry(kind, entity_id, title, subtitle, text, popularity):
+        words, name_words = words_of(text), words_of(title.lower())
+        return (kind, entity_id, title, subtitle, text, words, name_words, popularity)
 
     result = []
     for pid, title, tagline, tags, up, down in rows(
         conn, f"SELECT id, title, tagline, tags, up, down FROM ({PROJECT_COUNTS}) p"
     ):
         result.append(
-            ("project", pid, title, tagline, document(title, tagline, " ".join(tags)), up - down)
+            entry(
+                "project", pid, title, tagline, document(title, tagline, " ".join(tags)), up - down
+            )
         )
     for uid, username, display_name, bio, followers in rows(
         conn,
@@ -195,7 +212,7 @@ def truth_search(conn):
         "(SELECT count(*) FROM follows f WHERE f.followee_id = u.id) FROM users u",
     ):
         result.append(
-            (
+            entry(
                 "builder",
                 uid,
                 display_name,
@@ -209,7 +226,7 @@ def truth_search(conn):
         "SELECT c.id, c.name, c.slug, c.description, "
         "(SELECT count(*) FROM chain_members m WHERE m.chain_id = c.id) FROM chains c",
     ):
-        result.append(("chain", cid, name, slug, document(name, slug, description), members))
+        result.append(entry("chain", cid, name, slug, document(name, slug, description), members))
     return sorted(result, key=lambda r: (r[0], r[1]))
 
 
@@ -269,6 +286,20 @@ def assert_views_equal_truth(url: str) -> None:
             expected = [tuple(r) for r in truth(conn)]
             assert actual, f"{view} is empty"
             assert actual == expected, view
+        assert_word_index_equals(conn, truth_search(conn))
+
+
+def assert_word_index_equals(conn, search_rows: list[tuple]) -> None:
+    """search_words and search_postings are the words of mv_search_index's rows."""
+    documents: dict[str, int] = defaultdict(int)
+    postings = set()
+    for kind, entity_id, _title, _subtitle, _text, words, name_words, popularity in search_rows:
+        for word in words:
+            documents[word] += 1
+            postings.add((word, word in name_words, popularity, kind, entity_id))
+    assert dict(rows(conn, "SELECT word, documents FROM search_words")) == documents
+    actual = rows(conn, "SELECT word, in_name, popularity, kind, entity_id FROM search_postings")
+    assert len(actual) == len(postings) and set(map(tuple, actual)) == postings
 
 
 def queue_counts(conn) -> dict[str, int]:
@@ -306,13 +337,19 @@ def test_views_exist_populated_with_a_plain_unique_index(db):
                 (view,),
             ).fetchone()[0]
             assert plain_unique >= 1, view
+        # search's word index: the dictionary's trigram index, the postings in rank order
         assert (
             conn.execute(
-                "SELECT count(*) FROM pg_indexes WHERE tablename = 'mv_search_index' "
-                "AND indexdef LIKE '%gin (document gin_trgm_ops)%'"
+                "SELECT count(*) FROM pg_indexes WHERE tablename = 'search_words' "
+                "AND indexdef LIKE '%gin (word gin_trgm_ops)%'"
             ).fetchone()[0]
             == 1
         )
+        assert rows(
+            conn,
+            "SELECT indexdef LIKE '%(word, in_name DESC, popularity DESC, kind, entity_id)'"
+            " FROM pg_indexes WHERE tablename = 'search_postings'",
+        ) == [(True,)]
 
 
 def test_views_equal_the_truth_before_and_after_writes(db):
@@ -368,6 +405,41 @@ def test_views_equal_the_truth_before_and_after_writes(db):
             (voter, voter),
         )
     refresh_all(db)
+    assert_views_equal_truth(db)
+
+
+def test_search_words_come_and_go_with_the_refresh_of_mv_search_index(db):
+    """A new project's words enter the dictionary with the view's refresh, not before; once no
+    document uses a word it leaves; a changed title moves the word in or out of the name."""
+
+    def dictionary(conn, word):
+        return rows(conn, f"SELECT documents FROM search_words WHERE word = '{word}'")
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        owner = rows(conn, "SELECT min(id) FROM users")[0][0]
+        project = conn.execute(
+            "INSERT INTO projects (owner_id, title, tagline, tags) "
+            "VALUES (%s, 'Quokkaish Relay', 'wombatish tools', '{}') RETURNING id",
+            (owner,),
+        ).fetchone()[0]
+        assert dictionary(conn, "quokkaish") == []
+        refresh_all(db)
+        assert dictionary(conn, "quokkaish") == [(1,)] and dictionary(conn, "wombatish") == [(1,)]
+        assert rows(
+            conn,
+            "SELECT in_name FROM search_postings WHERE word IN ('quokkaish', 'wombatish')"
+            " ORDER BY word",
+        ) == [(True,), (False,)]
+        conn.execute("UPDATE projects SET title = 'Wombatish Relay' WHERE id = %s", (project,))
+        refresh_all(db)
+        assert dictionary(conn, "quokkaish") == []
+        assert rows(conn, "SELECT in_name FROM search_postings WHERE word = 'wombatish'") == [
+            (True,)
+        ]
+        conn.execute("UPDATE projects SET deleted_at = now() WHERE id = %s", (project,))
+        refresh_all(db)
+        assert dictionary(conn, "wombatish") == []
+        assert rows(conn, "SELECT count(*) FROM search_postings WHERE word = 'wombatish'") == [(0,)]
     assert_views_equal_truth(db)
 
 

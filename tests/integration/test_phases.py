@@ -99,8 +99,10 @@ def test_a_migrate_killed_during_phase4_resumes_without_invalid_indexes(tiny_db_
             building = None
             while building is None and time.monotonic() < deadline:
                 building = watcher.execute(
+                    # this database only: on a shared server another one may be building too
                     "SELECT pid FROM pg_stat_activity WHERE query ILIKE '%CREATE INDEX CONCURRENTLY%' "
-                    "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+                    "AND datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND wait_event_type = 'Lock'"
                 ).fetchone()
                 time.sleep(0.1)
             assert building, "the index build never started waiting"
@@ -125,7 +127,7 @@ def test_a_migrate_killed_during_phase4_resumes_without_invalid_indexes(tiny_db_
     assert _run(tiny_db_url, "verify").exit_code == 0
 
 
-# Every kind of write of CONTRACT §5 an app makes, run as the app's own role.
+# Every kind of write of docs/interface.md §5 an app makes, run as the app's own role.
 APP_WRITES = (
     "INSERT INTO votes (user_id, project_id, vote_type)"
     " SELECT u.id, p.id, 'up' FROM (SELECT id FROM users ORDER BY id LIMIT 3) u,"

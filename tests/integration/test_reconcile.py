@@ -19,8 +19,8 @@ from opskit.sql import queries
 
 SPECS = {spec.relation: spec for spec in DENORMALIZED}
 
-# CONTRACT §6 written the obvious way (a subquery per value), independently of truth.sql, whose
-# blocks are written for speed.
+# docs/interface.md §6 written the obvious way (a subquery per value), independently of
+# truth.sql, whose blocks are written for speed.
 ORACLE = {
     "truth_user_dashboard_stats": """
         SELECT u.id,

@@ -1,9 +1,9 @@
 """The HTML report in headless Chromium: it renders, logs no error and requests nothing.
 
 Debian's `chromium` is driven through the DevTools protocol over `--remote-debugging-pipe`
-(no port, no extra Python package). When chromium is missing the test installs it with
-`make browser-deps`; if that fails the test FAILS with the reason, it never skips: a report
-nobody checked in a browser is not a finished report.
+(no port, no extra Python package). `make test` installs it first (`make browser-deps`); when
+chromium is missing the test FAILS saying so, it never skips: a report nobody checked in a
+browser is not a finished report.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from opskit.benchmarking import report
-from tests.conftest import REPO_ROOT
 from tests.unit.result_folders import ENDPOINTS, write_result_folder
 
 pytestmark = pytest.mark.slow
@@ -41,21 +40,14 @@ TIMEOUT_S = 60.0
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    if not shutil.which("chromium"):
-        install = subprocess.run(
-            ["make", "-C", str(REPO_ROOT), "browser-deps"],
-            capture_output=True,
-            text=True,
-            timeout=900,
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            "chromium is missing: run `make browser-deps` (which `make test` runs first), "
+            "or install Debian's chromium",
+            pytrace=False,
         )
-        if install.returncode != 0 or not shutil.which("chromium"):
-            pytest.fail(
-                "chromium is missing and `make browser-deps` could not install it "
-                f"(exit {install.returncode}): {install.stderr.strip()[-500:]}\n"
-                "install Debian's chromium (apt-get install chromium) and run again",
-                pytrace=False,
-            )
-    return shutil.which("chromium")
+    return path
 
 
 class DevTools:

@@ -55,7 +55,7 @@ def test_constraints_reject_what_the_contract_forbids(base_db_url):
         for statement in bad:
             with pytest.raises(psycopg.errors.IntegrityError):
                 conn.execute(statement)
-        # ... and nothing more: the contract lists no rule against these
+        # ... and nothing more: docs/interface.md §5 lists no rule against these
         legal = [
             "INSERT INTO follows (follower_id, followee_id) VALUES (1, 1)",
             "INSERT INTO messages (sender_id, recipient_id, body) VALUES (2, 2, 'note')",

@@ -193,8 +193,10 @@ def test_a_migrate_killed_in_each_transactional_phase_resumes_and_ends_consisten
     for phase in transactional:
         with psycopg.connect(tiny_db_url) as blocker:
             blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # every phase needs it
+            # below deadlock_timeout (a locked section refuses more); retries keep it waiting
+            wait = ["--lock-timeout", "900ms", "--lock-retries", "100"]
             process = subprocess.Popen(
-                [sys.executable, "-m", "opskit", "migrate", "--to", phase, "--lock-timeout", "60s"],
+                [sys.executable, "-m", "opskit", "migrate", "--to", phase, *wait],
                 env={**os.environ, "OPSKIT_DATABASE_URL": tiny_db_url},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""The Redis vote cache on real PostgreSQL and Redis servers (CONTRACT §8)."""
+"""The Redis vote cache on real PostgreSQL and Redis servers (docs/interface.md §8)."""
 
 import asyncio
 import contextlib

@@ -16,8 +16,11 @@ BEGIN
     ON CONFLICT (user_id) DO UPDATE SET n = opskit_counts.n + EXCLUDED.n;
     RETURN NULL;
 END $$;
+LOCK TABLE users, votes IN SHARE ROW EXCLUSIVE MODE;
 CREATE TRIGGER trg_opskit_count_votes AFTER INSERT ON votes REFERENCING NEW TABLE AS new_rows
 FOR EACH STATEMENT EXECUTE FUNCTION opskit_count_votes();
+CREATE CONSTRAINT TRIGGER trg_opskit_users_gone AFTER DELETE ON users
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION opskit_count_votes();
 """
 )
 GOOD_BACKFILL = (
@@ -38,6 +41,9 @@ GOOD_PHASE4 = (
     + HEADER
     + ("CREATE INDEX CONCURRENTLY IF NOT EXISTS votes_created_idx ON votes (created_at);\n")
 )
+
+
+DROP_TRIGGER = "DROP TRIGGER IF EXISTS trg_opskit_count_votes ON votes;\n"
 
 
 @pytest.fixture
@@ -124,6 +130,39 @@ CREATE TABLE opskit_runs (id bigint PRIMARY KEY, token uuid DEFAULT gen_random_u
             "phase1_denormalized_tables.down.sql",
             "DROP TABLE IF EXISTS opskit_counts, users;\n",
             "touches-app-data",
+        ),
+        # the locked section (docs/migrations.md)
+        ("phase1_denormalized_tables.down.sql", DROP_TRIGGER, "strong-lock-not-up-front"),
+        (
+            "phase1_denormalized_tables.down.sql",
+            "LOCK TABLE votes IN SHARE ROW EXCLUSIVE MODE;\n" + DROP_TRIGGER,
+            "lock-upgrade",
+        ),
+        (
+            "phase1_denormalized_tables.down.sql",
+            "LOCK TABLE votes, users IN ACCESS EXCLUSIVE MODE;\n" + DROP_TRIGGER,
+            "lock-order",
+        ),
+        (
+            "phase1_denormalized_tables.down.sql",
+            "LOCK TABLE users IN ACCESS EXCLUSIVE MODE;\nDROP TABLE IF EXISTS opskit_counts;\n"
+            "LOCK TABLE votes IN ACCESS EXCLUSIVE MODE;\n" + DROP_TRIGGER,
+            "locks-not-together",
+        ),
+        (
+            "phase4_critical_indexes.down.sql",
+            "-- opskit: no-transaction\nLOCK TABLE votes;\n" + DROP_TRIGGER,
+            "lock-outside-transaction",
+        ),
+        (
+            "phase0_cleanup.sql",
+            HEADER + "LOCK TABLE votes IN SHARE MODE;\nDROP INDEX IF EXISTS votes_created_idx;\n",
+            "lock-upgrade",
+        ),
+        (
+            "phase3_search_and_forums.sql",
+            HEADER + "CREATE TABLE opskit_x (user_id bigint REFERENCES users (id));\n",
+            "strong-lock-not-up-front",
         ),
     ],
 )

@@ -2,14 +2,17 @@
 
 import json
 import re
+import tomllib
+from fnmatch import fnmatch
 from html.parser import HTMLParser
+from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from opskit.benchmarking import charts, report
+from opskit.benchmarking import charts, claims, report
 from opskit.benchmarking.soak import SoakResult
 from opskit.cli import app
 from tests.unit.result_folders import ENDPOINTS, write_result_folder
@@ -267,24 +270,50 @@ def test_bad_story_and_malformed_run_exit_2(tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
+def _packaged_claims() -> dict:
+    """claims.json read as a user of the installed package would, not through opskit's loader."""
+    return json.loads((files(claims.__package__) / claims.CLAIMS_FILE).read_text())
+
+
 def test_the_claims_are_the_write_ups_figures():
-    """The claimed factors come from the write-up's table, not from memory."""
-    write_up = Path("/work/shared/seed/000_2da7d69dfd38b286.txt")
-    factors = {claim.path: claim.speedup for claim in report.CLAIMS}
-    assert factors == pytest.approx(
-        {
-            "GET /api/users/stats": 12.0,
-            "GET /api/projects": 800 / 120,
-            "GET /api/leaderboard/projects": 15.0,
-            "GET /api/chains": 500 / 90,
-            "GET /api/search": 10.0,
-            "POST /api/votes": 40.0,
-        }
-    )
-    if write_up.exists():  # the seed document lives outside the repository
-        table = write_up.read_text()
-        for claim in report.CLAIMS:
-            assert f"| {claim.path} " in table
+    """The packaged data is the write-up's table, and the report's claims are that data."""
+    data = _packaged_claims()
+    assert data["source"] == 'the original write-up, table "Performance Improvements Achieved"'
+    table = {
+        entry["write_up_row"]: (entry["before_ms"], entry["after_ms"], entry["stated"])
+        for entry in data["claims"]
+    }
+    assert table == {  # the write-up's rows, as it printed them
+        "GET /api/users/stats": (600, 50, "12x faster"),
+        "GET /api/projects (feed)": (800, 120, "6.7x faster"),
+        "GET /api/leaderboard/projects": (1200, 80, "15x faster"),
+        "GET /api/chains": (500, 90, "5.6x faster"),
+        "GET /api/search": (1500, 150, "10x faster"),
+        "POST /api/votes (upvote)": (200, 5, "40x faster"),
+    }
+    for entry in data["claims"]:  # its stated factor is its own times' ratio, as rounded there
+        stated = entry["stated"].removesuffix("x faster")
+        digits = len(stated.partition(".")[2])
+        assert round(entry["before_ms"] / entry["after_ms"], digits) == float(stated)
+        assert entry["write_up_row"].startswith(entry["endpoint"])
+    assert [(c.label, c.path, c.before_ms, c.after_ms) for c in report.CLAIMS] == [
+        (e["label"], e["endpoint"], e["before_ms"], e["after_ms"]) for e in data["claims"]
+    ]
+
+
+def test_the_claims_data_ships_in_the_wheel():
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    package_data = pyproject["tool"]["setuptools"]["package-data"].get(claims.__package__, [])
+    assert any(fnmatch(claims.CLAIMS_FILE, pattern) for pattern in package_data)
+
+
+def test_the_report_compares_against_every_packaged_claim(folders, tmp_path):
+    out = report.render(*folders, tmp_path / "report.md", fmt="md")
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")]
+    claimed = {(row[0].removeprefix("| "), row[2]) for row in rows}
+    for entry in _packaged_claims()["claims"]:
+        factor = report.format_times(entry["before_ms"] / entry["after_ms"])
+        assert (entry["label"], factor) in claimed
 
 
 def test_a_partial_story_and_a_sparse_meta_still_render(tmp_path):
@@ -401,3 +430,54 @@ def test_a_file_that_is_not_a_soak_result_exits_2(folders, tmp_path):
     result = _cli(*folders, "-o", tmp_path / "r.html", "--soak", soak_file)
     assert result.exit_code == 2 and "is not an `opskit soak` result" in result.output
     assert not (tmp_path / "r.html").exists()
+
+
+def _ramp(mode: str, p99s: list[float], held: int) -> dict:
+    steps = [
+        {
+            "users": 100 * (i + 1), "rps": 30.0 * (i + 1), "expected_rps": 31.0 * (i + 1),
+            "p50_ms": p99 / 4, "p99_ms": p99, "p99_corrected_ms": p99 + 1, "errors": 0,
+            "generator_cpu": 12.5, "flags": [], "flagged": False, "held": p99 <= 200,
+        }
+        for i, p99 in enumerate(p99s)
+    ]  # fmt: skip
+    return {
+        "mode": mode, "steps": steps, "held_users": held, "slo_p99_ms": 200.0,
+        "think_s": [1.0, 5.0], "step_seconds": 30.0, "stopped_by": "slo",
+        "server": {"workers": 2, "pool_size": 8},
+    }  # fmt: skip
+
+
+def test_capacity_ramps_get_a_chart_with_the_slo_and_knees_and_a_table_per_mode(folders, tmp_path):
+    story = {
+        **STORY,
+        "capacity": {
+            "before": _ramp("before", [150.0, 900.0], 100),
+            "after": _ramp("after", [20.0, 40.0, 90.0, 450.0], 300),
+            "staleness": {
+                "p50_s": 0.8,
+                "p95_s": 1.9,
+                "max_s": 2.4,
+                "refreshes": 40,
+                "pending_at_end": 0,
+            },  # fmt: skip
+        },
+    }
+    html = report.render(*folders, tmp_path / "r.html", story=story).read_text()
+    found = tables(html)
+
+    assert 'id="capacity"' in html
+    assert "SLO: p99 200 ms" in html
+    assert "before knee: 100 users" in html and "after knee: 300 users" in html
+    assert [row[0] for row in found["capacity-after"][1:]] == ["100", "200", "300", "400"]
+    assert body_rows(found["capacity-before"])["200"][4] == "900 ms"
+    assert body_rows(found["capacity-staleness"])["0.8 s"][1] == "1.9 s"
+    assert html.count("<svg") == len(ENDPOINTS) + 2 * 3 + 1  # and the capacity chart
+
+    text = report.render(*folders, tmp_path / "r.md", story=story, fmt="md").read_text()
+    assert "| after | 300 | the SLO |" in text
+
+
+def test_a_story_without_capacity_has_no_capacity_section(folders, tmp_path):
+    html = report.render(*folders, tmp_path / "r.html", story=STORY).read_text()
+    assert 'id="capacity"' not in html
