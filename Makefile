@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint format up down clean browser-deps wheel-smoke
+.PHONY: demo report test test-all bench lint format up down clean browser-deps wheel-smoke
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,13 @@ DEMO_BENCH := --scale small --rate 40 --duration 10 --warmup 3 --repeat 8
 demo: $(STAMP)
 	$(BIN)/opskit up
 	$(BIN)/opskit bench $(DEMO_BENCH) -o reports/demo.html
+
+## report: the stakeholder report at `medium`: the story plus each mode's capacity ramp
+REPORT_BENCH := --scale medium --rate 40 --duration 20 --warmup 5 --repeat 4 \
+	--capacity --capacity-users-max 3000 --capacity-step 100 --capacity-step-seconds 20
+report: $(STAMP)
+	$(BIN)/opskit up
+	$(BIN)/opskit bench $(REPORT_BENCH) -o reports/medium.html
 
 ## test: the default suite (no benchmarks) against real servers
 test: $(STAMP) browser-deps

@@ -79,6 +79,7 @@ class ApiProcess:
         mode: str,
         env: Mapping[str, str],
         *,
+        workers: int = 1,
         pool_size: int | None = None,
         log_path: Path | None = None,
     ) -> None:
@@ -87,7 +88,7 @@ class ApiProcess:
         self.log_path = log_path
         self._log = log_path.open("w+b") if log_path else tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop)
         command = [sys.executable, "-m", "opskit", "serve", "--mode", mode]
-        command += ["--host", HOST, "--port", str(self.port)]
+        command += ["--host", HOST, "--port", str(self.port), "--workers", str(workers)]
         if pool_size is not None:
             command += ["--pool-size", str(pool_size)]
         self.process = subprocess.Popen(
@@ -150,10 +151,13 @@ def api_server(
     *,
     redis_prefix: str | None = None,
     log_path: Path | None = None,
+    workers: int = 1,
+    pool_size: int | None = None,
 ) -> Iterator[str]:
-    """An `opskit serve --mode M` child process on a free port; yields its URL once healthy."""
+    """An `opskit serve --mode M --workers W` child process on a free port; yields its URL once
+    healthy. `pool_size`: connections per worker (default: serve's)."""
     env = server_env(settings, database_url, redis_url, redis_prefix=redis_prefix)
-    with ApiProcess(mode, env, log_path=log_path) as server:
+    with ApiProcess(mode, env, workers=workers, pool_size=pool_size, log_path=log_path) as server:
         server.wait_healthy()
         yield server.url
 

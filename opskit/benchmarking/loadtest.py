@@ -68,6 +68,8 @@ POOL_MIN, POOL_MAX = 10, 2000
 RUN_MARGIN_S = 1
 STOP_TIMEOUT_S = 10
 START_TIMEOUT_S = 60  # Locust start-up, and workers connecting to the master
+# A worker writes its Parquet file as it quits: seconds on a loaded 2-core machine.
+WORKER_EXIT_TIMEOUT_S = 60
 FIXTURE_USERS, FIXTURE_PROJECTS, FIXTURE_CHAINS, FIXTURE_WORDS = 200, 5000, 1000, 500
 TOKEN_SLACK_S = 3600  # tokens outlive the run comfortably
 PG_SETTINGS = (
@@ -278,6 +280,11 @@ def _target(
         with api_server(settings, mode, database_url, redis_url) as started:
             yield started
         return
+    yield served_url(url, mode)
+
+
+def served_url(url: str, mode: str) -> str:
+    """`url` without a trailing slash, once its API answers and serves `mode` (if it says)."""
     url = url.rstrip("/")
     health = check_api(url)
     served_mode = health.get("mode") if isinstance(health, dict) else None
@@ -286,7 +293,7 @@ def _target(
             f"the API at {mask_url(url)} serves mode {served_mode!r}, not --mode {mode}",
             hint=f"pass --mode {served_mode}, or point --url at an `opskit serve --mode {mode}`",
         )
-    yield url
+    return url
 
 
 # ---------------------------------------------------------------------------- one run
@@ -350,10 +357,6 @@ def run_once(
     return summary
 
 
-def _locust_command(locustfile: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "locust", "-f", str(locustfile), "--loglevel", "WARNING", *args]
-
-
 def _run_locust(
     plan: LoadPlan,
     target_url: str,
@@ -363,8 +366,6 @@ def _run_locust(
     progress: Progress | None,
 ) -> list[tuple[float, float]]:
     """Run Locust to the end; return its CPU samples (epoch s, % of one core)."""
-    workdir = plan_file.parent
-    locustfile = scenarios()[plan.scenario]
     users = plan.locust_users
     spawn_rate = plan.spawn_rate or users * 4  # the open model's pool starts within 1/4 s
     run_s = plan.load_s + RUN_MARGIN_S
@@ -384,12 +385,75 @@ def _run_locust(
         "0",
         "--only-summary",
     ]
+    locustfiles = [scenarios()[plan.scenario]]
+    with locust_processes(locustfiles, head_args, plan.workers, plan_file, csv_dir) as locust:
+        samples = _sample_until_exit(
+            locust.head, locust.processes, run_s, records / STARTED_FILE, progress
+        )
+        locust.wait()
+    return samples
+
+
+class LocustProcesses:
+    """A running Locust: the head process (master, or the only one) and its workers."""
+
+    def __init__(self, processes: list[subprocess.Popen], logs: list[Path]) -> None:
+        self.processes = processes
+        self.head = processes[0]
+        self.logs = logs
+
+    def running(self) -> bool:
+        return self.head.poll() is None
+
+    def any_running(self) -> bool:
+        return any(process.poll() is None for process in self.processes)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.head.poll()
+
+    def wait(self) -> None:
+        """Wait for every process to end on its own (the head's run is over)."""
+        limit_s = WORKER_EXIT_TIMEOUT_S
+        try:
+            for process in self.processes:
+                process.wait(limit_s)
+        except subprocess.TimeoutExpired:
+            raise ProblemFound(
+                f"Locust did not exit within {limit_s} s of its run's end",
+                hint="is the API answering? see its log",
+            ) from None
+
+    def stop(self) -> None:
+        for process in self.processes:
+            stop_process(process)
+
+    def last_log_line(self) -> str | None:
+        return _last_line(self.logs[0])
+
+
+@contextmanager
+def locust_processes(
+    locustfiles: list[Path],
+    head_args: list[str],
+    workers: int,
+    plan_file: Path,
+    log_dir: Path,
+) -> Iterator[LocustProcesses]:
+    """Start Locust on `locustfiles` (one process, or a master and `workers` workers) with the
+    plan file in OPSKIT_LOADTEST_PLAN; stop what is left on exit and keep the logs in log_dir.
+
+    Raises ProblemFound when the head process ended with an error.
+    """
+    workdir = plan_file.parent
+    files = ",".join(str(path) for path in locustfiles)
     env = {**os.environ, "OPSKIT_LOADTEST_PLAN": str(plan_file)}
     logs: list[Path] = []
 
-    def start(name: str, command: list[str]) -> subprocess.Popen:
+    def start(name: str, *args: str) -> subprocess.Popen:
         log = workdir / f"locust-{name}.log"
         logs.append(log)
+        command = [sys.executable, "-m", "locust", "-f", files, "--loglevel", "WARNING", *args]
         with log.open("wb") as handle:
             return subprocess.Popen(
                 command, env=env, cwd=workdir, stdout=handle, stderr=subprocess.STDOUT
@@ -397,50 +461,38 @@ def _run_locust(
 
     processes: list[subprocess.Popen] = []
     try:
-        if plan.workers:
+        if workers:
             port = free_port()
-            distributed = ["--master-bind-host", HOST, "--master-bind-port", str(port)]
-            head = start(
-                "master",
-                _locust_command(
-                    locustfile,
-                    *head_args,
-                    "--master",
-                    *distributed,
-                    "--expect-workers",
-                    str(plan.workers),
-                    "--expect-workers-max-wait",
-                    str(START_TIMEOUT_S),
-                ),
-            )
-            processes.append(head)
+            master_args = ["--master", "--master-bind-host", HOST, "--master-bind-port", str(port)]
+            master_args += ["--expect-workers", str(workers)]
+            master_args += ["--expect-workers-max-wait", str(START_TIMEOUT_S)]
+            processes.append(start("master", *head_args, *master_args))
             worker_args = ["--worker", "--master-host", HOST, "--master-port", str(port)]
-            for number in range(plan.workers):
-                processes.append(
-                    start(f"worker-{number}", _locust_command(locustfile, *worker_args))
-                )
+            for number in range(workers):
+                processes.append(start(f"worker-{number}", *worker_args))
         else:
-            head = start("main", _locust_command(locustfile, *head_args))
-            processes.append(head)
-        samples = _sample_until_exit(head, processes, run_s, records / STARTED_FILE, progress)
-        for process in processes[1:]:
-            process.wait(STOP_TIMEOUT_S + 5)
+            processes.append(start("main", *head_args))
+        locust = LocustProcesses(processes, logs)
+        yield locust
     finally:
         for process in processes:
             stop_process(process)
-    for log in logs:  # kept with the results: Locust's warnings explain odd runs
-        shutil.copyfile(log, csv_dir / log.name)
-    if head.returncode != 0:
+        for log in logs:  # kept with the results: Locust's warnings explain odd runs
+            if log.parent != log_dir:
+                shutil.copyfile(log, log_dir / log.name)
+    if (locust.returncode or 0) > 0:  # < 0: stopped by a signal, ours
         raise ProblemFound(
-            f"Locust exited with code {head.returncode}",
-            hint=_last_line(logs[0]) or "see Locust's output",
+            f"Locust exited with code {locust.returncode}",
+            hint=locust.last_log_line() or "see Locust's output",
         )
-    return samples
 
 
 def _last_line(path: Path) -> str | None:
+    """The log's last error or warning (Locust's stats tables around them say little)."""
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else None
+    notes = [line for line in lines if "/ERROR/" in line or "/WARNING/" in line]
+    picked = notes or lines
+    return picked[-1][:300] if picked else None
 
 
 def _sample_until_exit(

@@ -8,8 +8,12 @@ Open model: every user of a process pulls the next send time from one shared sch
 (t0 + i / rate, interleaved across workers), sleeps until then and sends one request. A user
 that is late because every user was busy sends at once but keeps the intended time, so the
 coordinated-omission-corrected latency counts the time the request waited for a free user.
-Closed model: users send back to back. Every request's timing is recorded from Locust's
-`request` event at full resolution and written to a Parquet file per process when it quits.
+Closed model: users send back to back. Think model (`opskit capacity`): each user waits a think
+time, uniform between the plan's bounds, after each answer; its next request's intended time is
+the end of that wait, so the corrected latency also counts a busy generator's lag. Every
+request's timing is recorded from Locust's `request` event at full resolution and written to
+a Parquet file per process when it quits (in the think model also every `flush_s` seconds, so
+`opskit capacity` can measure each step while the next one runs).
 """
 
 from __future__ import annotations
@@ -23,12 +27,26 @@ from itertools import count
 from pathlib import Path
 
 import gevent
+import locust.runners
 from locust import FastHttpUser, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from opskit.benchmarking.requestlog import STARTED_FILE, ArrivalSchedule, RequestRecorder
+from opskit.benchmarking.requestlog import (
+    STARTED_FILE,
+    ArrivalSchedule,
+    RequestRecorder,
+    warm_up_writer,
+)
 
 PLAN = json.loads(Path(os.environ["OPSKIT_LOADTEST_PLAN"]).read_text())
+if PLAN["model"] == "think":  # `opskit capacity`: parts written every second, a long ramp
+    # Now, before the runner starts its heartbeats: pyarrow's first Parquet write takes seconds
+    # on a busy machine, and must stall neither a heartbeat nor a step of the load.
+    warm_up_writer()
+    # The master counts a worker gone after this many missed 1 s heartbeats, and ends the test
+    # when all are gone (Locust's default: 3). A worker stalled a few seconds by a busy 2-core
+    # machine is not gone; the generator CPU, the lag and the flags show the stall instead.
+    locust.runners.HEARTBEAT_LIVENESS = 30
 FIXTURE: dict = PLAN["fixture"]
 
 _recorder = RequestRecorder()
@@ -54,9 +72,10 @@ def _receive_t0(environment, msg, **_kwargs) -> None:
 def _start_schedule(environment, **_kwargs) -> None:
     global _schedule
     if not isinstance(environment.runner, WorkerRunner):
-        # The run ends counted from its real start, not by --run-time, whose timer starts
-        # before the test does (seconds before, on a busy machine).
-        gevent.spawn_later(PLAN["run_s"], environment.runner.quit)
+        if PLAN["model"] != "think":  # the think model's ramp ends the run itself
+            # The run ends counted from its real start, not by --run-time, whose timer starts
+            # before the test does (seconds before, on a busy machine).
+            gevent.spawn_later(PLAN["run_s"], environment.runner.quit)
         (Path(PLAN["record_dir"]) / STARTED_FILE).write_text(repr(time.time()))
     if isinstance(environment.runner, MasterRunner):
         # Every worker counts its slots from this instant, so together they keep one schedule.
@@ -65,6 +84,8 @@ def _start_schedule(environment, **_kwargs) -> None:
         return
     worker_index = max(getattr(environment.runner, "worker_index", 0), 0)
     _recorder.start(worker_index, t0=_master_t0)
+    if PLAN["model"] == "think":
+        gevent.spawn(_flush_every, PLAN["flush_s"])
     if PLAN["model"] == "open":
         _schedule = ArrivalSchedule(
             t0=_recorder.t0,
@@ -85,6 +106,13 @@ def _record(request_type, name, start_time, response_time, response, exception, 
         ok=exception is None,
         status=getattr(response, "status_code", 0) or 0,
     )
+
+
+def _flush_every(interval_s: float) -> None:
+    folder = Path(PLAN["record_dir"])
+    while True:  # an empty part too: it tells `opskit capacity` this process is up to date
+        gevent.sleep(interval_s)
+        _recorder.write(folder)
 
 
 @events.quitting.add_listener
@@ -117,6 +145,10 @@ class PacedUser(FastHttpUser):
         gevent.sleep(self.wait_time())
 
     def wait_time(self) -> float:
+        if PLAN["model"] == "think":
+            think_s = self.rng.uniform(*PLAN["think_s"])
+            self.intended_at = time.time() + think_s
+            return think_s
         if _schedule is None:  # closed model: the next request as soon as the answer arrived
             return 0.0 if time.time() < _recorder.t0 + PLAN["load_s"] else IDLE_S
         slot = _schedule.next_slot()

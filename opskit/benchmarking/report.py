@@ -601,6 +601,69 @@ def _story_view(story: dict) -> dict:
     }
 
 
+def _capacity_view(capacity: object) -> dict:
+    """`opskit bench --capacity`'s ramps as the templates show them: p99 against users for each
+    mode with the SLO and each mode's knee, a table per mode, the views' staleness meanwhile."""
+    if not isinstance(capacity, dict):
+        return {}
+    ramps = [
+        capacity[mode]
+        for mode in ("before", "after")
+        if isinstance(capacity.get(mode), dict) and capacity[mode].get("steps")
+    ]
+    if not ramps:
+        return {}
+    colors = {"before": charts.BEFORE_COLOR, "after": charts.AFTER_COLOR}
+    p99s = [_finite(s.get("p99_ms")) for ramp in ramps for s in ramp["steps"]]
+    top = max([v for v in p99s if v is not None] or [1.0])
+    slo = _finite(ramps[0].get("slo_p99_ms"))
+    series, modes = [], []
+    for ramp in ramps:
+        mode, steps = ramp.get("mode", "?"), ramp["steps"]
+        color = colors.get(mode, charts.RUN_COLORS[0])
+        users = [s.get("users") for s in steps]
+        series.append(
+            charts.Series(
+                f"{mode}: p99",
+                users,
+                [_finite(s.get("p99_ms")) or math.nan for s in steps],
+                color,
+            )
+        )
+        knee = ramp.get("held_users") or 0
+        if knee:
+            series.append(
+                charts.Series(f"{mode} knee: {knee:,} users", [knee, knee], [0.1, top], color, True)
+            )
+        modes.append(
+            {
+                "mode": mode,
+                "held_users": knee,
+                "stopped_by": ramp.get("stopped_by"),
+                "think_s": ramp.get("think_s"),
+                "step_seconds": ramp.get("step_seconds"),
+                "server": ramp.get("server"),
+                "steps": steps,
+            }
+        )
+    caption = "p99 latency against concurrent users (think time between requests)"
+    chart = charts.line_chart(
+        series,
+        x=charts.Axis("users", include_zero=True),
+        y=charts.Axis("p99 (ms, log)", log=True),
+        title=caption,
+        guides=[(slo, f"SLO: p99 {format_ms(slo)}")] if slo else (),
+    )
+    staleness = capacity.get("staleness")
+    return {
+        "caption": caption,
+        "svg": chart,
+        "slo_p99_ms": slo,
+        "modes": modes,
+        "staleness": staleness if isinstance(staleness, dict) else None,
+    }
+
+
 def _soak_view(soak: dict) -> dict:
     """An `opskit soak` result as the templates show it: what ran, what broke, what converged."""
     if not soak:
@@ -698,5 +761,6 @@ def _context(before: list[Run], after: list[Run], comparison: stats.Comparison, 
         "flagged": flagged,
         "environment": _environment_rows(before[0], after[0]),
         "story": _story_view(story),
+        "capacity": _capacity_view(story.get("capacity")),
         "opskit_version": __version__,
     }

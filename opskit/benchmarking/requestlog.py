@@ -8,6 +8,7 @@ tests").
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -26,7 +27,14 @@ REQUEST_SCHEMA = pa.schema(
     ]
 )
 T0_KEY = b"opskit_t0"  # Parquet metadata: when this process's schedule (and run) started
+# Parquet metadata: when the part was written; every request completed before is in this part
+# or an earlier one of its process.
+WRITTEN_KEY = b"opskit_written_at"
 STARTED_FILE = "started"  # written by the head Locust process when the test starts: progress
+# `opskit capacity`'s ramp: the steps' start times, appended as they start, and the file whose
+# existence ends the ramp.
+STEPS_FILE = "steps.jsonl"
+STOP_FILE = "stop"
 
 
 class ArrivalSchedule:
@@ -55,12 +63,14 @@ class ArrivalSchedule:
 
 
 class RequestRecorder:
-    """Columns of one process's requests, kept in memory and written once at the end."""
+    """Columns of one process's requests, kept in memory and written at the end (or in parts,
+    each write taking the requests recorded since the previous one)."""
 
     def __init__(self) -> None:
         self.t0: float | None = None
         self.process_index = 0
         self._columns: dict[str, list] = {name: [] for name in REQUEST_SCHEMA.names}
+        self._parts = 0
 
     def start(self, process_index: int, t0: float | None = None) -> None:
         self.t0 = time.time() if t0 is None else t0
@@ -88,13 +98,25 @@ class RequestRecorder:
         return len(self._columns["endpoint"])
 
     def write(self, folder: Path) -> Path:
-        """Write requests-<process>-<pid>.parquet into `folder`, with t0 in its metadata."""
+        """Write the requests recorded since the last write to
+        requests-<process>-<pid>-<part>.parquet in `folder`, with t0 in its metadata.
+
+        Written under a temporary name and renamed, so a reader never sees half a file.
+        """
         table = pa.table(self._columns, schema=REQUEST_SCHEMA).replace_schema_metadata(
-            {T0_KEY: repr(self.t0).encode()}
+            {T0_KEY: repr(self.t0).encode(), WRITTEN_KEY: repr(time.time()).encode()}
         )
-        path = folder / f"requests-{self.process_index:03d}-{os.getpid()}.parquet"
-        pq.write_table(table, path)
-        return path
+        self._columns = {name: [] for name in REQUEST_SCHEMA.names}
+        name = f"requests-{self.process_index:03d}-{os.getpid()}-{self._parts:05d}.parquet"
+        self._parts += 1
+        pq.write_table(table, folder / f".{name}")
+        return (folder / f".{name}").rename(folder / name)
+
+
+def warm_up_writer() -> None:
+    """Write an empty part to memory: pyarrow's first Parquet write initialises it (seconds on
+    a busy machine), better done before a Locust process starts its load."""
+    pq.write_table(REQUEST_SCHEMA.empty_table(), io.BytesIO())
 
 
 def read_process_logs(folder: Path) -> tuple[pa.Table, float | None]:

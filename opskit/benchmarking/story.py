@@ -28,7 +28,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from opskit.benchmarking import api_process, clones, loadtest, report, seed
+from opskit.benchmarking import api_process, capacity, clones, loadtest, report, seed
 from opskit.benchmarking.loadtest import LoadPlan, RunSummary
 from opskit.core import servers
 from opskit.core.db import connect, redis_client
@@ -52,6 +52,7 @@ class BenchPlan:
     write_seconds: float = 5.0
     database_prefix: str = "opskit_bench"
     keep_databases: bool = False
+    ramp: capacity.CapacityPlan | None = None  # each mode's capacity ramp (its mode is ignored)
 
     def validate(self, out: Path) -> None:
         if out.suffix not in (".html", ".md"):
@@ -66,6 +67,8 @@ class BenchPlan:
         if self.load.rate is None:
             raise BadInput("opskit bench needs --rate: both modes get the same arrival rate")
         self.load.validate()
+        if self.ramp is not None:
+            self.ramp.validate()
 
 
 @dataclass
@@ -260,8 +263,39 @@ def _alternate_runs(
             }
         with steps.step("let the after views catch up"):
             _settle_views(urls["after"], settings.refresh_max_wait_s + settings.refresh_poll_s)
-    story["staleness"] = _staleness(urls["after"], runs["after"])
+        if plan.ramp is not None:
+            story["capacity"] = _capacity(settings, plan.ramp, urls, redis_url, prefix, steps)
+    story["staleness"] = _staleness(
+        urls["after"], [(run.started_at, run.finished_at) for run in runs["after"]]
+    )
     return runs
+
+
+def _capacity(
+    settings: Settings,
+    plan: capacity.CapacityPlan,
+    urls: dict[str, str],
+    redis_url: str,
+    redis_prefix: str,
+    steps: _Steps,
+) -> dict:
+    """Each mode's ramp (`opskit capacity`, with its own API server), and how stale the after
+    views were during the after ramp (the daemon keeps running)."""
+    ramps = {}
+    for mode in ("before", "after"):
+        with steps.step(f"{mode} capacity ramp (up to {plan.users_max} users)"):
+            ramps[mode] = capacity.capacity(
+                settings,
+                replace(plan, mode=mode),
+                database_url=urls[mode],
+                redis_url=redis_url,
+                redis_prefix=f"{redis_prefix}{mode}:",
+            ).as_dict()
+    with steps.step("let the after views catch up"):
+        _settle_views(urls["after"], settings.refresh_max_wait_s + settings.refresh_poll_s)
+    after = ramps["after"]
+    ramps["staleness"] = _staleness(urls["after"], [(after["started_at"], after["finished_at"])])
+    return ramps
 
 
 @contextmanager
@@ -304,12 +338,13 @@ def _settle_views(url: str, timeout_s: float) -> None:
             time.sleep(0.5)
 
 
-def _staleness(url: str, after_runs: list[RunSummary]) -> dict | None:
-    """Seconds from each refresh request to the refresh that served it, during the after runs."""
-    if not after_runs:
+def _staleness(url: str, windows: list[tuple[float, float]]) -> dict | None:
+    """Seconds from each refresh request to the refresh that served it, from the first window's
+    start (epoch s) to the last one's end."""
+    if not windows:
         return None
-    since = min(run.started_at for run in after_runs)
-    window = {"since": since, "until": max(run.finished_at for run in after_runs)}
+    since = min(start for start, _ in windows)
+    window = {"since": since, "until": max(end for _, end in windows)}
     bench_sql = queries("story.sql")
     with connect(url, autocommit=True) as conn:
         waits = np.array([row[0] for row in conn.execute(bench_sql["staleness"], window)])

@@ -38,8 +38,8 @@ TRANSACTIONS: dict[str, tuple[str, ...]] = {
 NOT_APP = frozenset({"move_vote", "give_vote", "move_comment", "flip_all", "edit_comments"})
 WEIGHTS = {"vote_hot": 6, "unvote_hot": 3, "vote": 3, "message": 3, "flip": 2, "read": 2}
 OP_NAMES = sorted(OPERATIONS) + sorted(TRANSACTIONS)
-# Every write path of the app (CONTRACT §5) and nothing else: no admin statement, no fold (the
-# daemon's job, and a function only phase 1 creates).
+# Every write path of the app (docs/interface.md §5) and nothing else: no admin statement, no
+# fold (the daemon's job, and a function only phase 1 creates).
 APP_OPS = tuple(name for name in OP_NAMES if name not in NOT_APP and name != "fold")
 EXPECTED_ERRORS = (
     psycopg.errors.ForeignKeyViolation,  # the project or user was deleted meanwhile

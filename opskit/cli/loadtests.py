@@ -1,4 +1,4 @@
-"""Verbs of load tests and reports: loadtest, report, bench (the whole story)."""
+"""Verbs of load tests and reports: loadtest, capacity, report, bench (the whole story)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from opskit.cli.common import (
     stderr,
     stdout,
 )
+from opskit.core.settings import mask_url
 
 if TYPE_CHECKING:
-    from opskit.benchmarking import loadtest
+    from opskit.benchmarking import capacity, loadtest
 
 # ---------------------------------------------------------------------------- load tests, reports
 
@@ -174,6 +175,22 @@ def bench_command(
         bool,
         typer.Option("--skip-write-cost", help="Leave out the vote-write cost (saves a seed)."),
     ] = False,
+    with_capacity: Annotated[
+        bool,
+        typer.Option(
+            "--capacity",
+            help="Then ramp each mode's users until the SLO breaks (`opskit capacity`).",
+        ),
+    ] = False,
+    capacity_users_max: Annotated[
+        int, typer.Option(help="With --capacity: the last step's users.")
+    ] = 5000,
+    capacity_step: Annotated[
+        int, typer.Option(help="With --capacity: users added per step.")
+    ] = 250,
+    capacity_step_seconds: Annotated[
+        float, typer.Option(help="With --capacity: seconds each step is held.")
+    ] = 30,
     as_json: JsonOption = False,
 ) -> None:
     """The whole story in one command: fresh data, before runs, migrate, after runs, report.
@@ -183,12 +200,27 @@ def bench_command(
     after clone (phase timings go into the report) and refreshes its views, then runs the load
     --repeat times per mode, alternating, each run in a fresh Locust process against one API
     server per mode, while `opskit scheduler` runs on the after clone (the views' staleness
-    goes into the report). Results land in OUT without its suffix (before/, after/,
-    story.json), the report in OUT. The bench databases are dropped at the end.
+    goes into the report). With --capacity, each mode's users are then ramped (think time 1-5 s,
+    SLO p99 200 ms, each mode with an API of 2 workers) and the report gets a capacity section
+    with the after views' staleness during the ramp. Results land in OUT without its suffix
+    (before/, after/, story.json), the report in OUT. The bench databases are dropped at the end.
     """
     from opskit.benchmarking import loadtest, story
 
     settings = load_settings()
+    ramp = None
+    if with_capacity:
+        ramp = capacity_plan(
+            "after",
+            scenario,
+            capacity_users_max,
+            capacity_step,
+            capacity_step_seconds,
+            "1-5",
+            200,
+            2,
+            2,
+        )
     plan = story.BenchPlan(
         scale=scale.value,
         load=loadtest.LoadPlan(
@@ -202,6 +234,7 @@ def bench_command(
         ),
         keep_databases=keep_databases,
         write_cost=not skip_write_cost,
+        ramp=ramp,
     )
     with run_bars(repeat, transient=as_json) as on_tick:
         result = story.bench(
@@ -219,6 +252,137 @@ def bench_command(
     total = sum(step["seconds"] for step in result.steps)
     stdout.print(f"results in {result.data_dir}, {total:.0f} s in all", markup=False)
     stdout.print(f"report: {result.report}", markup=False)
+
+
+@app.command("capacity")
+def capacity_command(
+    mode: Annotated[ModeName, typer.Option(help="The API mode under test (a label with --url).")],
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="API to load (serving the configured database); default: start `opskit serve "
+            "--mode M --workers W` with a pool that fits max_connections."
+        ),
+    ] = None,
+    scenario: Annotated[str, typer.Option(help="A scenario file of loadtests/.")] = "mixed",
+    users_max: Annotated[int, typer.Option(help="The last step's users.")] = 5000,
+    step: Annotated[int, typer.Option(help="Users added at each step.")] = 250,
+    step_seconds: Annotated[float, typer.Option(help="Seconds each step is held.")] = 30,
+    think: Annotated[
+        str, typer.Option(help="Think time after each answer: uniform MIN-MAX seconds.")
+    ] = "1-5",
+    slo_p99: Annotated[
+        float, typer.Option(help="The SLO: p99 latency bound in ms (and no error).")
+    ] = 200,
+    workers: Annotated[
+        int, typer.Option(help="Locust workers under a master (0: one process).")
+    ] = 2,
+    server_workers: Annotated[
+        int, typer.Option(help="`opskit serve --workers` of the API started without --url.")
+    ] = 2,
+    as_json: JsonOption = False,
+) -> None:
+    """Ramp users with think time against the API until a step breaks the p99 SLO.
+
+    Each step adds --step users (each waits a --think time after every answer) and is held
+    --step-seconds; its first seconds (the new users' start, at most half the step) are not
+    measured. Per step: users, achieved req/s, p50 and p99 of the answers (and p99 counted from
+    the end of the think time, which adds the load generator's own lag), errors, the load
+    generator's CPU (% of its worker processes' cores) and flags: generator over 70%, or fewer
+    than 95% of users / (mean think + latency) req/s sent. The ramp stops after the first step
+    with p99 over --slo-p99 or any error; held users = the largest unflagged step that held.
+    Exit 0 when the ramp ran, whatever it held.
+    """
+    from opskit.benchmarking import capacity
+
+    settings = load_settings()
+    plan = capacity_plan(
+        mode.value, scenario, users_max, step, step_seconds, think, slo_p99, workers, server_workers
+    )
+    with capacity_bar(transient=as_json) as on_tick:
+        result = capacity.capacity(settings, plan, url=url, progress=on_tick)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    table = Table(
+        title=f"{plan.scenario}, {plan.mode} mode, {mask_url(result.target_url)}, think "
+        f"{plan.think_min_s:g}-{plan.think_max_s:g} s, SLO p99 {plan.slo_p99_ms:g} ms",
+        caption="latencies in ms; p99 +lag counts from the end of the think time",
+    )
+    for column in ("users", "req/s", "expected", "p50", "p99", "p99 +lag", "errors", "gen CPU %"):
+        table.add_column(column, justify="right")
+    table.add_column("flags", overflow="fold")
+    for s in result.steps:
+        table.add_row(
+            f"{s.users:,}",
+            f"{s.rps:,.1f}",
+            f"{s.expected_rps:,.1f}",
+            format_ms(s.p50_ms),
+            format_ms(s.p99_ms),
+            format_ms(s.p99_corrected_ms),
+            f"{s.errors:,}",
+            "-" if s.generator_cpu is None else f"{s.generator_cpu:.0f}",
+            " ".join(s.flags) or "-",
+            style=None if s.held else "red",
+        )
+    stdout.print(table)
+    for flag in sorted({flag for s in result.steps for flag in s.flags}):
+        stdout.print(f"warning: {flag}: {capacity.FLAGS[flag]}", markup=False)
+    stdout.print(f"held {result.held_users:,} users", markup=False)
+
+
+def capacity_plan(
+    mode: str,
+    scenario: str,
+    users_max: int,
+    step: int,
+    step_seconds: float,
+    think: str,
+    slo_p99: float,
+    workers: int,
+    server_workers: int,
+) -> capacity.CapacityPlan:
+    """The ramp the options describe, checked (BadInput, exit 2, before anything runs)."""
+    from opskit.benchmarking import capacity
+
+    think_min, think_max = capacity.parse_think(think)
+    plan = capacity.CapacityPlan(
+        mode=mode,
+        scenario=scenario,
+        users_max=users_max,
+        step=step,
+        step_s=step_seconds,
+        think_min_s=think_min,
+        think_max_s=think_max,
+        slo_p99_ms=slo_p99,
+        workers=workers,
+        server_workers=server_workers,
+    )
+    plan.validate()
+    return plan
+
+
+@contextmanager
+def capacity_bar(*, transient: bool):
+    """One rich bar over the ramp's steps; yields the core's progress callback."""
+    with progress_bars(transient=transient) as progress:
+        task = None
+
+        def on_tick(tick: capacity.StepProgress) -> None:
+            nonlocal task
+            if task is None:
+                task = progress.add_task("", total=tick.steps * tick.step_s)
+            last = tick.last
+            done = (
+                "" if last is None else f"; {last.users:,} users: p99 {format_ms(last.p99_ms)} ms"
+            )
+            progress.update(
+                task,
+                completed=round(tick.index * tick.step_s + tick.elapsed_s),
+                description=f"step {tick.index + 1}/{tick.steps}: {tick.users:,} users{done}",
+            )
+
+        yield on_tick
 
 
 @contextmanager

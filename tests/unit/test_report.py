@@ -430,3 +430,54 @@ def test_a_file_that_is_not_a_soak_result_exits_2(folders, tmp_path):
     result = _cli(*folders, "-o", tmp_path / "r.html", "--soak", soak_file)
     assert result.exit_code == 2 and "is not an `opskit soak` result" in result.output
     assert not (tmp_path / "r.html").exists()
+
+
+def _ramp(mode: str, p99s: list[float], held: int) -> dict:
+    steps = [
+        {
+            "users": 100 * (i + 1), "rps": 30.0 * (i + 1), "expected_rps": 31.0 * (i + 1),
+            "p50_ms": p99 / 4, "p99_ms": p99, "p99_corrected_ms": p99 + 1, "errors": 0,
+            "generator_cpu": 12.5, "flags": [], "flagged": False, "held": p99 <= 200,
+        }
+        for i, p99 in enumerate(p99s)
+    ]  # fmt: skip
+    return {
+        "mode": mode, "steps": steps, "held_users": held, "slo_p99_ms": 200.0,
+        "think_s": [1.0, 5.0], "step_seconds": 30.0, "stopped_by": "slo",
+        "server": {"workers": 2, "pool_size": 8},
+    }  # fmt: skip
+
+
+def test_capacity_ramps_get_a_chart_with_the_slo_and_knees_and_a_table_per_mode(folders, tmp_path):
+    story = {
+        **STORY,
+        "capacity": {
+            "before": _ramp("before", [150.0, 900.0], 100),
+            "after": _ramp("after", [20.0, 40.0, 90.0, 450.0], 300),
+            "staleness": {
+                "p50_s": 0.8,
+                "p95_s": 1.9,
+                "max_s": 2.4,
+                "refreshes": 40,
+                "pending_at_end": 0,
+            },  # fmt: skip
+        },
+    }
+    html = report.render(*folders, tmp_path / "r.html", story=story).read_text()
+    found = tables(html)
+
+    assert 'id="capacity"' in html
+    assert "SLO: p99 200 ms" in html
+    assert "before knee: 100 users" in html and "after knee: 300 users" in html
+    assert [row[0] for row in found["capacity-after"][1:]] == ["100", "200", "300", "400"]
+    assert body_rows(found["capacity-before"])["200"][4] == "900 ms"
+    assert body_rows(found["capacity-staleness"])["0.8 s"][1] == "1.9 s"
+    assert html.count("<svg") == len(ENDPOINTS) + 2 * 3 + 1  # and the capacity chart
+
+    text = report.render(*folders, tmp_path / "r.md", story=story, fmt="md").read_text()
+    assert "| after | 300 | the SLO |" in text
+
+
+def test_a_story_without_capacity_has_no_capacity_section(folders, tmp_path):
+    html = report.render(*folders, tmp_path / "r.html", story=STORY).read_text()
+    assert 'id="capacity"' not in html
