@@ -1,19 +1,28 @@
 SET lock_timeout = '5s';
 SET statement_timeout = '15min';
 
--- Undo phase3_search_and_forums: its triggers, its rows of the dependency list and the queue,
--- and its views. phase2's queue, function and views stay. pg_trgm stays: other objects may use
--- it. App tables and their rows are not touched.
+-- Undo phase3_search_and_forums: its triggers, its routes and pending changes, its relations
+-- and their functions. phase2's change log, functions and relations stay. pg_trgm stays: other
+-- objects may use it. App tables and their rows are not touched.
 
-DROP TRIGGER IF EXISTS trg_opskit_mvq_intro_requests ON intro_requests;
-DROP TRIGGER IF EXISTS trg_opskit_mvq_investor_profiles ON investor_profiles;
+DROP TRIGGER IF EXISTS trg_opskit_mvlog_intro_requests ON intro_requests;
+DROP TRIGGER IF EXISTS trg_opskit_mvlog_intro_requests_truncate ON intro_requests;
+DROP TRIGGER IF EXISTS trg_opskit_mvlog_investor_profiles ON investor_profiles;
+DROP TRIGGER IF EXISTS trg_opskit_mvlog_investor_profiles_truncate ON investor_profiles;
+DROP FUNCTION IF EXISTS opskit_mv_log_intro_requests();
+DROP FUNCTION IF EXISTS opskit_mv_log_investor_profiles();
 
-DELETE FROM mv_dependencies
+DELETE FROM mv_change_routes
 WHERE view_name IN ('mv_search_index', 'mv_chain_posts', 'mv_investors_directory');
-DELETE FROM mv_refresh_queue
-WHERE view_name IN ('mv_search_index', 'mv_chain_posts', 'mv_investors_directory')
-  AND status <> 'done';
+DELETE FROM mv_pending_changes
+WHERE view_name IN ('mv_search_index', 'mv_chain_posts', 'mv_investors_directory');
 
-DROP MATERIALIZED VIEW IF EXISTS mv_investors_directory;
-DROP MATERIALIZED VIEW IF EXISTS mv_chain_posts;
-DROP MATERIALIZED VIEW IF EXISTS mv_search_index;
+DROP FUNCTION IF EXISTS mv_investors_directory_keys(text[], bigint[]);
+DROP FUNCTION IF EXISTS mv_investors_directory_def(text[], bigint[]);
+DROP FUNCTION IF EXISTS mv_chain_posts_keys(text[], bigint[]);
+DROP FUNCTION IF EXISTS mv_chain_posts_def(text[], bigint[]);
+DROP FUNCTION IF EXISTS mv_search_index_keys(text[], bigint[]);
+DROP FUNCTION IF EXISTS mv_search_index_def(text[], bigint[]);
+DROP TABLE IF EXISTS mv_investors_directory;
+DROP TABLE IF EXISTS mv_chain_posts;
+DROP TABLE IF EXISTS mv_search_index;

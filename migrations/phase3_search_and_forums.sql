@@ -1,37 +1,115 @@
+-- opskit: no-transaction
 SET lock_timeout = '5s';
 SET statement_timeout = '15min';
 
 -- phase3_search_and_forums: trigram search over projects, people and chains, the chain forum
--- listing and the investors directory (CONTRACT §7). Same rules as phase2: app tables only,
--- deterministic views with a plain unique index each, enqueue triggers created last. Needs
--- phase2's queue tables and opskit_mv_enqueue_refresh(), not phase1.
+-- listing and the investors directory (CONTRACT §7). Same design as phase2: tables maintained
+-- per key from phase2's change log, one definition each (<relation>_def, <relation>_keys),
+-- triggers committed before the builds. Needs phase2's change log, not phase1.
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
+INSERT INTO mv_change_routes (entity, view_name) VALUES
+    ('project', 'mv_search_index'),
+    ('project_votes', 'mv_search_index'),
+    ('user', 'mv_search_index'),
+    ('followee', 'mv_search_index'),
+    ('chain', 'mv_search_index'),
+    ('chain_members', 'mv_search_index'),
+    ('post', 'mv_chain_posts'),
+    ('post_replies', 'mv_chain_posts'),
+    ('chain', 'mv_chain_posts'),
+    ('user', 'mv_chain_posts'),
+    ('user', 'mv_investors_directory'),
+    ('followee', 'mv_investors_directory'),
+    ('intro_target', 'mv_investors_directory'),
+    ('investor', 'mv_investors_directory')
+ON CONFLICT DO NOTHING;
+
+-- The two tables no phase-2 relation reads: intro_requests 'intro_target' target_id,
+-- investor_profiles 'investor' user_id (phase2 logs the rest).
+CREATE OR REPLACE FUNCTION opskit_mv_log_intro_requests() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO mv_change_log (changed_at, entity, entity_id)
+    SELECT clock_timestamp(), 'intro_target', k
+    FROM (VALUES (NEW.target_id), (OLD.target_id)) AS c (k)
+    WHERE k IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION opskit_mv_log_investor_profiles() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO mv_change_log (changed_at, entity, entity_id)
+    SELECT clock_timestamp(), 'investor', k FROM (VALUES (NEW.user_id), (OLD.user_id)) AS c (k)
+    WHERE k IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS trg_opskit_mvlog_intro_requests ON intro_requests;
+CREATE TRIGGER trg_opskit_mvlog_intro_requests
+    AFTER INSERT OR UPDATE OR DELETE ON intro_requests
+    FOR EACH ROW EXECUTE FUNCTION opskit_mv_log_intro_requests();
+DROP TRIGGER IF EXISTS trg_opskit_mvlog_intro_requests_truncate ON intro_requests;
+CREATE TRIGGER trg_opskit_mvlog_intro_requests_truncate
+    AFTER TRUNCATE ON intro_requests FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_log_truncate();
+DROP TRIGGER IF EXISTS trg_opskit_mvlog_investor_profiles ON investor_profiles;
+CREATE TRIGGER trg_opskit_mvlog_investor_profiles
+    AFTER INSERT OR UPDATE OR DELETE ON investor_profiles
+    FOR EACH ROW EXECUTE FUNCTION opskit_mv_log_investor_profiles();
+DROP TRIGGER IF EXISTS trg_opskit_mvlog_investor_profiles_truncate ON investor_profiles;
+CREATE TRIGGER trg_opskit_mvlog_investor_profiles_truncate
+    AFTER TRUNCATE ON investor_profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_log_truncate();
+
 -- ------------------------------------------------------------------ mv_search_index
 
--- One row per searchable entity. document is the lower-cased, space-separated searchable text
--- (NULL parts skipped):
+-- One row per searchable entity, keyed by (kind, entity_id). document is the lower-cased,
+-- space-separated searchable text (NULL parts skipped):
 --   project: title, tagline, tags          (non-deleted projects; popularity = score)
 --   builder: username, display_name, bio   (every user;              popularity = followers)
 --   chain:   name, slug, description       (every chain;             popularity = members)
 -- Query with `document LIKE '%' || lower(q) || '%'` (or `%` / similarity()) on the trigram index.
-CREATE MATERIALIZED VIEW mv_search_index AS
-SELECT 'project'::text                                                    AS kind,
-       p.id                                                               AS entity_id,
-       p.title                                                            AS title,
-       p.tagline                                                          AS subtitle,
-       lower(concat_ws(' ', p.title, p.tagline, array_to_string(p.tags, ' '))) AS document,
-       coalesce(v.score, 0)::bigint                                       AS popularity
+-- A relation derived from the documents (a word dictionary, say) joins this maintenance as a
+-- relation of its own: routes, <relation>_keys and <relation>_def (docs/freshness.md).
+CREATE TABLE IF NOT EXISTS mv_search_index (
+    kind       text NOT NULL,
+    entity_id  bigint NOT NULL,
+    title      text,
+    subtitle   text,
+    document   text,
+    popularity bigint
+);
+
+-- keys of kind k are those of kinds[i] = k; with NULL keys every row. Each branch gets its
+-- kind's keys as one array (= ANY (ARRAY(...))), so it probes its indexes.
+CREATE OR REPLACE FUNCTION mv_search_index_def(kinds text[], keys bigint[])
+RETURNS SETOF mv_search_index
+LANGUAGE sql STABLE AS $$
+SELECT 'project'::text,
+       p.id,
+       p.title,
+       p.tagline,
+       lower(concat_ws(' ', p.title, p.tagline, array_to_string(p.tags, ' '))),
+       coalesce(v.score, 0)::bigint
 FROM projects p
 LEFT JOIN (
     SELECT project_id,
            count(*) FILTER (WHERE vote_type = 'up') - count(*) FILTER (WHERE vote_type = 'down')
                AS score
     FROM votes
+    WHERE keys IS NULL
+       OR project_id = ANY (ARRAY(SELECT k.key FROM unnest(kinds, keys) AS k (kind, key)
+                            WHERE k.kind = 'project'))
     GROUP BY project_id
 ) v ON v.project_id = p.id
 WHERE p.deleted_at IS NULL
+  AND (keys IS NULL
+       OR p.id = ANY (ARRAY(SELECT k.key FROM unnest(kinds, keys) AS k (kind, key)
+                         WHERE k.kind = 'project')))
 UNION ALL
 SELECT 'builder'::text,
        u.id,
@@ -41,8 +119,16 @@ SELECT 'builder'::text,
        coalesce(f.followers_count, 0)::bigint
 FROM users u
 LEFT JOIN (
-    SELECT followee_id, count(*) AS followers_count FROM follows GROUP BY followee_id
+    SELECT followee_id, count(*) AS followers_count
+    FROM follows
+    WHERE keys IS NULL
+       OR followee_id = ANY (ARRAY(SELECT k.key FROM unnest(kinds, keys) AS k (kind, key)
+                             WHERE k.kind = 'builder'))
+    GROUP BY followee_id
 ) f ON f.followee_id = u.id
+WHERE keys IS NULL
+   OR u.id = ANY (ARRAY(SELECT k.key FROM unnest(kinds, keys) AS k (kind, key)
+                         WHERE k.kind = 'builder'))
 UNION ALL
 SELECT 'chain'::text,
        c.id,
@@ -52,108 +138,167 @@ SELECT 'chain'::text,
        coalesce(m.members_count, 0)::bigint
 FROM chains c
 LEFT JOIN (
-    SELECT chain_id, count(*) AS members_count FROM chain_members GROUP BY chain_id
+    SELECT chain_id, count(*) AS members_count
+    FROM chain_members
+    WHERE keys IS NULL
+       OR chain_id = ANY (ARRAY(SELECT k.key FROM unnest(kinds, keys) AS k (kind, key)
+                          WHERE k.kind = 'chain'))
+    GROUP BY chain_id
 ) m ON m.chain_id = c.id
-WITH DATA;
+WHERE keys IS NULL
+   OR c.id = ANY (ARRAY(SELECT k.key FROM unnest(kinds, keys) AS k (kind, key)
+                         WHERE k.kind = 'chain'))
+$$;
 
-CREATE UNIQUE INDEX mv_search_index_kind_entity_idx ON mv_search_index (kind, entity_id);
-CREATE INDEX mv_search_index_document_trgm_idx ON mv_search_index USING gin (document gin_trgm_ops);
+CREATE OR REPLACE FUNCTION mv_search_index_keys(entities text[], ids bigint[])
+RETURNS TABLE (kind text, key bigint)
+LANGUAGE sql STABLE AS $$
+SELECT DISTINCT
+       CASE WHEN entity IN ('project', 'project_votes') THEN 'project'
+            WHEN entity IN ('user', 'followee') THEN 'builder'
+            ELSE 'chain' END,
+       id
+FROM unnest(entities, ids) AS c (entity, id)
+WHERE entity IN ('project', 'project_votes', 'user', 'followee', 'chain', 'chain_members')
+$$;
 
 -- ------------------------------------------------------------------ mv_chain_posts
 
-CREATE MATERIALIZED VIEW mv_chain_posts AS
-SELECT cp.id                                    AS post_id,
+CREATE TABLE IF NOT EXISTS mv_chain_posts (
+    post_id          bigint NOT NULL,
+    chain_id         bigint,
+    chain_slug       text,
+    author_id        bigint,
+    author_username  text,
+    title            text,
+    body_preview     text,
+    created_at       timestamptz,
+    replies_count    bigint,
+    last_reply_at    timestamptz,
+    last_activity_at timestamptz
+);
+
+CREATE OR REPLACE FUNCTION mv_chain_posts_def(kinds text[], keys bigint[])
+RETURNS SETOF mv_chain_posts
+LANGUAGE sql STABLE AS $$
+SELECT cp.id,
        cp.chain_id,
-       c.slug                                   AS chain_slug,
+       c.slug,
        cp.author_id,
-       u.username                               AS author_username,
+       u.username,
        cp.title,
-       left(cp.body, 200)                       AS body_preview,
+       left(cp.body, 200),
        cp.created_at,
-       coalesce(r.replies_count, 0)             AS replies_count,
+       coalesce(r.replies_count, 0),
        r.last_reply_at,
-       coalesce(r.last_reply_at, cp.created_at) AS last_activity_at
+       coalesce(r.last_reply_at, cp.created_at)
 FROM chain_posts cp
 JOIN chains c ON c.id = cp.chain_id
 JOIN users u ON u.id = cp.author_id
 LEFT JOIN (
     SELECT post_id, count(*) AS replies_count, max(created_at) AS last_reply_at
     FROM chain_post_replies
+    WHERE keys IS NULL OR post_id = ANY (keys)
     GROUP BY post_id
 ) r ON r.post_id = cp.id
-WITH DATA;
+WHERE keys IS NULL OR cp.id = ANY (keys)
+$$;
 
-CREATE UNIQUE INDEX mv_chain_posts_post_id_idx ON mv_chain_posts (post_id);
-CREATE INDEX mv_chain_posts_slug_activity_idx
-    ON mv_chain_posts (chain_slug, last_activity_at DESC, post_id DESC);
-CREATE INDEX mv_chain_posts_chain_activity_idx
-    ON mv_chain_posts (chain_id, last_activity_at DESC, post_id DESC);
+CREATE OR REPLACE FUNCTION mv_chain_posts_keys(entities text[], ids bigint[])
+RETURNS TABLE (kind text, key bigint)
+LANGUAGE sql STABLE AS $$
+WITH changed AS (SELECT * FROM unnest(entities, ids) AS c (entity, id))
+SELECT 'post', id FROM changed WHERE entity IN ('post', 'post_replies')
+UNION
+SELECT 'post', cp.id
+FROM chain_posts cp JOIN changed ON entity = 'chain' AND cp.chain_id = changed.id
+UNION
+SELECT 'post', cp.id
+FROM chain_posts cp JOIN changed ON entity = 'user' AND cp.author_id = changed.id
+$$;
 
 -- ------------------------------------------------------------------ mv_investors_directory
 
 -- acceptance_rate = accepted / (accepted + declined), exact numeric; NULL when none answered.
-CREATE MATERIALIZED VIEW mv_investors_directory AS
-SELECT u.id                                     AS user_id,
+CREATE TABLE IF NOT EXISTS mv_investors_directory (
+    user_id          bigint NOT NULL,
+    username         text,
+    display_name     text,
+    firm             text,
+    check_size_min   bigint,
+    check_size_max   bigint,
+    focus            text,
+    intros_received  bigint,
+    intros_accepted  bigint,
+    acceptance_rate  numeric,
+    followers_count  bigint
+);
+
+CREATE OR REPLACE FUNCTION mv_investors_directory_def(kinds text[], keys bigint[])
+RETURNS SETOF mv_investors_directory
+LANGUAGE sql STABLE AS $$
+SELECT u.id,
        u.username,
        u.display_name,
        ip.firm,
        ip.check_size_min,
        ip.check_size_max,
        ip.focus,
-       coalesce(i.intros_received, 0)           AS intros_received,
-       coalesce(i.intros_accepted, 0)           AS intros_accepted,
-       i.intros_accepted::numeric / nullif(i.intros_answered, 0) AS acceptance_rate,
-       coalesce(f.followers_count, 0)           AS followers_count
+       coalesce(i.intros_received, 0),
+       coalesce(i.intros_accepted, 0),
+       i.intros_accepted::numeric / nullif(i.intros_answered, 0),
+       coalesce(f.followers_count, 0)
 FROM users u
 LEFT JOIN investor_profiles ip ON ip.user_id = u.id
 LEFT JOIN (
     SELECT target_id,
-           count(*)                                             AS intros_received,
-           count(*) FILTER (WHERE status = 'accepted')          AS intros_accepted,
+           count(*)                                                   AS intros_received,
+           count(*) FILTER (WHERE status = 'accepted')                AS intros_accepted,
            count(*) FILTER (WHERE status IN ('accepted', 'declined')) AS intros_answered
     FROM intro_requests
+    WHERE keys IS NULL OR target_id = ANY (keys)
     GROUP BY target_id
 ) i ON i.target_id = u.id
 LEFT JOIN (
-    SELECT followee_id, count(*) AS followers_count FROM follows GROUP BY followee_id
+    SELECT followee_id, count(*) AS followers_count
+    FROM follows
+    WHERE keys IS NULL OR followee_id = ANY (keys)
+    GROUP BY followee_id
 ) f ON f.followee_id = u.id
-WHERE u.role = 'investor'
-WITH DATA;
+WHERE u.role = 'investor' AND (keys IS NULL OR u.id = ANY (keys))
+$$;
 
-CREATE UNIQUE INDEX mv_investors_directory_user_id_idx ON mv_investors_directory (user_id);
-CREATE INDEX mv_investors_directory_followers_idx
+CREATE OR REPLACE FUNCTION mv_investors_directory_keys(entities text[], ids bigint[])
+RETURNS TABLE (kind text, key bigint)
+LANGUAGE sql STABLE AS $$
+SELECT DISTINCT 'user', id FROM unnest(entities, ids) AS c (entity, id)
+WHERE entity IN ('user', 'followee', 'intro_target', 'investor')
+$$;
+
+-- ------------------------------------------------------------------ builds and indexes
+
+-- First builds, after the triggers committed (see phase2).
+DELETE FROM mv_search_index;
+INSERT INTO mv_search_index SELECT * FROM mv_search_index_def(NULL, NULL);
+DELETE FROM mv_chain_posts;
+INSERT INTO mv_chain_posts SELECT * FROM mv_chain_posts_def(NULL, NULL);
+DELETE FROM mv_investors_directory;
+INSERT INTO mv_investors_directory SELECT * FROM mv_investors_directory_def(NULL, NULL);
+
+CREATE UNIQUE INDEX IF NOT EXISTS mv_search_index_kind_entity_idx
+    ON mv_search_index (kind, entity_id);
+CREATE INDEX IF NOT EXISTS mv_search_index_document_trgm_idx
+    ON mv_search_index USING gin (document gin_trgm_ops);
+
+CREATE UNIQUE INDEX IF NOT EXISTS mv_chain_posts_post_id_idx ON mv_chain_posts (post_id);
+CREATE INDEX IF NOT EXISTS mv_chain_posts_slug_activity_idx
+    ON mv_chain_posts (chain_slug, last_activity_at DESC, post_id DESC);
+CREATE INDEX IF NOT EXISTS mv_chain_posts_chain_activity_idx
+    ON mv_chain_posts (chain_id, last_activity_at DESC, post_id DESC);
+
+CREATE UNIQUE INDEX IF NOT EXISTS mv_investors_directory_user_id_idx
+    ON mv_investors_directory (user_id);
+CREATE INDEX IF NOT EXISTS mv_investors_directory_followers_idx
     ON mv_investors_directory (followers_count DESC, user_id);
 
--- ------------------------------------------------------------------ refresh queue wiring
-
-INSERT INTO mv_dependencies (view_name, source_table) VALUES
-    ('mv_search_index', 'projects'),
-    ('mv_search_index', 'votes'),
-    ('mv_search_index', 'users'),
-    ('mv_search_index', 'follows'),
-    ('mv_search_index', 'chains'),
-    ('mv_search_index', 'chain_members'),
-    ('mv_chain_posts', 'chain_posts'),
-    ('mv_chain_posts', 'chains'),
-    ('mv_chain_posts', 'users'),
-    ('mv_chain_posts', 'chain_post_replies'),
-    ('mv_investors_directory', 'users'),
-    ('mv_investors_directory', 'investor_profiles'),
-    ('mv_investors_directory', 'intro_requests'),
-    ('mv_investors_directory', 'follows');
-
--- Phase 2's triggers read mv_dependencies, so the rows above wire the new views to the tables
--- phase 2 already watches; only the two tables no phase-2 view reads need a trigger. Created last,
--- after the view builds, to keep the write-blocking trigger locks short.
-CREATE TRIGGER trg_opskit_mvq_intro_requests
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON intro_requests
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
-CREATE TRIGGER trg_opskit_mvq_investor_profiles
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON investor_profiles
-    FOR EACH STATEMENT EXECUTE FUNCTION opskit_mv_enqueue_refresh();
-
--- Catch up writes that committed between the view builds and the triggers (see phase2).
-INSERT INTO mv_refresh_queue (view_name, source_table)
-SELECT DISTINCT view_name, 'phase3_search_and_forums'
-FROM mv_dependencies
-WHERE view_name IN ('mv_search_index', 'mv_chain_posts', 'mv_investors_directory');
+ANALYZE mv_search_index, mv_chain_posts, mv_investors_directory;
