@@ -3,7 +3,7 @@ SET lock_timeout = '5s';
 SET statement_timeout = '15min';
 
 -- phase2_materialized_views: the read models of the feed, the leaderboards, the chains page and
--- the project page, maintained per key from a change log (CONTRACT §7; docs/freshness.md).
+-- the project page, maintained per key from a change log (docs/interface.md §7; docs/freshness.md).
 --
 -- The relations keep their names (mv_*) but are plain tables: a materialized view can only be
 -- refreshed whole, which costs the same whether one row changed or none (8.6 s a cycle on

@@ -3,7 +3,7 @@ SET lock_timeout = '5s';
 SET statement_timeout = '15min';
 
 -- phase3_search_and_forums: trigram search over projects, people and chains, the chain forum
--- listing and the investors directory (CONTRACT §7). Same design as phase2: tables maintained
+-- listing and the investors directory (docs/interface.md §7). Same design as phase2: tables maintained
 -- per key from phase2's change log, one definition each (<relation>_def, <relation>_keys),
 -- triggers committed before the builds. Needs phase2's change log, not phase1.
 

@@ -41,7 +41,7 @@ BACKOFF_MAX_S = 300.0  # a failing relation is retried at most this long after i
 BATCH_CHANGES = 5_000  # pending changes per batch: bounds a batch after an outage
 APPLY_BUDGET_S = 2.0  # one apply_view call stops starting batches after this long
 VACUUM_LOG_AFTER_ROWS = 1_000  # see fold.VACUUM_AFTER_ROWS: the log churns like a queue
-FRESHNESS_MAX_S = 5.0  # the promise: a write reaches every view within this (CONTRACT §7)
+FRESHNESS_MAX_S = 5.0  # the promise: a write reaches every view within this (docs/interface.md §7)
 _MAX_BIGINT = 2**63 - 1
 
 log = logging.getLogger(__name__)

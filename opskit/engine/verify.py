@@ -1,6 +1,7 @@
 """`opskit verify`: the objects the applied phases create exist and are valid, every
-denormalized relation equals its truth (CONTRACT §3, §6), and every maintained view equals its
-definition but for the keys whose changes are still pending (§7), all read in one snapshot."""
+denormalized relation equals its truth (docs/interface.md §3, §6), and every maintained view
+equals its definition but for the keys whose changes are still pending (§7), all read in one
+snapshot."""
 
 from __future__ import annotations
 
