@@ -4,7 +4,7 @@
 #
 # A throwaway PostgreSQL cluster gets `small` data (opskit seed) and a clone with every phase
 # (opskit migrate); then a single-user backend (`postgres --single`, under valgrind's callgrind)
-# runs VOTES of the pgbench script's votes on the most-voted project (opskit.writebench's
+# runs VOTES of the pgbench script's votes on the most-voted project (opskit.benchmarking.write_cost's
 # hot_key_vote_statements, the mix of `bench-writes --breakdown`), each its own transaction,
 # on a fresh clone of each: without phases, with phases, with phases and one fold of the deltas
 # afterwards (the daemon's job). Startup is taken out by a run of no statement.
@@ -48,7 +48,7 @@ psql_admin -c "CREATE DATABASE tpl_plain"
 OPSKIT_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/tpl_plain" "$OPSKIT" seed --scale small >/dev/null 2>&1
 psql_admin -c "CREATE DATABASE tpl_phased TEMPLATE tpl_plain"
 OPSKIT_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/tpl_phased" "$OPSKIT" migrate >/dev/null 2>&1
-"$ROOT/.venv/bin/python" -c 'import sys; from opskit.writebench import hot_key_vote_statements
+"$ROOT/.venv/bin/python" -c 'import sys; from opskit.benchmarking.write_cost import hot_key_vote_statements
 print("\n".join(hot_key_vote_statements(sys.argv[1], int(sys.argv[2]))))' \
     "postgresql://postgres@127.0.0.1:$PORT/tpl_plain" "$VOTES" >"$WORK/votes.sql"
 { cat "$WORK/votes.sql"; echo "SELECT opskit_fold_user_dashboard_deltas(1000000);"; } >"$WORK/votes_fold.sql"

@@ -8,7 +8,7 @@ stop, the refresh queue drains, and `reconcile` runs, then `reconcile --fix`, th
 again: the relations, the cache and the views must have converged to the truth.
 
 Fault kinds (FAULT_KINDS):
-- daemon_kill: SIGKILL a daemon started here while it holds refresh claims, start a new one;
+- daemon_kill: SIGKILL a daemon started here while it applies a batch, start a new one;
 - two_daemons: a second daemon runs alongside for a while;
 - redis_flush: delete every key under OPSKIT_REDIS_PREFIX;
 - flushall: FLUSHALL. Part of `all` only on opskit's embedded Valkey; on any other server only
@@ -60,8 +60,8 @@ from opskit.core import schema, servers
 from opskit.core.db import connect, redis_client
 from opskit.core.errors import BadInput, EnvironmentProblem, OpskitError, first_line
 from opskit.core.settings import Settings, mask_url
-from opskit.engine import migrations, reconcile
-from opskit.engine.daemon import HEARTBEAT_S, LIVE_AFTER_HEARTBEATS
+from opskit.engine import migrations, reconcile, refresh
+from opskit.engine.daemon import HEARTBEAT_S, LIVE_AFTER_HEARTBEATS, application_name
 from opskit.engine.truth import DENORMALIZED, diff_against_truth
 from opskit.sql import queries
 
@@ -87,6 +87,8 @@ TRIGGER_OUTAGE_S = 3.0
 # The trigger disabled by trigger_outage: (table, trigger, the relation its outage must drift).
 OUTAGE_TRIGGER = ("messages", "trg_opskit_messages_ins", "message_conversations_denorm")
 SECOND_DAEMON_S = 8.0
+DAEMON_BUSY_WAIT_S = 10.0  # under writes a daemon applies a batch at every poll
+DRAIN_TIMEOUT_S = 60.0  # a backlog after the faults is applied in bounded batches
 WORLD_USERS = 2000
 # Users who vote only through the API: no SQL writer changes their votes behind the cache's back,
 # so drift of their cached sets before --fix comes from the Redis faults alone.
@@ -137,12 +139,13 @@ class SoakResult:
     kills_during_refresh: int = 0
     trigger_outages_detected: int = 0
     daemons_started: int = 0
-    queue_left: int = 0  # refresh requests not done after the drain
+    queue_left: int = 0  # changes no view applied by the end of the drain
     drain_s: float = 0.0
     drift_before_fix: dict[str, int] = field(default_factory=dict)
     drift_fixed: dict[str, int] = field(default_factory=dict)
     drift_after_fix: dict[str, int] = field(default_factory=dict)
     staleness_s: dict[str, float | None] = field(default_factory=dict)  # p50, p95, max
+    staleness_by_view_s: dict[str, dict] = field(default_factory=dict)  # view -> p50, p95, max
     refresh_runs: dict[str, int] = field(default_factory=dict)  # status -> runs
     overlapping_refreshes: int = 0
 
@@ -161,7 +164,7 @@ class SoakResult:
         if self.api_errors:
             found.append(f"{self.api_errors} API errors")
         if self.queue_left:
-            found.append(f"{self.queue_left} refresh requests left after the drain")
+            found.append(f"{self.queue_left} changes left unapplied after the drain")
         relations = {spec.relation for spec in DENORMALIZED}
         unexplained = sum(n for name, n in self.drift_before_fix.items() if name in relations)
         if unexplained and not self.faults.get("trigger_outage"):
@@ -409,8 +412,6 @@ class _SoakRun:
             OPSKIT_JWT_SECRET=self.secret,
             OPSKIT_REDIS_PREFIX=settings.redis_prefix,
             OPSKIT_REFRESH_POLL_S=str(settings.refresh_poll_s),
-            OPSKIT_REFRESH_DEBOUNCE_S=str(settings.refresh_debounce_s),
-            OPSKIT_REFRESH_MAX_WAIT_S=str(settings.refresh_max_wait_s),
             OPSKIT_REFRESH_WORKERS=str(settings.refresh_workers),
             OPSKIT_RECONCILE_CRON=NEVER_CRON,
         )
@@ -531,19 +532,23 @@ class _SoakRun:
         return False
 
     def _fault_daemon_kill(self) -> bool:
-        """SIGKILL the primary daemon once it holds refresh claims, and start a new one."""
+        """SIGKILL the primary daemon once it applies a batch, and start a new one."""
         victim = self.primary
         if victim is None or not victim.alive():
             return self._skip("daemon_kill", "a daemon the soak did not start is running")
         self._wait_for_heartbeat(victim)
-        # With writes going on, some view is due within max wait + one poll.
-        wait_s = self.settings.refresh_max_wait_s + 2 * self.settings.refresh_poll_s
+        # With writes going on, some view has changes to apply at every poll.
+        wait_s = DAEMON_BUSY_WAIT_S + 2 * self.settings.refresh_poll_s
         deadline = time.monotonic() + wait_s
         during_refresh = False
         with connect(self.url, autocommit=True) as conn:
             while time.monotonic() < deadline and not self.stop.is_set():
                 holds = conn.execute(
-                    queries("soak.sql")["holds_claim"], {"worker": victim.worker_id}
+                    queries("soak.sql")["holds_claim"],
+                    {
+                        "space": refresh.LOCK_SPACE_VIEW,
+                        "application_name": application_name(victim.worker_id),
+                    },
                 ).fetchone()[0]
                 if holds:
                     during_refresh = True
@@ -678,12 +683,12 @@ class _SoakRun:
     # ------------------------------------------------------------------ the end
 
     def _drain(self) -> None:
-        """Wait until every refresh request is done (a dead daemon's claims need their lease)."""
+        """Wait until every change is applied (a live daemon applies them)."""
         settings = self.settings
         primary_alive = self.primary is not None and self.primary.alive()
         if not primary_alive and not self._live_daemons_now():
             self.primary = self._start_daemon()
-        timeout = 3 * settings.refresh_max_wait_s + 5 * settings.refresh_poll_s + 30
+        timeout = DRAIN_TIMEOUT_S + 5 * settings.refresh_poll_s
         started = time.monotonic()
         with connect(self.url, autocommit=True) as conn:
             while True:
@@ -711,25 +716,35 @@ class _SoakRun:
     def _refresh_figures(self, since: dt.datetime) -> None:
         soak_sql = queries("soak.sql")
         with connect(self.url, autocommit=True) as conn:
-            staleness = [row[0] for row in conn.execute(soak_sql["staleness"], {"since": since})]
+            staleness = conn.execute(soak_sql["staleness"], {"since": since}).fetchall()
             runs = conn.execute(soak_sql["refresh_runs"], {"since": since}).fetchall()
-        if staleness:
-            import numpy as np  # only here: `opskit --help` imports this module
-
-            values = np.array(staleness)
-            self.result.staleness_s = {
-                "p50": round(float(np.percentile(values, 50)), 3),
-                "p95": round(float(np.percentile(values, 95)), 3),
-                "max": round(float(values.max()), 3),
-            }
-        else:
-            self.result.staleness_s = {"p50": None, "p95": None, "max": None}
+        self.result.staleness_s = staleness_quantiles([value for _view, value in staleness])
+        by_view: dict[str, list[float]] = {}
+        for view, value in staleness:
+            by_view.setdefault(view, []).append(value)
+        self.result.staleness_by_view_s = {
+            view: staleness_quantiles(values) for view, values in sorted(by_view.items())
+        }
         statuses: dict[str, int] = {}
         for _id, _view, status, *_rest in runs:
             statuses[status] = statuses.get(status, 0) + 1
         self.result.refresh_runs = statuses
         killed_at = {d.worker_id: d.killed_at for d in self.daemons if d.killed_at}
         self.result.overlapping_refreshes = overlapping_runs(runs, killed_at)
+
+
+def staleness_quantiles(values: list[float]) -> dict[str, float | None]:
+    """p50, p95 and max of batch staleness in seconds (None without batches)."""
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    import numpy as np  # only here: `opskit --help` imports this module
+
+    array = np.array(values)
+    return {
+        "p50": round(float(np.percentile(array, 50)), 3),
+        "p95": round(float(np.percentile(array, 95)), 3),
+        "max": round(float(array.max()), 3),
+    }
 
 
 def overlapping_runs(runs: list[tuple], killed_at: dict[str, dt.datetime]) -> int:

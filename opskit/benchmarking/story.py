@@ -41,6 +41,7 @@ STORY_FILE = "story.json"
 FLOOR_PATH = "/api/health/db"  # one SELECT 1 through the API's pool: the fastest an answer can be
 FLOOR_REQUESTS = 300
 CLONES = ("seed", "before", "after")
+SETTLE_TIMEOUT_S = 30.0  # the after views apply the last writes of the runs
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def _alternate_runs(
                 for stat, value in _floor(target).items()
             }
         with steps.step("let the after views catch up"):
-            _settle_views(urls["after"], settings.refresh_max_wait_s + settings.refresh_poll_s)
+            _settle_views(urls["after"], SETTLE_TIMEOUT_S)
         if plan.ramp is not None:
             story["capacity"] = _capacity(settings, plan.ramp, urls, redis_url, prefix, steps)
     story["staleness"] = _staleness(
@@ -328,7 +329,7 @@ def _daemon(settings: Settings, url: str, redis_url: str, redis_prefix: str, log
 
 
 def _settle_views(url: str, timeout_s: float) -> None:
-    """Wait until the after clone has no pending refresh request, or `timeout_s`."""
+    """Wait until the after clone has no change left to apply, or `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     pending = queries("story.sql")["pending_since"]
     with connect(url, autocommit=True) as conn:
@@ -339,7 +340,7 @@ def _settle_views(url: str, timeout_s: float) -> None:
 
 
 def _staleness(url: str, windows: list[tuple[float, float]]) -> dict | None:
-    """Seconds from each refresh request to the refresh that served it, from the first window's
+    """Per applied batch, seconds from its oldest change to its end, from the first window's
     start (epoch s) to the last one's end."""
     if not windows:
         return None
@@ -347,21 +348,31 @@ def _staleness(url: str, windows: list[tuple[float, float]]) -> dict | None:
     window = {"since": since, "until": max(end for _, end in windows)}
     bench_sql = queries("story.sql")
     with connect(url, autocommit=True) as conn:
-        waits = np.array([row[0] for row in conn.execute(bench_sql["staleness"], window)])
+        batches = conn.execute(bench_sql["staleness"], window).fetchall()
         refreshes = conn.execute(bench_sql["refreshes_since"], {"since": since}).fetchone()[0]
         pending = conn.execute(bench_sql["pending_since"], {"since": since}).fetchone()[0]
+    by_view: dict[str, list[float]] = {}
+    for view, seconds in batches:
+        by_view.setdefault(view, []).append(seconds)
+    return {
+        **_quantiles([seconds for _view, seconds in batches]),
+        "refreshes": int(refreshes),
+        "batches": len(batches),
+        "pending_at_end": int(pending),
+        "by_view": {
+            view: {**_quantiles(values), "batches": len(values)}
+            for view, values in sorted(by_view.items())
+        },
+    }
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    waits = np.array(values)
 
     def pct(q: float) -> float | None:
         return round(float(np.percentile(waits, q)), 2) if len(waits) else None
 
-    return {
-        "p50_s": pct(50),
-        "p95_s": pct(95),
-        "max_s": pct(100),
-        "refreshes": int(refreshes),
-        "requests": len(waits),
-        "pending_at_end": int(pending),
-    }
+    return {"p50_s": pct(50), "p95_s": pct(95), "max_s": pct(100)}
 
 
 def _floor(url: str) -> dict[str, float]:

@@ -377,16 +377,21 @@ def compare_vote_writes(
 
 # The triggers on votes, by part, as the phase files name them (identifiers come from here only).
 VOTE_TRIGGERS = {
-    "queue": ("trg_opskit_mvq_votes",),
+    "change_log": (
+        "trg_opskit_mvlog_votes_ins",
+        "trg_opskit_mvlog_votes_upd",
+        "trg_opskit_mvlog_votes_moved",
+        "trg_opskit_mvlog_votes_del",
+    ),
     "phase1": ("trg_opskit_votes_ins", "trg_opskit_votes_upd", "trg_opskit_votes_del"),
 }
 # label, database, parts whose triggers are disabled for the run
 BREAKDOWN_VARIANTS = (
     ("no phases", "plain", ()),
     ("all phases", "phased", ()),
-    ("all phases, refresh-queue trigger off", "phased", ("queue",)),
+    ("all phases, change-log triggers off", "phased", ("change_log",)),
     ("all phases, phase-1 vote triggers off", "phased", ("phase1",)),
-    ("all phases, both off (indexes only)", "phased", ("queue", "phase1")),
+    ("all phases, both off (indexes only)", "phased", ("change_log", "phase1")),
 )
 BREAKDOWN_WRITES = 20000  # measured per run: a second or two, many CPU clock ticks
 BREAKDOWN_WARMUP_WRITES = 2000  # per run, not measured: plan caching, cold pages
@@ -397,7 +402,7 @@ BREAKDOWN_FOLD_BUDGET_S = 60.0  # folding one run's deltas takes well under a se
 class CpuRun:
     label: str
     backend_cpu_us_per_write: float
-    queue_rows: int | None  # rows the run added to mv_refresh_queue (None: no phases)
+    log_rows: int | None  # rows the run added to mv_change_log (None: no phases)
     delta_rows: int | None  # rows the run added to project_stats_delta
     vote_triggers_on: list[str]  # opskit's triggers on votes that were enabled during the run
 
@@ -507,19 +512,19 @@ def _cpu_run(
     def counted(name: str) -> int | None:
         return conn.execute(bench_sql[name]).fetchone()[0] if phased else None
 
-    queue_before, delta_before = counted("queue_rows"), counted("delta_rows")
+    log_before, delta_before = counted("log_rows"), counted("delta_rows")
     started = backend.cpu_times()
     for statement, params in mix[BREAKDOWN_WARMUP_WRITES:]:
         conn.execute(statement, params, prepare=True)
     ended = backend.cpu_times()
     cpu_s = (ended.user + ended.system) - (started.user + started.system)
     measured = len(mix) - BREAKDOWN_WARMUP_WRITES
-    queue_after, delta_after = counted("queue_rows"), counted("delta_rows")
+    log_after, delta_after = counted("log_rows"), counted("delta_rows")
     triggers_on = [name for (name,) in conn.execute(bench_sql["vote_triggers_on"])]
     return CpuRun(
         label=label,
         backend_cpu_us_per_write=round(cpu_s * 1e6 / measured, 1),
-        queue_rows=None if queue_before is None else queue_after - queue_before,
+        log_rows=None if log_before is None else log_after - log_before,
         delta_rows=None if delta_before is None else delta_after - delta_before,
         vote_triggers_on=triggers_on,
     )
@@ -531,13 +536,13 @@ def breakdown_summary(runs: list[CpuRun]) -> dict:
         label: float(np.median([r.backend_cpu_us_per_write for r in runs if r.label == label]))
         for label, _, _ in BREAKDOWN_VARIANTS
     }
-    plain, phased, no_queue, no_phase1, indexes_only = (
+    plain, phased, no_log, no_phase1, indexes_only = (
         median[label] for label, _, _ in BREAKDOWN_VARIANTS
     )
     return {
         "median_cpu_us_per_write": median,
         "part_cpu_us_per_write": {
-            "refresh-queue trigger": round(phased - no_queue, 1),
+            "change-log triggers": round(phased - no_log, 1),
             "phase-1 vote triggers (delta rows)": round(phased - no_phase1, 1),
             "indexes and the rest (triggers off)": round(indexes_only - plain, 1),
         },

@@ -120,8 +120,8 @@ def bench_writes(
         bool,
         typer.Option(
             "--breakdown",
-            help="Instead: one session's server CPU per vote write, with the refresh-queue"
-            " trigger, the phase-1 triggers or both switched off (what each part costs).",
+            help="Instead: one session's server CPU per vote write, with the change-log"
+            " triggers, the phase-1 triggers or both switched off (what each part costs).",
         ),
     ] = False,
     as_json: JsonOption = False,
@@ -230,14 +230,14 @@ def _print_vote_cpu_breakdown(url: str, scale: str, repeat: int, as_json: bool) 
         print_json({"runs": [r.as_dict() for r in runs], **summary})
         return
     table = Table(title=f"server CPU per vote write, one session, hot key (medians of {repeat})")
-    for column in ("variant", "CPU µs/write", "queue rows", "delta rows"):
+    for column in ("variant", "CPU µs/write", "change-log rows", "delta rows"):
         table.add_column(column, justify="right")
     for label, cpu_us in summary["median_cpu_us_per_write"].items():
         last = next(r for r in reversed(runs) if r.label == label)
         table.add_row(
             label,
             f"{cpu_us:,.1f}",
-            "-" if last.queue_rows is None else f"{last.queue_rows:,}",
+            "-" if last.log_rows is None else f"{last.log_rows:,}",
             "-" if last.delta_rows is None else f"{last.delta_rows:,}",
         )
     stdout.print(table)
@@ -485,12 +485,16 @@ def _print_soak(outcome: soak.SoakResult) -> None:
             "view staleness p50 / p95 / max (s)",
             " / ".join("-" if v is None else f"{v:.2f}" for v in outcome.staleness_s.values()),
         ),
+        *(
+            (f"  {view}", " / ".join(f"{v:.2f}" for v in figures.values()))
+            for view, figures in outcome.staleness_by_view_s.items()
+        ),
         (
-            "refresh runs",
+            "view batches",
             ", ".join(f"{n} {status}" for status, n in sorted(outcome.refresh_runs.items())) or "0",
         ),
-        ("overlapping refreshes of one view", str(outcome.overlapping_refreshes)),
-        ("refresh requests left after the drain", f"{outcome.queue_left} ({outcome.drain_s} s)"),
+        ("overlapping batches of one view", str(outcome.overlapping_refreshes)),
+        ("changes unapplied after the drain", f"{outcome.queue_left} ({outcome.drain_s} s)"),
     ]
     for figure, value in rows:
         table.add_row(figure, value)

@@ -185,12 +185,12 @@ def status(as_json: JsonOption = False) -> None:
     """Phases applied and pending, with the counts an operator checks first.
 
     Shows each phase's state (applied, pending, changed, missing-file), when and how fast it was
-    applied, the number of opskit triggers, row counts of the denormalized tables and
-    materialized views, the delta rows not yet folded, the instant of the stored trending
-    scores, and the refresh queue and refresh log when they exist; each view's
-    staleness over the last hour (p50/p95 seconds from the oldest write a refresh made visible
-    to the end of that refresh), the live daemons, the latest scheduled job runs and the roles
-    given `migrate --grant-to`.
+    applied, the number of opskit triggers, row counts of the denormalized tables and the
+    maintained views, the delta rows not yet folded, the instant of the stored trending scores,
+    the changes not applied yet (per view while a view catches up), the batches of the last hour
+    and each view's staleness over it (p50/p95/max seconds from the oldest change a batch made
+    visible to the end of that batch), the live daemons, the latest scheduled job runs and the
+    roles given `migrate --grant-to`.
     """
     from opskit.core import servers
     from opskit.core.db import connect
@@ -224,7 +224,12 @@ def status(as_json: JsonOption = False) -> None:
         if count is not None:
             stdout.print(f"{name}: {count:,} rows")
     if state.refresh_queue_pending is not None:
-        stdout.print(f"refresh queue: {state.refresh_queue_pending} pending")
+        stdout.print(f"view changes not applied yet: {state.refresh_queue_pending:,}")
+    for view, pending in (state.pending_by_view or {}).items():
+        stdout.print(
+            f"{view}: {pending['pending_changes']:,} changes pending since "
+            f"{pending['oldest_pending_at']:%H:%M:%S}"
+        )
     if state.pending_deltas is not None:
         deltas = ", ".join(f"{table} {count:,}" for table, count in state.pending_deltas.items())
         stdout.print(f"deltas not yet folded (the daemon folds every second): {deltas}")
@@ -235,11 +240,12 @@ def status(as_json: JsonOption = False) -> None:
         )
     if state.refresh_runs_last_hour is not None:
         runs = ", ".join(f"{k} {v}" for k, v in state.refresh_runs_last_hour.items()) or "none"
-        stdout.print(f"refresh runs in the last hour: {runs}")
+        stdout.print(f"view batches in the last hour: {runs}")
     for view, staleness in (state.refresh_staleness_last_hour or {}).items():
         stdout.print(
-            f"{view}: staleness p50 {staleness['p50_s']:.1f} s, p95 {staleness['p95_s']:.1f} s "
-            f"({staleness['runs']} refresh{'' if staleness['runs'] == 1 else 'es'})"
+            f"{view}: staleness p50 {staleness['p50_s']:.2f} s, p95 {staleness['p95_s']:.2f} s, "
+            f"max {staleness['max_s']:.2f} s ({staleness['batches']:,} "
+            f"batch{'' if staleness['batches'] == 1 else 'es'})"
         )
     if state.live_daemons is not None:
         live = ", ".join(d["worker_id"] for d in state.live_daemons) or "none"
@@ -301,36 +307,44 @@ def backfill_command(
 @app.command("refresh")
 def refresh_command(
     views: Annotated[
-        list[str] | None, typer.Argument(help="Views to refresh now (default: the due ones).")
+        list[str] | None,
+        typer.Argument(help="Views to bring up to date (default: those with pending changes)."),
     ] = None,
-    all_views: Annotated[bool, typer.Option("--all", help="Refresh every view now.")] = False,
+    all_views: Annotated[bool, typer.Option("--all", help="Every view.")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Rebuild from scratch (the named views, else all).")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Refresh materialized views now: named ones, --all, or those the queue says are due.
+    """Apply the views' pending changes now: named ones, --all, or those with changes.
 
-    The same code path as the daemon: per-view and slot locks (never two refreshes of one view,
-    at most OPSKIT_REFRESH_WORKERS at once), claim the pending requests, wait out older
-    transactions, REFRESH ... CONCURRENTLY, log the run in mv_refresh_log, mark the claimed
-    requests done. Exit 1 if a refresh failed.
+    The daemon's code path: route the change log, then per view (its lock: never two workers
+    on one view; at most OPSKIT_REFRESH_WORKERS at once) apply the pending changes in bounded
+    batches, one transaction each, recomputing only the keys they touched; every batch is logged
+    in mv_refresh_log. --full rebuilds a view from its definition instead (bootstrap, repair).
+    Exit 1 if a batch or build failed.
     """
     from opskit.core import servers
     from opskit.engine import refresh
 
     settings = load_settings()
     url = servers.resolve_database_url(settings)
-    runs = refresh.refresh(url, settings, views=views or None, all_views=all_views)
+    runs = refresh.refresh(url, settings, views=views or None, all_views=all_views, full=full)
     if as_json:
         print_json({"runs": [run.as_dict() for run in runs]})
     else:
         for run in runs:
-            detail = (
-                f"{run.duration_ms} ms, {run.requests_done} requests" if run.duration_ms else ""
-            )
+            detail = ""
+            if run.duration_ms is not None:
+                detail = (
+                    f"{run.kind} in {run.duration_ms} ms: {run.changes:,} changes, "
+                    f"{run.keys:,} keys, {run.batches} batch{'' if run.batches == 1 else 'es'}"
+                )
             stdout.print(
                 f"{run.view}: {run.status} {detail} {run.error or ''}".rstrip(), markup=False
             )
         if not runs:
-            stdout.print("no view is due")
+            stdout.print("no view has changes to apply")
     if any(run.status == "failed" for run in runs):
         raise typer.Exit(1)
 

@@ -20,8 +20,12 @@ DEFAULT_API_POOL_SIZE = 8  # database connections per API process
 ENVIRONMENT_HELP = """\
 Environment: OPSKIT_DATABASE_URL (else DATABASE_URL), OPSKIT_REDIS_URL (else REDIS_URL),
 OPSKIT_HOME (default ./.opskit), OPSKIT_JWT_SECRET, OPSKIT_REDIS_PREFIX (default opskit:),
-OPSKIT_REFRESH_POLL_S / _DEBOUNCE_S / _MAX_WAIT_S (2 / 5 / 30), OPSKIT_REFRESH_WORKERS (3),
+OPSKIT_REFRESH_POLL_S (1), OPSKIT_REFRESH_WORKERS (3),
 OPSKIT_RECONCILE_CRON (0 3 * * *, UTC), OPSKIT_TRENDING_MAX_AGE_S (300)."""
+
+
+# Settings of the full-refresh design, refused when set (docs/freshness.md).
+RETIRED = ("OPSKIT_REFRESH_DEBOUNCE_S", "OPSKIT_REFRESH_MAX_WAIT_S")
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,6 @@ class Settings:
     jwt_secret: str | None
     redis_prefix: str
     refresh_poll_s: float
-    refresh_debounce_s: float
-    refresh_max_wait_s: float
     refresh_workers: int
     reconcile_cron: str
     trending_max_age_s: float
@@ -42,26 +44,24 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate every OPSKIT_* variable; raise ConfigError naming the bad one."""
         env = os.environ if environ is None else environ
-        settings = cls(
+        for name in RETIRED:
+            if env.get(name):
+                raise ConfigError(
+                    f"{name} is retired: views are no longer refreshed whole after a debounce, "
+                    "the daemon applies their changes every OPSKIT_REFRESH_POLL_S",
+                    hint=f"unset {name} (see docs/freshness.md)",
+                )
+        return cls(
             database_url=_database_url(env),
             redis_url=_redis_url(env),
             home=Path(env.get("OPSKIT_HOME") or ".opskit").expanduser().absolute(),
             jwt_secret=env.get("OPSKIT_JWT_SECRET") or None,
             redis_prefix=env.get("OPSKIT_REDIS_PREFIX", "opskit:"),
-            refresh_poll_s=_positive_float(env, "OPSKIT_REFRESH_POLL_S", 2.0),
-            refresh_debounce_s=_positive_float(env, "OPSKIT_REFRESH_DEBOUNCE_S", 5.0),
-            refresh_max_wait_s=_positive_float(env, "OPSKIT_REFRESH_MAX_WAIT_S", 30.0),
+            refresh_poll_s=_positive_float(env, "OPSKIT_REFRESH_POLL_S", 1.0),
             refresh_workers=_positive_int(env, "OPSKIT_REFRESH_WORKERS", 3),
             reconcile_cron=_crontab(env, "OPSKIT_RECONCILE_CRON", "0 3 * * *"),
             trending_max_age_s=_positive_float(env, "OPSKIT_TRENDING_MAX_AGE_S", 300.0),
         )
-        if settings.refresh_max_wait_s < settings.refresh_debounce_s:
-            raise ConfigError(
-                "OPSKIT_REFRESH_MAX_WAIT_S must be at least OPSKIT_REFRESH_DEBOUNCE_S",
-                hint=f"got max wait {settings.refresh_max_wait_s}s "
-                f"< debounce {settings.refresh_debounce_s}s",
-            )
-        return settings
 
 
 def _first(env: Mapping[str, str], *names: str) -> tuple[str, str | None]:

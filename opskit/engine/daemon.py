@@ -3,10 +3,12 @@
 scheduler.py wires these methods to APScheduler triggers; this module holds what they do and
 what makes several daemons safe at once, with PostgreSQL as the only coordinator:
 
-- refresh: every OPSKIT_REFRESH_POLL_S, the due views go to a pool of OPSKIT_REFRESH_WORKERS
-  threads, each through `engine.refresh` (the code path of `opskit refresh`: per-view lock, slot
-  locks shared by every daemon, failure backoff, lease recovery of dead workers' claims). A view
-  already refreshing in this daemon is not submitted again; a slow view holds up no other.
+- maintain: every OPSKIT_REFRESH_POLL_S, route the change log to the views' pending changes,
+  then hand each view with pending changes to a pool of OPSKIT_REFRESH_WORKERS threads, each
+  through `engine.refresh.apply_view` (the code path of `opskit refresh`: per-view lock, slot
+  locks shared by every daemon, failure backoff). A view already being applied in this daemon is
+  not submitted again; a slow view holds up no other. Each thread keeps its connection open
+  (a poll with nothing to apply costs a few index probes, not a new backend).
 - fold: phase1's delta rows are folded into the base rows every fold.FOLD_INTERVAL_S.
 - reconcile: on OPSKIT_RECONCILE_CRON (UTC), once per slot across every daemon (the first to
   insert opskit_job_runs(job, scheduled_for) runs it); run once at start too, which catches up a
@@ -80,6 +82,11 @@ def _survives_outages(job: Callable) -> Callable:
     return run
 
 
+def application_name(worker_id: str) -> str:
+    """The application_name of every session of the daemon `worker_id`."""
+    return f"opskit-daemon {worker_id}"[:63]
+
+
 def latest_slot(cron: str, now: dt.datetime, grace_s: float) -> dt.datetime | None:
     """The newest fire time of `cron` (UTC) in (now - grace_s, now], or None."""
     trigger = CronTrigger.from_crontab(cron, timezone="UTC")
@@ -100,45 +107,64 @@ class Daemon:
         self.url = url
         self.redis_url = redis_url
         self.worker_id = refresh.worker_id()
-        self.application_name = f"opskit-daemon {self.worker_id}"[:63]
+        self.application_name = application_name(self.worker_id)
         self.started_at = dt.datetime.now(dt.UTC)
         self.stopping = threading.Event()
         self._refreshers = ThreadPoolExecutor(
             settings.refresh_workers, thread_name_prefix="opskit-refresh"
         )
-        self._in_flight: dict[str, Future] = {}  # view -> its refresh in this daemon
+        self._in_flight: dict[str, Future] = {}  # view -> its apply in this daemon
+        self._local = threading.local()
+        self._connections: list[psycopg.Connection] = []
+        self._connections_lock = threading.Lock()
 
     # ------------------------------------------------------------------------ jobs
 
     @_survives_outages
-    def refresh_due_views(self) -> list[str]:
-        """Release dead workers' claims, then hand each due view not running yet to the pool."""
+    def maintain_views(self) -> list[str]:
+        """Route the change log, then hand each due view not running yet to the pool."""
         if self.stopping.is_set():
             return []
-        with connect(self.url, autocommit=True) as conn:
-            refresh.release_expired_claims(conn, lease_s=self.settings.refresh_max_wait_s)
-            due = refresh.due_views(conn, self.settings)
+        conn = self._connection()
+        refresh.route_changes(conn)
+        refresh.forget_old_log(conn)
+        due = refresh.due_views(conn, self.settings)
         submitted = []
         for view in due:
             if view not in self._in_flight or self._in_flight[view].done():
-                self._in_flight[view] = self._refreshers.submit(self._refresh_view, view)
+                self._in_flight[view] = self._refreshers.submit(self._apply_view, view)
                 submitted.append(view)
         return submitted
 
-    def _refresh_view(self, view: str) -> None:
+    def _apply_view(self, view: str) -> None:
         try:
-            for run in refresh.refresh(self.url, self.settings, views=[view]):
-                if run.status == "failed":
-                    log.warning("refresh of %s failed (will back off): %s", view, run.error)
-                elif run.status == "completed":
-                    log.info(
-                        "refreshed %s in %s ms (%d requests)",
-                        view,
-                        run.duration_ms,
-                        run.requests_done,
-                    )
+            run = refresh.apply_view(
+                self._connection(), view, self.settings, should_stop=self.stopping.is_set
+            )
         except (OpskitError, psycopg.Error) as err:
-            log.error("refresh of %s: %s", view, first_line(err))
+            log.error("applying %s: %s", view, first_line(err))
+            return
+        if run.status == "failed":
+            log.warning("applying %s failed (will back off): %s", view, run.error)
+        elif run.status == "completed":
+            log.debug(
+                "applied %s: %d changes, %d keys in %s ms, %s pending",
+                view,
+                run.changes,
+                run.keys,
+                run.duration_ms,
+                run.pending_after,
+            )
+
+    def _connection(self) -> psycopg.Connection:
+        """This thread's open connection (a new one after the last one broke)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = connect(self.url, autocommit=True)
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
 
     @_survives_outages
     def fold_deltas(self) -> dict[str, int]:
@@ -227,6 +253,9 @@ class Daemon:
             self._cancel_own_queries()
             time.sleep(0.2)
         clean = not (stopper.is_alive() or self._busy())
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
         try:
             with connect(self.url, autocommit=True) as conn:
                 conn.execute(queries("daemon.sql")["heartbeat_stopped"], {"worker": self.worker_id})

@@ -20,8 +20,24 @@ _GRANTABLE_KINDS = ("table", "view", "materialized view")
 _READ_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")  # delta rows, base tables, the queue
 _GRANTS_BY_KIND = {"r": _READ_WRITE, "v": ("SELECT",), "m": ("SELECT",)}
 _SEQUENCE_GRANTS = ("USAGE", "SELECT")
-# Written only by the refresher (the migrating role); the triggers only read the dependencies.
-_READ_ONLY_TABLES = frozenset({"mv_refresh_log", "mv_dependencies"})
+# Written only by the daemon (the migrating role): app roles read them. Their triggers only
+# write mv_change_log (and phase 1's delta tables).
+_READ_ONLY_TABLES = frozenset(
+    {
+        "mv_refresh_log",
+        "mv_change_routes",
+        "mv_pending_changes",
+        "mv_feed_scoring",
+        "mv_feed_projects",
+        "mv_leaderboard_projects",
+        "mv_leaderboard_builders",
+        "mv_chains_discovery",
+        "mv_project_details",
+        "mv_search_index",
+        "mv_chain_posts",
+        "mv_investors_directory",
+    }
+)
 
 
 def require_roles(conn: psycopg.Connection, roles: Sequence[str]) -> None:

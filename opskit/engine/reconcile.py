@@ -3,11 +3,11 @@
 Checks: each denormalized relation of docs/interface.md §6 against its truth query (a full outer
 join per relation, opskit.engine.truth; the three run at once on their own connections, in one
 exported REPEATABLE READ snapshot); every cached Redis vote set against the votes table (SCAN,
-then one query per batch of users); each materialized view's oldest pending refresh request
-against the daemon's promise (max wait + one poll).
+then one query per batch of users); each view's oldest change not applied yet against the freshness
+promise (refresh.FRESHNESS_MAX_S + one poll).
 
 --fix repairs with the phase-1 backfill functions (idempotent, safe while writes go on) over
-the drifted users only, rebuilds drifted Redis keys, refreshes overdue views, then re-checks
+the drifted users only, rebuilds drifted Redis keys, applies overdue views' changes, then re-checks
 what it repaired. Every run is recorded in opskit_reconcile_runs.
 """
 
@@ -28,7 +28,13 @@ from opskit.core.errors import EnvironmentProblem
 from opskit.core.settings import Settings
 from opskit.engine import votecache
 from opskit.engine.backfill import BACKFILL_STEPS
-from opskit.engine.refresh import known_views, refresh, worker_id
+from opskit.engine.refresh import (
+    FRESHNESS_MAX_S,
+    known_views,
+    refresh,
+    route_changes,
+    worker_id,
+)
 from opskit.engine.truth import DENORMALIZED, Denormalized, Diff, diff_against_truth
 from opskit.sql import queries
 
@@ -268,14 +274,18 @@ def _rebuild_until_done(
 
 
 def check_views(conn: psycopg.Connection, url: str, settings: Settings, *, fix: bool) -> Check:
-    """Views whose oldest pending request is older than max wait + one poll are drift."""
+    """Views whose oldest change not applied yet is older than the freshness promise are drift.
+
+    The change log is routed first, so a change no daemon picked up counts for its views.
+    """
     started = time.perf_counter()
     views = known_views(conn)
+    route_changes(conn)
     overdue = [
         row[0]
         for row in conn.execute(
             queries("reconcile.sql")["overdue_views"],
-            {"overdue_after_s": settings.refresh_max_wait_s + settings.refresh_poll_s},
+            {"overdue_after_s": FRESHNESS_MAX_S + settings.refresh_poll_s},
         )
     ]
     check = Check(VIEWS_CHECK, len(views), len(overdue), sample=overdue[:5])

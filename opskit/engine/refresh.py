@@ -1,17 +1,18 @@
-"""Refresh materialized views from the refresh queue: `opskit refresh` and the daemon share this.
+"""Maintain the views per key: `opskit refresh` and the daemon share this (docs/freshness.md).
 
-For one view: take the view's lock (never two refreshes of a view at once, even across daemons)
-and one of the refresh slots (at most OPSKIT_REFRESH_WORKERS at once), claim its pending requests,
-advance the queue's generation (mv_refresh_generation) and wait until every transaction running
-then has ended (a writer may have skipped enqueueing because it saw a request we just claimed: see
-phase2_materialized_views.sql), then REFRESH ... CONCURRENTLY (and, in the same transaction, bring
-the tables derived from the view up to date: DERIVED), log the run, mark done exactly the
-requests claimed and VACUUM the view (its visibility map, for index-only scans). A request that
-arrives during the refresh stays pending for the next run. Advisory locks are session-level, so
-a worker that dies releases them with its connection; its claims go back to pending once they are
-older than the lease (OPSKIT_REFRESH_MAX_WAIT_S) and we hold the view's lock. A view whose runs
-fail backs off exponentially (from OPSKIT_REFRESH_POLL_S up to 5 minutes) without holding up the
-other views.
+Writes log what they changed in mv_change_log (row triggers of phase 2 and 3). `route_changes`
+moves the log into mv_pending_changes, one row per relation the change feeds. `apply_view`
+applies one relation's pending changes in bounded batches, one REPEATABLE READ transaction per
+batch: delete up to BATCH_CHANGES pending rows, map them to the relation's keys
+(<relation>_keys), DELETE those keys' rows and INSERT <relation>_def(keys), renumber the ranks
+of the span that moved (leaderboards), log the batch with its oldest change. A change committed
+after the batch's snapshot stays pending for the next one; a batch that fails or whose worker dies
+rolls back and loses nothing. `full_build` rebuilds a relation from its definition.
+
+Never two workers on one relation: the relation's advisory lock (session-level, so a worker
+that dies releases it with its connection); at most OPSKIT_REFRESH_WORKERS relations at once
+across every daemon (slot locks). A relation whose batches fail backs off exponentially (from
+OPSKIT_REFRESH_POLL_S up to 5 minutes) without holding up the others.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import os
 import socket
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 import psycopg
 from psycopg import sql
@@ -31,23 +34,66 @@ from opskit.core.errors import BadInput, EnvironmentProblem, first_line
 from opskit.core.settings import Settings
 from opskit.sql import queries
 
-LOCK_SPACE_VIEW = 0x6F707376  # "opsv": one lock per view
-LOCK_SPACE_SLOT = 0x6F707373  # "opss": the refresh slots shared by every refresher
-OLD_TRANSACTIONS_TIMEOUT_S = 60.0
-BACKOFF_MAX_S = 300.0  # a failing view is retried at most this long after its last failure
-# Tables derived from a view, brought up to date in the transaction of the view's refresh (the
-# named block of refresh.sql that does it): search's word index (phase 3).
+LOCK_SPACE_VIEW = 0x6F707376  # "opsv": one lock per relation
+LOCK_SPACE_SLOT = 0x6F707373  # "opss": the maintenance slots shared by every worker
+LOCK_SPACE_ROUTER = 0x6F707372  # "opsr": one router at a time
+BACKOFF_MAX_S = 300.0  # a failing relation is retried at most this long after its last failure
+BATCH_CHANGES = 5_000  # pending changes per batch: bounds a batch after an outage
+APPLY_BUDGET_S = 2.0  # one apply_view call stops starting batches after this long
+VACUUM_LOG_AFTER_ROWS = 1_000  # see fold.VACUUM_AFTER_ROWS: the log churns like a queue
+# Tables derived from a relation, brought up to date in the same transaction as the relation's
+# rows for the same keys (the named block of refresh.sql that does it): search's word index.
 DERIVED = {"mv_search_index": "sync_search_words"}
+FRESHNESS_MAX_S = 5.0  # the promise: a write reaches every view within this (docs/interface.md §7)
+_MAX_BIGINT = 2**63 - 1
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class MaintainedView:
+    """A relation maintained per key: its key columns, and whether it carries a rank."""
+
+    name: str
+    key: tuple[str, ...]
+    ranked: bool = False  # rank = position by (score DESC, key), renumbered per batch
+
+    @property
+    def definition(self) -> sql.Identifier:
+        return sql.Identifier(f"{self.name}_def")
+
+    @property
+    def keys_function(self) -> sql.Identifier:
+        return sql.Identifier(f"{self.name}_keys")
+
+
+MAINTAINED: dict[str, MaintainedView] = {
+    view.name: view
+    for view in (
+        MaintainedView("mv_feed_projects", ("project_id",)),
+        MaintainedView("mv_leaderboard_projects", ("project_id",), ranked=True),
+        MaintainedView("mv_leaderboard_builders", ("user_id",), ranked=True),
+        MaintainedView("mv_chains_discovery", ("chain_id",)),
+        MaintainedView("mv_project_details", ("project_id",)),
+        MaintainedView("mv_search_index", ("kind", "entity_id")),
+        MaintainedView("mv_chain_posts", ("post_id",)),
+        MaintainedView("mv_investors_directory", ("user_id",)),
+    )
+}
+FEED = "mv_feed_projects"
+
+
+@dataclass(frozen=True)
 class RefreshRun:
     view: str
-    status: str  # completed | failed | skipped (another refresher holds the view or no slot)
-    requests_done: int
+    status: str  # completed | failed | skipped (another worker holds it, or no slot) | idle
+    kind: str  # apply | full
+    batches: int
+    changes: int  # pending changes applied
+    keys: int  # rows recomputed
     duration_ms: int | None
+    staleness_s: float | None  # the oldest applied change's age when its batch ended
+    pending_after: int | None
     error: str | None
 
     def as_dict(self) -> dict:
@@ -59,24 +105,33 @@ def worker_id() -> str:
 
 
 def view_lock_key(view: str) -> int:
-    """The advisory lock key (in LOCK_SPACE_VIEW) held while `view` is refreshed."""
+    """The advisory lock key (in LOCK_SPACE_VIEW) held while `view` is maintained."""
     return zlib.crc32(view.encode()) & 0x7FFFFFFF
 
 
 def known_views(conn: psycopg.Connection) -> list[str]:
-    if conn.execute("SELECT to_regclass('mv_dependencies') IS NULL").fetchone()[0]:
+    """The maintained relations the applied phases created, in MAINTAINED order."""
+    if conn.execute("SELECT to_regclass('mv_change_routes') IS NULL").fetchone()[0]:
         raise EnvironmentProblem(
-            "no materialized views: phase2_materialized_views is not applied",
+            "no maintained views: phase2_materialized_views is not applied",
             hint="run `opskit migrate` first",
         )
-    return [row[0] for row in conn.execute(queries("refresh.sql")["known_views"])]
+    routed = {row[0] for row in conn.execute(queries("refresh.sql")["known_views"])}
+    return [name for name in MAINTAINED if name in routed]
 
 
 def refresh(
-    url: str, settings: Settings, *, views: list[str] | None = None, all_views: bool = False
+    url: str,
+    settings: Settings,
+    *,
+    views: list[str] | None = None,
+    all_views: bool = False,
+    full: bool = False,
 ) -> list[RefreshRun]:
-    """Refresh `views`, or every view (`all_views`), or else the views the queue says are due."""
-    refresh_sql = queries("refresh.sql")
+    """Apply pending changes now: of `views`, of every view (`all_views`), or of those due.
+
+    With `full`, rebuild `views` (or every view) from their definitions instead.
+    """
     with connect(url, autocommit=True) as conn:
         known = known_views(conn)
         unknown = sorted(set(views or []) - set(known))
@@ -84,91 +139,112 @@ def refresh(
             raise BadInput(
                 f"unknown view {', '.join(unknown)}", hint=f"choose from: {', '.join(known)}"
             )
-        release_expired_claims(conn, lease_s=settings.refresh_max_wait_s)
+        if full:
+            targets = [view for view in known if not views or view in views]
+            return [full_build(conn, view, settings.refresh_workers) for view in targets]
+        route_changes(conn)
         if all_views:
             targets = known
         elif views:
             targets = [view for view in known if view in views]
         else:
             targets = due_views(conn, settings)
-        runs = [refresh_view(conn, view, settings.refresh_workers) for view in targets]
-        conn.execute(refresh_sql["forget_old_done"])
-    return runs
+        return [apply_view(conn, view, settings) for view in targets]
+
+
+def route_changes(conn: psycopg.Connection) -> int:
+    """Move the change log into each relation's pending changes; the number of log rows moved.
+
+    One statement (a killed router loses nothing); one router at a time (another one is busy:
+    0). A move of many rows vacuums the log, as the fold does its delta tables.
+    """
+    refresh_sql = queries("refresh.sql")
+    lock = {"space": LOCK_SPACE_ROUTER, "key": 0}
+    if not conn.execute(refresh_sql["try_lock"], lock).fetchone()[0]:
+        return 0
+    try:
+        moved = conn.execute(refresh_sql["route_changes"]).fetchone()[0]
+    finally:
+        conn.execute(refresh_sql["unlock"], lock)
+    if moved >= VACUUM_LOG_AFTER_ROWS:
+        conn.execute("VACUUM (SKIP_LOCKED, TRUNCATE false) mv_change_log")
+    return moved
+
+
+def forget_old_log(conn: psycopg.Connection) -> None:
+    """Drop log rows older than a day and an hour (the monitoring queries read 24 hours)."""
+    conn.execute(queries("refresh.sql")["forget_old_log"])
 
 
 def due_views(conn: psycopg.Connection, settings: Settings) -> list[str]:
-    """Views the queue says are due (debounce / max wait), minus those backing off after failing.
-
-    Each call is a poll: it advances the queue's generation, so writers look at the queue again
-    (at most once per poll and session) and a stream of writes keeps adding young requests. It
-    also asks for a refresh of mv_feed_projects once its trending scores are older than
-    OPSKIT_TRENDING_MAX_AGE_S (due after the debounce window, like a write's request).
-    """
+    """Views with pending changes, the longest waiting first (a slow view does not hold up the
+    others' turn), minus those backing off after failing; and the feed once its trending scores
+    are older than OPSKIT_TRENDING_MAX_AGE_S, writes or not."""
     refresh_sql = queries("refresh.sql")
-    conn.execute(refresh_sql["advance_generation"])
-    if readable(conn, "mv_feed_projects"):  # left unpopulated, it must not stop the others
-        conn.execute(
-            refresh_sql["request_trending_rescore"],
-            {"trending_max_age_s": settings.trending_max_age_s},
-        )
-    params = {
-        "debounce_s": settings.refresh_debounce_s,
-        "max_wait_s": settings.refresh_max_wait_s,
-        "backoff_base_s": settings.refresh_poll_s,
-        "backoff_max_s": BACKOFF_MAX_S,
-    }
-    return [row[0] for row in conn.execute(refresh_sql["due_views"], params)]
+    params = {"backoff_base_s": settings.refresh_poll_s, "backoff_max_s": BACKOFF_MAX_S}
+    due = [row[0] for row in conn.execute(refresh_sql["due_views"], params)]
+    known = set(MAINTAINED)
+    due = [view for view in due if view in known]
+    if (
+        FEED not in due
+        and conn.execute(
+            refresh_sql["trending_is_old"], {"max_age_s": settings.trending_max_age_s}
+        ).fetchone()[0]
+    ):
+        due.append(FEED)
+    return due
 
 
-def readable(conn: psycopg.Connection, name: str) -> bool:
-    """Whether relation `name` exists and holds data (an unpopulated view fails every read)."""
-    return conn.execute(queries("refresh.sql")["relation_readable"], {"name": name}).fetchone()[0]
+def apply_view(
+    conn: psycopg.Connection,
+    view: str,
+    settings: Settings,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RefreshRun:
+    """Apply `view`'s pending changes in batches until none is left or APPLY_BUDGET_S is spent.
 
-
-def release_expired_claims(conn: psycopg.Connection, *, lease_s: float) -> int:
-    """Put back to pending the claims older than the lease whose view nobody is refreshing.
-
-    A claim is only made while holding the view's lock, so once we hold that lock, a claim
-    still marked claimed belongs to a worker that died (its session, and the lock, are gone).
-    Its run still logged as running is marked failed. Returns the number of requests released.
+    `conn` autocommits. Takes the view's lock and a slot (else the run is 'skipped'); re-scores
+    trending first when the feed's scores are older than OPSKIT_TRENDING_MAX_AGE_S.
     """
-    refresh_sql = queries("refresh.sql")
-    released = 0
-    expired = conn.execute(refresh_sql["views_with_expired_claims"], {"lease_s": lease_s})
-    for (view,) in expired.fetchall():
-        view_lock = {"space": LOCK_SPACE_VIEW, "key": view_lock_key(view)}
-        if not conn.execute(refresh_sql["try_lock"], view_lock).fetchone()[0]:
-            continue  # a live worker is refreshing it: its claims are not orphans
-        try:
-            released += conn.execute(
-                refresh_sql["release_expired_claims"], {"view": view, "lease_s": lease_s}
-            ).rowcount
-            conn.execute(refresh_sql["fail_orphaned_runs"], {"view": view})
-        finally:
-            conn.execute(refresh_sql["unlock"], view_lock)
-    if released:
-        log.warning("released %d refresh requests claimed by dead workers", released)
-    return released
+    spec = MAINTAINED[view]
+    return _locked(
+        conn,
+        view,
+        settings.refresh_workers,
+        "apply",
+        lambda: _apply_batches(conn, spec, settings, should_stop),
+    )
 
 
-def refresh_view(conn: psycopg.Connection, view: str, slots: int) -> RefreshRun:
-    """One refresh of `view` on an autocommit connection (see the module docstring)."""
+def full_build(conn: psycopg.Connection, view: str, slots: int) -> RefreshRun:
+    """Rebuild `view` from its definition in one transaction (readers see the old rows until
+    it commits); its pending changes are covered and dropped. Then VACUUM ANALYZE it."""
+    spec = MAINTAINED[view]
+    return _locked(conn, view, slots, "full", lambda: _full_build(conn, spec))
+
+
+def _locked(
+    conn: psycopg.Connection, view: str, slots: int, kind: str, work: Callable[[], RefreshRun]
+) -> RefreshRun:
     refresh_sql = queries("refresh.sql")
     view_lock = {"space": LOCK_SPACE_VIEW, "key": view_lock_key(view)}
     if not conn.execute(refresh_sql["try_lock"], view_lock).fetchone()[0]:
-        return RefreshRun(view, "skipped", 0, None, "another refresher is refreshing it")
+        return _skipped(view, kind, "another worker is maintaining it")
     try:
-        # We hold the view's lock: a run of it still logged as running belongs to a dead worker.
-        conn.execute(refresh_sql["fail_orphaned_runs"], {"view": view})
         slot = _take_slot(conn, slots)
         if slot is None:
-            return RefreshRun(view, "skipped", 0, None, f"all {slots} refresh slots are busy")
+            return _skipped(view, kind, f"all {slots} maintenance slots are busy")
         try:
-            return _refresh_claimed(conn, view)
+            return work()
         finally:
             conn.execute(refresh_sql["unlock"], slot)
     finally:
         conn.execute(refresh_sql["unlock"], view_lock)
+
+
+def _skipped(view: str, kind: str, why: str) -> RefreshRun:
+    return RefreshRun(view, "skipped", kind, 0, 0, 0, None, None, None, why)
 
 
 def _take_slot(conn: psycopg.Connection, slots: int) -> dict | None:
@@ -179,74 +255,293 @@ def _take_slot(conn: psycopg.Connection, slots: int) -> dict | None:
     return None
 
 
-def _refresh_claimed(conn: psycopg.Connection, view: str) -> RefreshRun:
-    refresh_sql = queries("refresh.sql")
-    worker = worker_id()
-    claimed = [
-        row[0] for row in conn.execute(refresh_sql["claim"], {"view": view, "worker": worker})
-    ]
-    if claimed:
-        # Writers that saw these requests pending stop relying on them (phase 2's trigger).
-        conn.execute(refresh_sql["advance_generation"])
-    log_id = None
-    try:
-        _wait_for_older_transactions(conn)
-        log_id = conn.execute(
-            refresh_sql["log_start"], {"view": view, "worker": worker}
-        ).fetchone()[0]
-        with conn.transaction():  # readers see the view and what is derived from it change together
-            conn.execute(
-                sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.Identifier(view))
+@dataclass
+class _Batch:
+    started_at: datetime
+    changes: int
+    keys: int
+    oldest_change_at: datetime | None
+    pending_after: int
+    staleness_s: float | None
+
+
+def _apply_batches(
+    conn: psycopg.Connection,
+    spec: MaintainedView,
+    settings: Settings,
+    should_stop: Callable[[], bool],
+) -> RefreshRun:
+    started = time.monotonic()
+    if spec.name == FEED:
+        rescore_trending_if_old(conn, settings.trending_max_age_s)
+    batches, changes, keys, worst, pending_after = 0, 0, 0, None, None
+    while True:
+        try:
+            batch = _apply_batch(conn, spec)
+        except psycopg.Error as err:
+            message = first_line(err)
+            _log_failure(conn, spec.name, "apply", message)
+            return RefreshRun(
+                spec.name, "failed", "apply", batches, changes, keys, None, worst, None, message
             )
-            if view in DERIVED:
-                conn.execute(refresh_sql[DERIVED[view]])
-    except (psycopg.Error, TimeoutError) as err:
-        message = first_line(err)
-        conn.execute(refresh_sql["release_claims"], {"ids": claimed})
-        duration = None
-        if log_id is not None:
-            duration = _finish_log(conn, log_id, "failed", message, 0)
-        return RefreshRun(view, "failed", 0, duration, message)
+        if batch is None:
+            break
+        batches += 1
+        changes += batch.changes
+        keys += batch.keys
+        pending_after = batch.pending_after
+        if batch.staleness_s is not None:
+            worst = max(worst or 0.0, batch.staleness_s)
+        if (
+            batch.changes < BATCH_CHANGES
+            or should_stop()
+            or time.monotonic() - started > APPLY_BUDGET_S
+        ):
+            break
+    duration = round((time.monotonic() - started) * 1000)
+    status = "completed" if batches else "idle"
+    return RefreshRun(
+        spec.name, status, "apply", batches, changes, keys, duration, worst, pending_after, None
+    )
+
+
+def _begin_batch(conn: psycopg.Connection) -> None:
+    # One snapshot for the claim, the keys, the delete and the insert; plans made for the
+    # actual keys, so `keys IS NULL` folds away inside the definitions.
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
+def _apply_batch(conn: psycopg.Connection, spec: MaintainedView) -> _Batch | None:
+    """One batch in one transaction; None when nothing was pending."""
+    refresh_sql = queries("refresh.sql")
     with conn.transaction():
-        duration = _finish_log(conn, log_id, "completed", None, len(claimed))
-        conn.execute(refresh_sql["mark_done"], {"ids": claimed, "duration_ms": duration})
-    _vacuum(conn, view)
-    return RefreshRun(view, "completed", len(claimed), duration, None)
+        _begin_batch(conn)
+        started_at, entities, ids, oldest, count = conn.execute(
+            refresh_sql["claim_pending"], {"view": spec.name, "limit": BATCH_CHANGES}
+        ).fetchone()
+        if not count:
+            return None
+        if "*" in entities:  # a TRUNCATE: nothing short of the whole relation is right
+            keys = _rebuild_rows(conn, spec)
+        else:
+            keys = _apply_keys(conn, spec, entities, ids)
+        return _log_batch(conn, spec.name, "apply", started_at, oldest, count, keys)
+
+
+def _apply_keys(conn: psycopg.Connection, spec: MaintainedView, entities, ids) -> int:
+    refresh_sql = queries("refresh.sql")
+    kinds, keys = conn.execute(
+        sql.SQL(refresh_sql["touched_keys"]).format(keys_function=spec.keys_function),
+        {"entities": entities, "ids": ids},
+    ).fetchone()
+    if not keys:
+        return 0
+    params = {"kinds": kinds, "keys": keys}
+    if len(spec.key) == 1:
+        match = sql.SQL("{} = ANY (%(keys)s)").format(sql.Identifier(spec.key[0]))
+    else:
+        match = sql.SQL("({}) IN (SELECT * FROM unnest(%(kinds)s::text[], %(keys)s::bigint[]))")
+        match = match.format(sql.SQL(", ").join(map(sql.Identifier, spec.key)))
+    names = _names(spec)
+    deleted = conn.execute(
+        sql.SQL(refresh_sql["delete_keys"]).format(match=match, **names), params
+    ).fetchall()
+    inserted = conn.execute(sql.SQL(refresh_sql["insert_keys"]).format(**names), params).fetchall()
+    if spec.name in DERIVED:
+        conn.execute(refresh_sql[DERIVED[spec.name]], params)
+    if spec.ranked and (deleted or inserted):
+        # Rows before the first changed position keep their ranks; so do the rows after the
+        # last one, unless the number of rows changed (then every later row moves).
+        positions = deleted + inserted
+        low = min(positions)
+        high = max(positions) if len(deleted) == len(inserted) else (_MAX_BIGINT, _MAX_BIGINT)
+        _renumber(conn, spec, low, high)
+    return len(keys)
+
+
+def _rebuild_rows(conn: psycopg.Connection, spec: MaintainedView) -> int:
+    """Replace every row of the relation with its definition's, in the open transaction."""
+    refresh_sql = queries("refresh.sql")
+    names = _names(spec)
+    if spec.name == FEED:
+        conn.execute(refresh_sql["move_trending_instant"])
+    conn.execute(sql.SQL(refresh_sql["delete_all"]).format(**names))
+    rows = conn.execute(sql.SQL(refresh_sql["insert_all"]).format(**names)).rowcount
+    if spec.name in DERIVED:
+        conn.execute(refresh_sql[DERIVED[spec.name]], {"kinds": None, "keys": None})
+    if spec.ranked:
+        _renumber(conn, spec, (-_MAX_BIGINT, -_MAX_BIGINT), (_MAX_BIGINT, _MAX_BIGINT))
+    return rows
+
+
+def _renumber(
+    conn: psycopg.Connection, spec: MaintainedView, low: tuple[int, int], high: tuple[int, int]
+) -> None:
+    """Set rank = position for the rows whose (-score, key) lies in [low, high]."""
+    conn.execute(
+        sql.SQL(queries("refresh.sql")["renumber"]).format(
+            view=sql.Identifier(spec.name), key=sql.Identifier(spec.key[0])
+        ),
+        {"low_score": low[0], "low_key": low[1], "high_score": high[0], "high_key": high[1]},
+    )
+
+
+def _names(spec: MaintainedView) -> dict[str, sql.Composable]:
+    returning = sql.SQL("NULL")  # only the ranked relations need the positions back
+    if spec.ranked:
+        returning = sql.SQL("-score, {}").format(sql.Identifier(spec.key[0]))
+    return {
+        "view": sql.Identifier(spec.name),
+        "definition": spec.definition,
+        "returning": returning,
+    }
+
+
+def _full_build(conn: psycopg.Connection, spec: MaintainedView) -> RefreshRun:
+    refresh_sql = queries("refresh.sql")
+    started = time.monotonic()
+    try:
+        with conn.transaction():
+            _begin_batch(conn)
+            started_at, oldest, count = conn.execute(
+                refresh_sql["claim_all_pending"], {"view": spec.name}
+            ).fetchone()
+            keys = _rebuild_rows(conn, spec)
+            batch = _log_batch(conn, spec.name, "full", started_at, oldest, count, keys)
+    except psycopg.Error as err:
+        message = first_line(err)
+        _log_failure(conn, spec.name, "full", message)
+        return RefreshRun(spec.name, "failed", "full", 0, 0, 0, None, None, None, message)
+    _vacuum(conn, spec.name)
+    duration = round((time.monotonic() - started) * 1000)
+    return RefreshRun(
+        spec.name, "completed", "full", 1, count, keys, duration, batch.staleness_s,
+        batch.pending_after, None,
+    )  # fmt: skip
+
+
+def _log_batch(
+    conn: psycopg.Connection,
+    view: str,
+    kind: str,
+    started_at: datetime,
+    oldest: datetime | None,
+    changes: int,
+    keys: int,
+) -> _Batch:
+    pending_after, staleness = conn.execute(
+        queries("refresh.sql")["log_batch"],
+        {
+            "view": view,
+            "kind": kind,
+            "started_at": started_at,
+            "oldest": oldest,
+            "changes": changes,
+            "keys": keys,
+            "worker": worker_id(),
+        },
+    ).fetchone()
+    return _Batch(started_at, changes, keys, oldest, pending_after, staleness)
+
+
+def _log_failure(conn: psycopg.Connection, view: str, kind: str, message: str) -> None:
+    try:
+        conn.execute(
+            queries("refresh.sql")["log_failure"],
+            {"view": view, "kind": kind, "error": message, "worker": worker_id()},
+        )
+    except psycopg.Error as err:  # the database went away: the failure shows in our own log
+        log.warning("could not log the failure of %s: %s", view, first_line(err))
+
+
+def rescore_trending_if_old(conn: psycopg.Connection, max_age_s: float) -> bool:
+    """Move the feed's trending instant to now() and re-score every row, if it is older than
+    `max_age_s`; one transaction, run while holding the feed's lock. True when it did."""
+    refresh_sql = queries("refresh.sql")
+    with conn.transaction():
+        moved = conn.execute(
+            refresh_sql["move_trending_instant_if_old"], {"max_age_s": max_age_s}
+        ).fetchone()
+        if moved is None:
+            return False
+        conn.execute(refresh_sql["rescore_trending"])
+    return True
 
 
 def _vacuum(conn: psycopg.Connection, view: str) -> None:
-    """Keep the view's visibility map whole, still holding its lock.
-
-    The rows a refresh rewrote are not all-visible, and a new view has no map at all until
-    autovacuum comes by (a minute or more): the planner then prices index-only scans as heap
-    reads. After `opskit migrate` on medium, trending took 5–6 ms a query instead of 0.9 ms
-    until the feed view was vacuumed. A vacuum of a view that did not change skips every page.
-    """
+    """A full build rewrote every row: reclaim the old ones and refresh the visibility map
+    (index-only scans) and the statistics now, not when autovacuum comes by."""
     try:
-        conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(view)))
-    except psycopg.Error as err:  # the refresh itself is done; autovacuum will get there
-        log.warning("vacuum of %s after its refresh failed: %s", view, first_line(err))
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(view)))
+    except psycopg.Error as err:  # the build itself is done; autovacuum will get there
+        log.warning("vacuum of %s after its full build failed: %s", view, first_line(err))
 
 
-def _finish_log(
-    conn: psycopg.Connection, log_id: int, status: str, error: str | None, requests: int
-) -> int:
-    return conn.execute(
-        queries("refresh.sql")["log_finish"],
-        {"log_id": log_id, "status": status, "error": error, "requests": requests},
-    ).fetchone()[0]
+@dataclass(frozen=True)
+class DefinitionDiff:
+    """How a maintained relation compares with its definition, in the caller's snapshot."""
+
+    view: str
+    rows_compared: int
+    differing: list[str]  # keys whose rows differ although no change of theirs is pending
+    pending: int  # differing keys with changes not applied yet (they will be)
+    rebuild_pending: bool  # a TRUNCATE is pending: the whole relation will be rebuilt
 
 
-def _wait_for_older_transactions(conn: psycopg.Connection) -> None:
-    """Wait until every transaction of this database running when the claim committed has ended."""
+def diff_against_definition(conn: psycopg.Connection, view: str) -> DefinitionDiff:
+    """Compare `view` with its full definition; keys with pending changes are not drift.
+
+    Run it in a REPEATABLE READ transaction: the relation, the definition and the pending
+    changes are then read in one snapshot. A ranked relation's rows are compared without their
+    rank, and its ranks are checked to be the positions of its own rows; a pending change may
+    move every rank, so misranked keys count as pending while any change is.
+    """
+    spec = MAINTAINED[view]
     refresh_sql = queries("refresh.sql")
-    xids = conn.execute(refresh_sql["running_transactions"]).fetchone()[0]
-    deadline = time.monotonic() + OLD_TRANSACTIONS_TIMEOUT_S
-    while (
-        xids
-        and conn.execute(refresh_sql["transactions_still_running"], {"xids": xids}).fetchone()[0]
-    ):
-        if time.monotonic() > deadline:
-            limit = f"{OLD_TRANSACTIONS_TIMEOUT_S:.0f} s"
-            raise TimeoutError(f"a transaction older than the claim ran for over {limit}")
-        time.sleep(0.01)
+    columns = [row[0] for row in conn.execute(refresh_sql["columns"], {"view": view})]
+    if spec.ranked:
+        columns.remove("rank")
+    if len(spec.key) == 1:
+        key = sql.Identifier(spec.key[0])
+        key_text = sql.SQL("key::text")
+    else:
+        key = sql.SQL(", ").join(map(sql.Identifier, spec.key))
+        key_text = sql.SQL("concat_ws(':', kind, key)")
+    names = {
+        "view": sql.Identifier(view),
+        "definition": spec.definition,
+        "columns": sql.SQL(", ").join(map(sql.Identifier, columns)),
+        "key": key,
+    }
+    compared, differing = conn.execute(
+        sql.SQL(refresh_sql["definition_diff"]).format(**names)
+    ).fetchone()
+    entities, ids = conn.execute(refresh_sql["unapplied_changes"], {"view": view}).fetchone()
+    if "*" in entities:
+        return DefinitionDiff(view, compared, [], len(differing), True)
+    pending = set()
+    if entities:
+        pending = set(
+            conn.execute(
+                sql.SQL(refresh_sql["keys_as_text"]).format(
+                    keys_function=spec.keys_function, key_text=key_text
+                ),
+                {"entities": entities, "ids": ids},
+            ).fetchone()[0]
+        )
+    if spec.ranked:
+        misranked = conn.execute(sql.SQL(refresh_sql["misranked"]).format(**names)).fetchone()[0]
+        pending |= set(misranked) if entities else set()
+        differing = sorted(set(differing) | set(misranked), key=_key_order)
+    return DefinitionDiff(
+        view,
+        compared,
+        [key for key in differing if key not in pending],
+        sum(1 for key in differing if key in pending),
+        False,
+    )
+
+
+def _key_order(key: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in key.split(":"))

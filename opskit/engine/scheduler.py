@@ -29,9 +29,9 @@ def build_scheduler(worker: daemon.Daemon) -> BackgroundScheduler:
         next_run_time=now,
     )
     scheduler.add_job(
-        worker.refresh_due_views,
+        worker.maintain_views,
         IntervalTrigger(seconds=worker.settings.refresh_poll_s),
-        id="refresh",
+        id="maintain_views",
         next_run_time=now,
     )
     scheduler.add_job(

@@ -11,21 +11,9 @@ from psycopg import sql
 from opskit.engine.daemon import HEARTBEAT_S, LIVE_AFTER_HEARTBEATS
 from opskit.engine.fold import FOLD_FUNCTIONS
 from opskit.engine.migrations import PhaseStatus, phase_statuses
-from opskit.engine.refresh import readable
+from opskit.engine.refresh import MAINTAINED
 from opskit.engine.truth import DENORMALIZED
 from opskit.sql import queries
-
-# Relations whose row counts status reports when they exist (docs/interface.md §6, §7).
-MATERIALIZED_VIEWS = (
-    "mv_feed_projects",
-    "mv_leaderboard_projects",
-    "mv_leaderboard_builders",
-    "mv_chains_discovery",
-    "mv_project_details",
-    "mv_search_index",
-    "mv_chain_posts",
-    "mv_investors_directory",
-)
 
 
 @dataclass
@@ -33,14 +21,17 @@ class StatusReport:
     phases: list[PhaseStatus]
     opskit_triggers: int
     row_counts: dict[str, int | None] = field(default_factory=dict)
-    refresh_queue_pending: int | None = None
+    refresh_queue_pending: int | None = None  # changes no view has applied yet
+    # view -> {"pending_changes", "oldest_pending_at"}: views with changes still to apply
+    pending_by_view: dict[str, dict] | None = None
     # the instant of after mode's stored trending scores, and how old they are
     trending_scored_at: datetime | None = None
     trending_age_s: float | None = None
     # delta rows the daemon has not folded yet, per table: they grow while no daemon runs
     pending_deltas: dict[str, int] | None = None
     refresh_runs_last_hour: dict[str, int] | None = None
-    # view -> {"runs", "p50_s", "p95_s"}: oldest write to the end of the refresh showing it
+    # view -> {"batches", "p50_s", "p95_s", "max_s"}: oldest change to the end of the batch
+    # that made it visible
     refresh_staleness_last_hour: dict[str, dict] | None = None
     live_daemons: list[dict] | None = None  # daemons with a recent heartbeat
     latest_job_runs: list[dict] | None = None  # the newest slot of each scheduled job
@@ -52,6 +43,7 @@ class StatusReport:
             "opskit_triggers": self.opskit_triggers,
             "row_counts": self.row_counts,
             "refresh_queue_pending": self.refresh_queue_pending,
+            "pending_by_view": self.pending_by_view,
             "trending_scored_at": self.trending_scored_at,
             "trending_age_s": self.trending_age_s,
             "pending_deltas": self.pending_deltas,
@@ -69,36 +61,52 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
         phases=phase_statuses(conn),
         opskit_triggers=conn.execute(status_sql["opskit_trigger_count"]).fetchone()[0],
     )
-    for name in (*(spec.relation for spec in DENORMALIZED), *MATERIALIZED_VIEWS):
-        report.row_counts[name] = _count(conn, name) if readable(conn, name) else None
-    if readable(conn, "mv_refresh_queue"):
+    # The views are tables now: these counts are what the write-up's pg_matviews query gave.
+    for name in (*(spec.relation for spec in DENORMALIZED), *MAINTAINED):
+        report.row_counts[name] = _count(conn, name) if _exists(conn, name) else None
+    if _exists(conn, "mv_refresh_queue"):
         report.refresh_queue_pending = conn.execute(status_sql["refresh_queue_pending"]).fetchone()[
             0
         ]
-        report.refresh_staleness_last_hour = {
-            view: {"runs": runs, "p50_s": float(p50), "p95_s": float(p95)}
-            for view, runs, p50, p95 in conn.execute(status_sql["refresh_staleness_last_hour"])
+        report.pending_by_view = {
+            row["view_name"]: {k: v for k, v in row.items() if k != "view_name"}
+            for row in _rows(conn, status_sql["pending_by_view"])
         }
-    if readable(conn, "mv_feed_projects"):
+        report.refresh_staleness_last_hour = {
+            view: {
+                "batches": batches,
+                "p50_s": float(p50),
+                "p95_s": float(p95),
+                "max_s": float(top),
+            }
+            for view, batches, p50, p95, top in conn.execute(
+                status_sql["refresh_staleness_last_hour"]
+            )
+        }
+    if _exists(conn, "mv_feed_projects"):
         scored = conn.execute(status_sql["trending_scored_at"]).fetchone()
         if scored is not None:
             report.trending_scored_at, report.trending_age_s = scored
     delta_tables = [table for tables in FOLD_FUNCTIONS.values() for table in tables]
-    if all(readable(conn, table) for table in delta_tables):
+    if all(_exists(conn, table) for table in delta_tables):
         report.pending_deltas = {table: _count(conn, table) for table in delta_tables}
-    if readable(conn, "mv_refresh_log"):
+    if _exists(conn, "mv_refresh_log"):
         report.refresh_runs_last_hour = dict(
             conn.execute(status_sql["refresh_runs_last_hour"]).fetchall()
         )
-    if readable(conn, "opskit_daemon_heartbeats"):
+    if _exists(conn, "opskit_daemon_heartbeats"):
         live_after_s = HEARTBEAT_S * LIVE_AFTER_HEARTBEATS
         report.live_daemons = _rows(
             conn, status_sql["live_daemons"], {"live_after_s": live_after_s}
         )
         report.latest_job_runs = _rows(conn, status_sql["latest_job_runs"])
-    if readable(conn, "opskit_migration_grants"):
+    if _exists(conn, "opskit_migration_grants"):
         report.granted_to = _rows(conn, queries("migrations.sql")["grantees"])
     return report
+
+
+def _exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
 
 
 def _count(conn: psycopg.Connection, name: str) -> int:

@@ -1,5 +1,7 @@
-"""`opskit verify`: the objects the applied phases create exist and are valid, and every
-denormalized relation equals its truth (docs/interface.md §3, §6), all read in one snapshot."""
+"""`opskit verify`: the objects the applied phases create exist and are valid, every
+denormalized relation equals its truth (docs/interface.md §3, §6), and every maintained view
+equals its definition but for the keys whose changes are still pending (§7), all read in one
+snapshot."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from opskit.core.schema import require_base_schema
 from opskit.engine.grants import GrantState, grant_states
 from opskit.engine.migrations import read_ledger
 from opskit.engine.phase_files import MIGRATIONS_DIR, created_objects, load_phases
+from opskit.engine.refresh import diff_against_definition, known_views
 from opskit.engine.truth import DENORMALIZED, diff_against_truth
 from opskit.sql import queries
 
@@ -58,7 +61,23 @@ def verify(conn: psycopg.Connection, directory: Traversable = MIGRATIONS_DIR) ->
             if diff.differing:
                 detail += f"; first differing keys: {'; '.join(diff.first_keys)}"
             checks.append(Check(f"{spec.relation} equals truth", diff.differing == 0, detail))
+        if conn.execute("SELECT to_regclass('mv_change_routes') IS NOT NULL").fetchone()[0]:
+            checks.extend(_definition_check(conn, view) for view in known_views(conn))
     return VerifyReport(checks)
+
+
+def _definition_check(conn: psycopg.Connection, view: str) -> Check:
+    diff = diff_against_definition(conn, view)
+    label = f"{view} equals its definition"
+    if diff.rebuild_pending:
+        return Check(label, True, "a full rebuild is pending (a source table was truncated)")
+    detail = f"{diff.rows_compared} rows compared, {len(diff.differing)} keys differ"
+    if diff.pending:
+        detail += f" ({diff.pending} more with changes still pending)"
+    if diff.differing:
+        detail += f"; first differing keys: {', '.join(diff.differing[:5])}"
+        detail += "; `opskit refresh --full` rebuilds it"
+    return Check(label, not diff.differing, detail)
 
 
 def _grant_check(grant: GrantState) -> Check:

@@ -327,12 +327,12 @@ LIMIT %(limit)s OFFSET %(offset)s;
 
 -- Ranks are 1..n without gaps, so `rank > offset` is the page, read from the rank index.
 -- name: leaderboard_projects_after --
+-- rank is the row's position in the order index ((-score), project_id): the page is read from it.
 SELECT rank, project_id AS id, title, owner_id, owner_username, upvotes, downvotes, score,
        comments_count
 FROM mv_leaderboard_projects
-WHERE rank > %(offset)s
-ORDER BY rank
-LIMIT %(limit)s;
+ORDER BY (-score), project_id
+LIMIT %(limit)s OFFSET %(offset)s;
 
 -- ------------------------------------------------------------------ GET /api/leaderboard/builders
 
@@ -366,9 +366,8 @@ LIMIT %(limit)s OFFSET %(offset)s;
 SELECT rank, user_id AS id, username, display_name, projects_count, upvotes_received,
        downvotes_received, score, followers_count
 FROM mv_leaderboard_builders
-WHERE rank > %(offset)s
-ORDER BY rank
-LIMIT %(limit)s;
+ORDER BY (-score), user_id
+LIMIT %(limit)s OFFSET %(offset)s;
 
 -- ------------------------------------------------------------------ GET /api/chains
 

@@ -26,7 +26,8 @@ VALUES (%(started_at)s, %(fix)s, %(drift_total)s, %(rows_checked)s, %(truth_rows
 RETURNING id;
 
 -- name: overdue_views --
--- Views with a pending request older than the daemon's promise (max wait + one poll).
+-- Views with a change older than the freshness promise still to apply (mv_refresh_queue has a
+-- row per view, requested at its oldest pending change).
 SELECT view_name
 FROM mv_refresh_queue
 WHERE status = 'pending'

@@ -1,143 +1,208 @@
--- The refresh queue's worker side (`opskit refresh`, the daemon). Blocks are loaded by
--- opskit.sql.queries(). The writer side is the enqueue trigger of phase2_materialized_views.
+-- The maintenance side of the views (`opskit refresh`, the daemon). Blocks are loaded by
+-- opskit.sql.queries(); blocks with {placeholders} are composed with psycopg.sql from the
+-- relations of opskit.refresh.MAINTAINED. The writer side is the change-log triggers of
+-- phase2_materialized_views and phase3_search_and_forums.
 
 -- name: known_views --
-SELECT DISTINCT view_name FROM mv_dependencies ORDER BY view_name;
+SELECT DISTINCT view_name FROM mv_change_routes;
 
--- name: relation_readable --
--- Whether a relation exists and can be read: a materialized view left unpopulated (WITH NO DATA)
--- fails any query that names it.
-SELECT to_regclass(%(name)s) IS NOT NULL
-       AND coalesce((SELECT ispopulated FROM pg_matviews
-                     WHERE schemaname = current_schema() AND matviewname = %(name)s), true);
-
--- name: request_trending_rescore --
--- mv_feed_projects scores trending for the instant of its last refresh (scored_at), and scores
--- decay with time: once they are older than the max age, ask for a refresh as a write would,
--- unless one is pending already. Two daemons may both ask; one refresh serves both requests.
-INSERT INTO mv_refresh_queue (view_name, source_table)
-SELECT 'mv_feed_projects', 'trending max age'
-WHERE (SELECT scored_at FROM mv_feed_projects LIMIT 1)
-          < now() - make_interval(secs => %(trending_max_age_s)s)
-  AND NOT EXISTS (SELECT FROM mv_refresh_queue
-                  WHERE view_name = 'mv_feed_projects' AND status = 'pending');
+-- name: route_changes --
+-- Every change the log holds, committed, moves to the pending changes of each relation its
+-- entity feeds ('*': every relation), one row per relation, entity and id. DELETE ... RETURNING
+-- sees committed rows only; a change committed meanwhile is moved by the next call.
+WITH moved AS (
+    DELETE FROM mv_change_log RETURNING changed_at, entity, entity_id
+), routed AS (
+    INSERT INTO mv_pending_changes (view_name, entity, entity_id, changed_at)
+    SELECT r.view_name, m.entity, m.entity_id, min(m.changed_at)
+    FROM moved m
+    JOIN (SELECT entity, view_name FROM mv_change_routes
+          UNION ALL
+          SELECT DISTINCT '*', view_name FROM mv_change_routes) r ON r.entity = m.entity
+    GROUP BY r.view_name, m.entity, m.entity_id
+)
+SELECT count(*) FROM moved;
 
 -- name: due_views --
--- A view is due when no request came for the debounce window, or its oldest pending request is
--- older than the max wait (so a constant stream of writes cannot keep it stale forever), and it
--- is not backing off: after n failed runs in a row (since its last completed run, within a
--- day) it waits backoff_base * 2^(n-1) seconds, at most backoff_max, after the last failure.
--- The backoff lives in mv_refresh_log, so every daemon (and a restarted one) honours it.
-WITH pending AS (
-    SELECT view_name,
-           min(refresh_requested_at) AS oldest,
-           max(refresh_requested_at) AS newest
-    FROM mv_refresh_queue
-    WHERE status = 'pending'
-    GROUP BY view_name
-), failing AS (
-    SELECT f.view_name, count(*) AS failures, max(f.refresh_finished_at) AS last_failed_at
+-- Relations with pending changes, the longest waiting first, unless backing off: after n failed batches in a row (since
+-- its last completed one, within a day) a relation waits backoff_base * 2^(n-1) seconds, at
+-- most backoff_max, after the last failure. The backoff lives in mv_refresh_log, so every
+-- daemon (and a restarted one) honours it.
+SELECT p.view_name
+FROM (SELECT view_name, min(changed_at) AS oldest FROM mv_pending_changes GROUP BY view_name) p
+CROSS JOIN LATERAL (
+    SELECT count(*) AS failures, max(f.refresh_finished_at) AS last_failed_at
     FROM mv_refresh_log f
-    WHERE f.status = 'failed'
+    WHERE f.view_name = p.view_name AND f.status = 'failed'
       AND f.refresh_started_at > now() - interval '1 day'
       AND f.refresh_started_at > coalesce(
           (SELECT max(c.refresh_started_at) FROM mv_refresh_log c
-           WHERE c.view_name = f.view_name AND c.status = 'completed'), '-infinity')
-    GROUP BY f.view_name
-)
-SELECT p.view_name
-FROM pending p
-LEFT JOIN failing f USING (view_name)
-WHERE (p.newest < now() - make_interval(secs => %(debounce_s)s)
-       OR p.oldest < now() - make_interval(secs => %(max_wait_s)s))
-  AND (f.failures IS NULL
-       OR f.last_failed_at < now() - make_interval(secs => least(
-              %(backoff_base_s)s * 2 ^ (f.failures - 1), %(backoff_max_s)s)))
+           WHERE c.view_name = p.view_name AND c.status = 'completed'), '-infinity')
+) f
+WHERE f.failures = 0
+   OR f.last_failed_at < now() - make_interval(secs => least(
+          %(backoff_base_s)s * 2 ^ (f.failures - 1), %(backoff_max_s)s))
 ORDER BY p.oldest;
 
--- name: views_with_expired_claims --
--- Claims older than the lease: either a long refresh, or a worker that died holding them.
-SELECT DISTINCT view_name
-FROM mv_refresh_queue
-WHERE status = 'claimed' AND claimed_at < now() - make_interval(secs => %(lease_s)s);
+-- name: trending_is_old --
+-- Whether the feed's stored trending scores are older than the max age.
+SELECT coalesce((SELECT scored_at < now() - make_interval(secs => %(max_age_s)s)
+                 FROM mv_feed_scoring), false);
 
--- name: release_expired_claims --
--- Run while holding the view's lock: no live worker is refreshing it, so its claims are orphans.
-UPDATE mv_refresh_queue SET status = 'pending', claimed_at = NULL, claimed_by = NULL
-WHERE view_name = %(view)s AND status = 'claimed'
-  AND claimed_at < now() - make_interval(secs => %(lease_s)s);
-
--- name: claim --
-UPDATE mv_refresh_queue
-SET status = 'claimed', claimed_at = clock_timestamp(), claimed_by = %(worker)s
-WHERE id IN (
-    SELECT id FROM mv_refresh_queue
-    WHERE view_name = %(view)s AND status = 'pending'
-    FOR UPDATE SKIP LOCKED
+-- name: claim_pending --
+-- The batch: up to `limit` of the relation's pending changes, oldest first, deleted in the
+-- batch's transaction (a failed or killed batch leaves them pending).
+WITH claimed AS (
+    DELETE FROM mv_pending_changes
+    WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM mv_pending_changes
+        WHERE view_name = %(view)s
+        ORDER BY changed_at
+        LIMIT %(limit)s))
+    RETURNING entity, entity_id, changed_at
 )
-RETURNING id;
+SELECT clock_timestamp(), array_agg(entity), array_agg(entity_id), min(changed_at), count(*)
+FROM claimed;
 
--- name: advance_generation --
--- After a claim has committed and before the wait, and at each poll: writers that skip the queue
--- while the generation stands look again (phase2_materialized_views.sql).
-SELECT nextval('mv_refresh_generation');
+-- name: claim_all_pending --
+-- A full build covers every change its snapshot holds.
+WITH claimed AS (
+    DELETE FROM mv_pending_changes WHERE view_name = %(view)s RETURNING changed_at
+)
+SELECT clock_timestamp(), min(changed_at), count(*) FROM claimed;
 
--- name: running_transactions --
--- The transactions of this database that hold an xid right after the claim was announced (a writer
--- that skipped enqueueing because it saw a request we claimed is one of them). Other databases
--- of the cluster are left out: their transactions cannot have written to this queue, and a long
--- one elsewhere must not stall our refreshes. backend_xid is shown for every role's sessions.
-SELECT coalesce(array_agg(backend_xid::text), '{}')
-FROM pg_stat_activity
-WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid();
+-- name: touched_keys --
+SELECT coalesce(array_agg(kind), ARRAY[]::text[]), coalesce(array_agg(key), ARRAY[]::bigint[])
+FROM {keys_function}(%(entities)s::text[], %(ids)s::bigint[]);
 
--- name: transactions_still_running --
-SELECT EXISTS (
-    SELECT FROM pg_stat_activity
-    WHERE datname = current_database() AND backend_xid::text = ANY (%(xids)s)
-);
+-- name: delete_keys --
+DELETE FROM {view} WHERE {match} RETURNING {returning};
 
--- name: sync_search_words --
--- Search's word index follows mv_search_index (phase3_search_and_forums.sql).
-SELECT opskit_search_words_sync();
+-- name: insert_keys --
+INSERT INTO {view} SELECT * FROM {definition}(%(kinds)s::text[], %(keys)s::bigint[])
+RETURNING {returning};
 
--- name: log_start --
-INSERT INTO mv_refresh_log (view_name, refresh_started_at, status, worker_id)
-VALUES (%(view)s, clock_timestamp(), 'running', %(worker)s)
-RETURNING id;
+-- name: delete_all --
+DELETE FROM {view};
 
--- name: log_finish --
-UPDATE mv_refresh_log
-SET refresh_finished_at = clock_timestamp(),
-    duration_ms = round(extract(epoch FROM clock_timestamp() - refresh_started_at) * 1000),
-    status = %(status)s, error = %(error)s, requests_done = %(requests)s
-WHERE id = %(log_id)s
-RETURNING duration_ms;
+-- name: insert_all --
+INSERT INTO {view} SELECT * FROM {definition}(NULL, NULL);
 
--- name: mark_done --
--- now(): every request of one run gets the same finished_at (the start of the transaction that
--- publishes the refresh), which is how staleness groups them into runs.
-UPDATE mv_refresh_queue
-SET status = 'done', finished_at = now(), last_refresh_duration_ms = %(duration_ms)s
-WHERE id = ANY (%(ids)s);
+-- name: renumber --
+-- rank = position by (score DESC, key) for the rows of the span [low, high] in (-score, key)
+-- order (the leaderboards' order index). Rows before the span keep their ranks, so the span
+-- starts after the rank of the last row before it. Only rows whose rank changes are written
+-- (HOT updates: rank has no index).
+WITH before_span AS (
+    SELECT coalesce((
+        SELECT rank FROM {view}
+        WHERE ((-score), {key}) < (%(low_score)s::bigint, %(low_key)s::bigint)
+        ORDER BY (-score) DESC, {key} DESC
+        LIMIT 1), 0) AS rank
+), span AS (
+    SELECT {key} AS key,
+           (SELECT rank FROM before_span) + row_number() OVER (ORDER BY (-score), {key}) AS rank
+    FROM {view}
+    WHERE ((-score), {key}) >= (%(low_score)s::bigint, %(low_key)s::bigint)
+      AND ((-score), {key}) <= (%(high_score)s::bigint, %(high_key)s::bigint)
+)
+UPDATE {view} t SET rank = span.rank
+FROM span
+WHERE t.{key} = span.key AND t.rank IS DISTINCT FROM span.rank;
 
--- name: release_claims --
-UPDATE mv_refresh_queue SET status = 'pending', claimed_at = NULL, claimed_by = NULL
-WHERE id = ANY (%(ids)s);
+-- name: log_batch --
+-- One row per applied batch or full build: its oldest change, and the relation's changes
+-- still pending (progress while catching up). Returns that and the batch's staleness.
+INSERT INTO mv_refresh_log
+    (view_name, kind, refresh_started_at, refresh_finished_at, duration_ms, status, worker_id,
+     oldest_change_at, changes_applied, keys_applied, pending_after)
+SELECT %(view)s, %(kind)s, %(started_at)s, clock_timestamp(),
+       round(extract(epoch FROM clock_timestamp() - %(started_at)s::timestamptz) * 1000),
+       'completed', %(worker)s, %(oldest)s, %(changes)s, %(keys)s,
+       (SELECT count(*) FROM mv_pending_changes WHERE view_name = %(view)s)
+RETURNING pending_after,
+          extract(epoch FROM refresh_finished_at - oldest_change_at)::float8;
 
--- name: forget_old_done --
--- Done requests are kept an hour for the monitoring queries, then dropped: the queue stays small.
-DELETE FROM mv_refresh_queue WHERE status = 'done' AND finished_at < now() - interval '1 hour';
+-- name: log_failure --
+INSERT INTO mv_refresh_log
+    (view_name, kind, refresh_started_at, refresh_finished_at, duration_ms, status, error,
+     worker_id)
+VALUES (%(view)s, %(kind)s, clock_timestamp(), clock_timestamp(), 0, 'failed', %(error)s,
+        %(worker)s);
 
--- name: fail_orphaned_runs --
--- Run while holding the view's lock: a run still 'running' belongs to a worker that died.
-UPDATE mv_refresh_log
-SET status = 'failed', error = 'the worker died during the refresh',
-    refresh_finished_at = clock_timestamp()
-WHERE view_name = %(view)s AND status = 'running';
+-- name: forget_old_log --
+-- The log keeps a day and an hour: the write-up's monitoring query reads the last 24 hours.
+DELETE FROM mv_refresh_log WHERE refresh_started_at < now() - interval '25 hours';
+
+-- name: move_trending_instant --
+UPDATE mv_feed_scoring SET scored_at = now();
+
+-- name: move_trending_instant_if_old --
+UPDATE mv_feed_scoring SET scored_at = now()
+WHERE scored_at < now() - make_interval(secs => %(max_age_s)s)
+RETURNING scored_at;
+
+-- name: rescore_trending --
+-- Every stored score for the new instant, with the counts the rows already hold.
+UPDATE mv_feed_projects f
+SET scored_at = s.scored_at,
+    trending_score = opskit_trending_score(f.score, f.created_at, s.scored_at)
+FROM mv_feed_scoring s;
 
 -- name: try_lock --
 SELECT pg_try_advisory_lock(%(space)s, %(key)s);
 
 -- name: unlock --
 SELECT pg_advisory_unlock(%(space)s, %(key)s);
+
+-- name: columns --
+-- The relation's columns in order (its rank left out by the caller).
+SELECT attname FROM pg_attribute
+WHERE attrelid = to_regclass(%(view)s) AND attnum > 0 AND NOT attisdropped
+ORDER BY attnum;
+
+-- name: definition_diff --
+-- The keys whose rows differ between the relation and its definition over the base tables
+-- (a row in one and not in the other), and the number of rows compared.
+WITH relation AS (SELECT {columns} FROM {view}),
+     definition AS (SELECT {columns} FROM {definition}(NULL, NULL)),
+     differing AS (
+         (SELECT * FROM relation EXCEPT ALL SELECT * FROM definition)
+         UNION ALL
+         (SELECT * FROM definition EXCEPT ALL SELECT * FROM relation)
+     )
+SELECT (SELECT count(*) FROM relation),
+       ARRAY(SELECT DISTINCT concat_ws(':', {key}) FROM differing ORDER BY 1);
+
+-- name: misranked --
+-- Ranked relations: the keys whose rank is not their position by (score DESC, key).
+SELECT ARRAY(
+    SELECT {key}::text FROM (
+        SELECT {key}, rank, row_number() OVER (ORDER BY score DESC, {key}) AS position
+        FROM {view}
+    ) ranked
+    WHERE rank IS DISTINCT FROM position
+    ORDER BY {key});
+
+-- name: unapplied_changes --
+-- The relation's changes not applied yet, routed or still in the log.
+SELECT coalesce(array_agg(entity), ARRAY[]::text[]), coalesce(array_agg(entity_id), ARRAY[]::bigint[])
+FROM (
+    SELECT entity, entity_id FROM mv_pending_changes WHERE view_name = %(view)s
+    UNION
+    SELECT l.entity, l.entity_id
+    FROM mv_change_log l
+    WHERE l.entity = '*'
+       OR l.entity IN (SELECT entity FROM mv_change_routes WHERE view_name = %(view)s)
+) changed;
+
+-- name: keys_as_text --
+-- The relation's keys those changes touch, as definition_diff names them.
+SELECT ARRAY(
+    SELECT DISTINCT {key_text}
+    FROM {keys_function}(%(entities)s::text[], %(ids)s::bigint[]) AS touched (kind, key));
+
+-- name: sync_search_words --
+-- Search's word index follows mv_search_index for the same keys (NULL: every document); see
+-- phase3_search_and_forums.sql.
+SELECT opskit_search_words_sync(%(kinds)s::text[], %(keys)s::bigint[]);

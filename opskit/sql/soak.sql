@@ -17,9 +17,11 @@ SELECT to_regclass('opskit_daemon_heartbeats') IS NOT NULL;
 SELECT EXISTS (SELECT FROM opskit_daemon_heartbeats WHERE worker_id = %(worker)s);
 
 -- name: holds_claim --
--- The daemon has claimed refresh requests: it is inside a refresh.
+-- The daemon holds a view's lock (refresh.LOCK_SPACE_VIEW): it is applying a batch.
 SELECT EXISTS (
-    SELECT FROM mv_refresh_queue WHERE status = 'claimed' AND claimed_by = %(worker)s
+    SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.classid = %(space)s AND l.granted
+      AND a.application_name = %(application_name)s
 );
 
 -- name: writers_in_transaction --
@@ -46,16 +48,15 @@ FROM (SELECT id FROM users ORDER BY id LIMIT 2) AS two
 HAVING count(*) = 2;
 
 -- name: queue_left --
-SELECT count(*) FROM mv_refresh_queue WHERE status <> 'done';
+-- Changes no view has applied yet: in the log, or pending for a view.
+SELECT (SELECT count(*) FROM mv_change_log) + (SELECT count(*) FROM mv_pending_changes);
 
 -- name: staleness --
--- Each refresh run's staleness: from its oldest request made during the soak (the oldest write
--- it made visible) to the end of the refresh; a run's requests share finished_at (refresh.sql
--- mark_done). Requests older than the soak (a backlog it found) are not the soak's.
-SELECT extract(epoch FROM finished_at - min(refresh_requested_at))::float8
-FROM mv_refresh_queue
-WHERE status = 'done' AND refresh_requested_at >= %(since)s
-GROUP BY view_name, finished_at;
+-- Each applied batch's staleness: from its oldest change (the oldest write it made visible) to
+-- its end. Changes older than the soak (a backlog it found) are not the soak's.
+SELECT view_name, extract(epoch FROM refresh_finished_at - oldest_change_at)::float8
+FROM mv_refresh_log
+WHERE status = 'completed' AND oldest_change_at >= %(since)s;
 
 -- name: refresh_runs --
 SELECT id, view_name, status, worker_id, refresh_started_at, refresh_finished_at

@@ -1,17 +1,17 @@
--- `opskit bench`: how stale the after mode's materialized views were while it served the load.
--- A refresh request waits in mv_refresh_queue from the write that enqueued it until the refresh
--- that claimed it finished; writes that found a younger pending request were covered by it.
+-- `opskit bench`: how stale the after mode's views were while it served the load. Each applied
+-- batch logs the time of the oldest change it made visible (refresh.sql log_batch).
 
 -- name: staleness --
-SELECT extract(epoch FROM finished_at - refresh_requested_at)::float8 AS staleness_s
-FROM mv_refresh_queue
-WHERE status = 'done'
-  AND refresh_requested_at >= to_timestamp(%(since)s)
-  AND refresh_requested_at < to_timestamp(%(until)s);
+SELECT view_name, extract(epoch FROM refresh_finished_at - oldest_change_at)::float8 AS staleness_s
+FROM mv_refresh_log
+WHERE status = 'completed'
+  AND oldest_change_at >= to_timestamp(%(since)s)
+  AND oldest_change_at < to_timestamp(%(until)s);
 
 -- name: pending_since --
-SELECT count(*) FROM mv_refresh_queue
-WHERE status <> 'done' AND refresh_requested_at >= to_timestamp(%(since)s);
+-- Changes not applied yet: in the log, or pending for a view.
+SELECT (SELECT count(*) FROM mv_change_log WHERE changed_at >= to_timestamp(%(since)s))
+     + (SELECT count(*) FROM mv_pending_changes WHERE changed_at >= to_timestamp(%(since)s));
 
 -- name: refreshes_since --
 SELECT count(*) FROM mv_refresh_log

@@ -31,8 +31,8 @@ ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = EXCLUDED.vote_type
 WHERE votes.vote_type IS DISTINCT FROM EXCLUDED.vote_type;
 
 -- Rows the phases wrote so far (evidence that a disabled trigger wrote nothing).
--- name: queue_rows --
-SELECT count(*) FROM mv_refresh_queue;
+-- name: log_rows --
+SELECT count(*) FROM mv_change_log;
 
 -- name: delta_rows --
 SELECT count(*) FROM project_stats_delta;

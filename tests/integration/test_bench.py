@@ -21,8 +21,7 @@ def settings(monkeypatch, test_servers, redis_prefix) -> Settings:
     monkeypatch.setenv("OPSKIT_DATABASE_URL", test_servers.database_url("postgres"))
     monkeypatch.setenv("OPSKIT_REDIS_URL", test_servers.redis_url)
     monkeypatch.setenv("OPSKIT_REDIS_PREFIX", redis_prefix)
-    # The daemon on the after clone (a subprocess) refreshes soon after the load's last write.
-    monkeypatch.setenv("OPSKIT_REFRESH_DEBOUNCE_S", "1")
+    # The daemon on the after clone (a subprocess) applies the load's writes twice a second.
     monkeypatch.setenv("OPSKIT_REFRESH_POLL_S", "0.5")
     return Settings.from_env()
 

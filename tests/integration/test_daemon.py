@@ -20,12 +20,7 @@ from opskit.cli import app
 from opskit.engine.daemon import latest_slot
 from tests.conftest import REPO_ROOT
 
-FAST = {
-    "OPSKIT_REFRESH_POLL_S": "0.2",
-    "OPSKIT_REFRESH_DEBOUNCE_S": "0.5",
-    "OPSKIT_REFRESH_MAX_WAIT_S": "2",
-    "OPSKIT_RECONCILE_CRON": "* * * * *",
-}
+FAST = {"OPSKIT_REFRESH_POLL_S": "0.2", "OPSKIT_RECONCILE_CRON": "* * * * *"}
 
 
 @pytest.fixture
@@ -94,7 +89,11 @@ def _beating(url, process):
 
 
 def _idle(url):
-    return _one(url, "SELECT count(*) = 0 FROM mv_refresh_queue WHERE status <> 'done'")
+    """No change left to apply: none in the log, none pending for a view."""
+    return _one(
+        url,
+        "SELECT (SELECT count(*) FROM mv_change_log) + (SELECT count(*) FROM mv_pending_changes) = 0",
+    )
 
 
 def _stop(process, sig=signal.SIGTERM):
@@ -118,7 +117,7 @@ def test_latest_slot_is_the_newest_fire_time_within_the_grace():
     assert latest_slot("*/10 * * * *", now, 3600) == now
 
 
-def test_daemon_refreshes_folds_beats_reconciles_and_stops_on_sigterm(daemons, migrated_db_url):
+def test_daemon_applies_folds_beats_reconciles_and_stops_on_sigterm(daemons, migrated_db_url):
     process = daemons()
     with psycopg.connect(migrated_db_url, autocommit=True) as conn:
         before = conn.execute("SELECT count(*) FROM mv_chain_posts").fetchone()[0]
@@ -152,7 +151,7 @@ def test_daemon_refreshes_folds_beats_reconciles_and_stops_on_sigterm(daemons, m
     )
 
 
-def test_two_daemons_never_refresh_a_view_twice_at_once_and_reconcile_once_per_slot(
+def test_two_daemons_never_apply_a_view_twice_at_once_and_reconcile_once_per_slot(
     daemons, migrated_db_url
 ):
     first, second = daemons(OPSKIT_REFRESH_WORKERS="2"), daemons(OPSKIT_REFRESH_WORKERS="2")
@@ -207,93 +206,87 @@ def test_two_daemons_never_refresh_a_view_twice_at_once_and_reconcile_once_per_s
     assert reconciles == slots[0]
 
 
-@contextlib.contextmanager
-def _refresh_stuck_on_a_lock(url):
-    """Yield (its mv_refresh_log id) once a daemon is inside REFRESH of mv_chain_posts, stuck.
+def _reply(conn):
+    conn.execute(
+        "INSERT INTO chain_post_replies (post_id, author_id, body) VALUES (1, 1, 'stuck reply')"
+    )
 
-    An open transaction with an xid holds the refresher in its wait for older transactions
-    until the claim is seen; then a newer transaction locks chain_posts (which the view reads)
-    and the older one ends, so the refresher logs its run and blocks in the REFRESH itself.
-    The lock is released when the block exits.
+
+def _replies_shown(url):
+    return _one(url, "SELECT replies_count FROM mv_chain_posts WHERE post_id = 1")
+
+
+@contextlib.contextmanager
+def _batch_stuck_on_a_lock(url):
+    """Yield once a daemon is inside a batch of mv_chain_posts, blocked on the relation's lock.
+
+    The lock is taken first, then a reply is written: the daemon claims the change (deleting
+    it from the pending changes in its batch's transaction) and blocks in the DELETE of the
+    post's row. The lock is released when the block exits.
     """
     with (
-        psycopg.connect(url, autocommit=True) as older,
         psycopg.connect(url, autocommit=True) as locker,
         psycopg.connect(url, autocommit=True) as writer,
     ):
-        _wait_for(lambda: _idle(url))  # the backlog the migration left is refreshed
-        older.execute("BEGIN")
-        older.execute("SELECT pg_current_xact_id()")
-        _new_chain_post(writer)
-        claimed = (
-            "SELECT count(*) FROM mv_refresh_queue WHERE view_name = 'mv_chain_posts' "
-            "AND status = 'claimed'"
-        )
-        _wait_for(lambda: _one(url, claimed))
-        locker.execute("SET lock_timeout = '20s'")
+        _wait_for(lambda: _idle(url))
         locker.execute("BEGIN")
-        locker.execute("LOCK TABLE chain_posts IN ACCESS EXCLUSIVE MODE")
-        older.execute("COMMIT")
-        stuck_run = _wait_for(
+        locker.execute("LOCK TABLE mv_chain_posts IN ACCESS EXCLUSIVE MODE")
+        _reply(writer)
+        _wait_for(
             lambda: _one(
                 url,
-                "SELECT max(id) FROM mv_refresh_log WHERE view_name = 'mv_chain_posts' "
-                "AND status = 'running'",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                "'opskit-daemon %%' AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM%%'",
             )
         )
         try:
-            yield stuck_run
+            yield
         finally:
             locker.execute("ROLLBACK")
 
 
 @pytest.mark.slow
-def test_a_killed_daemons_claims_are_released_after_the_lease(daemons, migrated_db_url):
+def test_a_daemon_killed_mid_batch_loses_nothing(daemons, migrated_db_url):
     victim = daemons()
-    with _refresh_stuck_on_a_lock(migrated_db_url) as stuck_run:
-        victim.kill()  # kill -9 in the middle of the refresh
+    shown = _replies_shown(migrated_db_url)
+    with _batch_stuck_on_a_lock(migrated_db_url):
+        assert _one(migrated_db_url, "SELECT count(*) FROM mv_pending_changes") >= 1
+        victim.kill()  # kill -9 in the middle of the batch
         victim.wait()
         rescuer = daemons()
-    _wait_for(
-        lambda: _one(
-            migrated_db_url,
-            "SELECT count(*) = 0 FROM mv_refresh_queue WHERE view_name = 'mv_chain_posts' "
-            "AND status <> 'done'",
-        )
-    )
+    # The victim's batch rolls back when its backend finds its client gone; the rescuer
+    # applies the change it had claimed.
+    _wait_for(lambda: _replies_shown(migrated_db_url) == shown + 1)
+    _wait_for(lambda: _idle(migrated_db_url))
     with psycopg.connect(migrated_db_url) as conn:
-        runs = conn.execute(
-            "SELECT status, worker_id FROM mv_refresh_log WHERE view_name = 'mv_chain_posts' "
-            "AND id >= %s ORDER BY id",
-            (stuck_run,),
+        batches = conn.execute(
+            "SELECT worker_id FROM mv_refresh_log WHERE view_name = 'mv_chain_posts' "
+            "AND status = 'completed' ORDER BY id"
         ).fetchall()
-    assert runs[0] == ("failed", f"{socket.gethostname()}:{victim.pid}")
-    assert runs[-1] == ("completed", f"{socket.gethostname()}:{rescuer.pid}")
+    assert batches[-1] == (f"{socket.gethostname()}:{rescuer.pid}",)
+    assert (f"{socket.gethostname()}:{victim.pid}",) not in batches
     assert _stop(rescuer)[0] == 0
 
 
 @pytest.mark.slow
-def test_sigterm_during_a_stuck_refresh_exits_within_10_s_and_releases_its_claims(
+def test_sigterm_during_a_stuck_batch_exits_within_10_s_and_keeps_its_changes(
     daemons, migrated_db_url
 ):
     process = daemons()
-    with _refresh_stuck_on_a_lock(migrated_db_url):
+    with _batch_stuck_on_a_lock(migrated_db_url):
         code, seconds = _stop(process)
     assert seconds < 10
     assert code == 0, Path(process.log_path).read_text()
     with psycopg.connect(migrated_db_url) as conn:
-        states = dict(
-            conn.execute(
-                "SELECT status, count(*) FROM mv_refresh_queue "
-                "WHERE view_name = 'mv_chain_posts' GROUP BY 1"
-            ).fetchall()
-        )
-        last_run = conn.execute(
+        pending = conn.execute(
+            "SELECT count(*) FROM mv_pending_changes WHERE view_name = 'mv_chain_posts'"
+        ).fetchone()[0]
+        last_batch = conn.execute(
             "SELECT status FROM mv_refresh_log WHERE view_name = 'mv_chain_posts' "
             "ORDER BY id DESC LIMIT 1"
         ).fetchone()[0]
-    assert "claimed" not in states and states.get("pending", 0) >= 1
-    assert last_run == "failed"
+    assert pending == 1  # the cancelled batch rolled back: its change waits for the next one
+    assert last_batch == "failed"
 
 
 def test_the_daemon_refuses_to_start_half_configured(

@@ -1,14 +1,13 @@
 """phase2_materialized_views and phase3_search_and_forums against real PostgreSQL.
 
 Each view is compared with an independent query on the app tables (correlated subqueries and
-Python, not a copy of the view's SQL), before and after writes and a REFRESH CONCURRENTLY.
-Neither phase needs phase1, so phase1 is never applied here.
+Python, not a copy of the view's SQL), before and after writes applied per key from the change
+log. Neither phase needs phase1, so phase1 is never applied here.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections import defaultdict
 from datetime import UTC
 from pathlib import Path
@@ -17,8 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from opskit.engine.refresh import DERIVED
-from opskit.sql import queries
+from opskit.core.settings import Settings
+from opskit.engine import refresh
 
 MIGRATIONS = Path(__file__).parents[2] / "migrations"
 
@@ -60,13 +59,9 @@ def rows(conn: psycopg.Connection, query: str) -> list[tuple]:
 
 
 def refresh_all(url: str) -> None:
-    """Refresh every view as opskit's refresh does: with what is derived from it (DERIVED)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        for view in VIEWS:
-            with conn.transaction():
-                conn.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")
-                if view in DERIVED:
-                    conn.execute(queries("refresh.sql")[DERIVED[view]])
+    """Apply every pending change to every view (what the daemon does every poll)."""
+    runs = refresh.refresh(url, Settings.from_env({}), all_views=True)
+    assert {run.status for run in runs} <= {"completed", "idle"}
 
 
 # ------------------------------------------------------------------ the truth, computed apart
@@ -102,7 +97,7 @@ def truth_feed(conn):
 
 
 def trending(score: int, created_at, as_of) -> float:
-    """docs/interface.md §7: (upvotes - downvotes) / power(hours_since_created + 2, 1.8)."""
+    """CONTRACT §7: (upvotes - downvotes) / power(hours_since_created + 2, 1.8)."""
     hours = max((as_of - created_at).total_seconds() / 3600, 0)
     return score / (hours + 2) ** 1.8
 
@@ -302,54 +297,46 @@ def assert_word_index_equals(conn, search_rows: list[tuple]) -> None:
     assert len(actual) == len(postings) and set(map(tuple, actual)) == postings
 
 
-def queue_counts(conn) -> dict[str, int]:
-    return dict(rows(conn, "SELECT view_name, count(*) FROM mv_refresh_queue GROUP BY 1"))
+def logged(conn) -> list[tuple[str, int]]:
+    """The change log's (entity, entity_id) rows, sorted."""
+    return sorted(rows(conn, "SELECT entity, entity_id FROM mv_change_log"))
 
 
-def added(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {
-        v: after.get(v, 0) - before.get(v, 0) for v in after if after.get(v, 0) != before.get(v, 0)
-    }
-
-
-def dependents(conn, table: str) -> set[str]:
-    return {
-        r[0]
-        for r in rows(conn, f"SELECT view_name FROM mv_dependencies WHERE source_table = '{table}'")
-    }
+def routes(conn) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = defaultdict(set)
+    for entity, view in rows(conn, "SELECT entity, view_name FROM mv_change_routes"):
+        found[entity].add(view)
+    return found
 
 
 # ------------------------------------------------------------------ tests
 
 
-def test_views_exist_populated_with_a_plain_unique_index(db):
+def test_views_are_tables_built_with_a_plain_unique_index(db):
     with psycopg.connect(db) as conn:
         for view in VIEWS:
-            populated, count = conn.execute(
-                f"SELECT ispopulated, (SELECT count(*) FROM {view}) FROM pg_matviews "
-                "WHERE matviewname = %s",
+            kind, count = conn.execute(
+                f"SELECT relkind, (SELECT count(*) FROM {view}) FROM pg_class "
+                "WHERE oid = %s::regclass",
                 (view,),
             ).fetchone()
-            assert populated and count > 0, view
+            assert kind == "r" and count > 0, view
             plain_unique = conn.execute(
                 "SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass AND indisunique "
                 "AND indexprs IS NULL AND indpred IS NULL",
                 (view,),
             ).fetchone()[0]
             assert plain_unique >= 1, view
-        # search's word index: the dictionary's trigram index, the postings in rank order
         assert (
             conn.execute(
-                "SELECT count(*) FROM pg_indexes WHERE tablename = 'search_words' "
-                "AND indexdef LIKE '%gin (word gin_trgm_ops)%'"
+                "SELECT count(*) FROM pg_indexes WHERE tablename = 'mv_search_index' "
+                "AND indexdef LIKE '%gin (document gin_trgm_ops)%'"
             ).fetchone()[0]
             == 1
         )
-        assert rows(
-            conn,
-            "SELECT indexdef LIKE '%(word, in_name DESC, popularity DESC, kind, entity_id)'"
-            " FROM pg_indexes WHERE tablename = 'search_postings'",
-        ) == [(True,)]
+        # built once by the phases: nothing is pending, nothing was logged as a batch
+        assert rows(conn, "SELECT count(*) FROM mv_pending_changes") == [(0,)]
+        assert rows(conn, "SELECT count(*) FROM mv_refresh_log") == [(0,)]
 
 
 def test_views_equal_the_truth_before_and_after_writes(db):
@@ -408,8 +395,8 @@ def test_views_equal_the_truth_before_and_after_writes(db):
     assert_views_equal_truth(db)
 
 
-def test_search_words_come_and_go_with_the_refresh_of_mv_search_index(db):
-    """A new project's words enter the dictionary with the view's refresh, not before; once no
+def test_search_words_come_and_go_with_the_maintenance_of_mv_search_index(db):
+    """A new project's words enter the dictionary with the view's next batch, not before; once no
     document uses a word it leaves; a changed title moves the word in or out of the name."""
 
     def dictionary(conn, word):
@@ -443,9 +430,7 @@ def test_search_words_come_and_go_with_the_refresh_of_mv_search_index(db):
     assert_views_equal_truth(db)
 
 
-def test_a_refresh_without_source_changes_rewrites_no_row_but_the_rescored_feed(db):
-    """Only mv_feed_projects changes: each refresh scores trending for its own instant."""
-
+def test_a_refresh_without_source_changes_rewrites_no_row(db):
     def locations(conn):
         return {v: rows(conn, f"SELECT ctid::text FROM {v} ORDER BY 1") for v in VIEWS}
 
@@ -453,145 +438,98 @@ def test_a_refresh_without_source_changes_rewrites_no_row_but_the_rescored_feed(
         before = locations(conn)
     refresh_all(db)
     with psycopg.connect(db) as conn:
-        after = locations(conn)
-    unchanged = set(VIEWS) - {"mv_feed_projects"}
-    assert {v: after[v] for v in unchanged} == {v: before[v] for v in unchanged}
-    assert not set(after["mv_feed_projects"]) & set(before["mv_feed_projects"])
+        assert locations(conn) == before
     assert_views_equal_truth(db)
 
 
-def _advance_generation(conn) -> None:
-    """What the refresher does at each poll and after each claim."""
-    conn.execute(queries("refresh.sql")["advance_generation"])
-
-
-def _poll_a_second_later(conn) -> None:
-    """Real time, not edited timestamps: the pending requests are no longer young; then a poll."""
-    time.sleep(1.1)
-    _advance_generation(conn)
-
-
-def _claim_pending(conn) -> None:
-    """What the refresher does before it refreshes: claim, then advance the generation."""
-    conn.execute("UPDATE mv_refresh_queue SET status = 'claimed' WHERE status = 'pending'")
-    _advance_generation(conn)
-
-
-def test_writes_enqueue_one_request_per_view_and_poll(db):
+def test_writes_log_what_they_changed_and_nothing_else(db):
     with psycopg.connect(db, autocommit=True) as conn:
-        vote_views = dependents(conn, "votes")
-        assert vote_views == {
+        conn.execute("DELETE FROM mv_change_log")
+        inserted = conn.execute(  # a multi-row insert logs each row's project
+            "INSERT INTO votes (user_id, project_id, vote_type) "
+            "SELECT u.id, p.id, 'up' FROM users u CROSS JOIN "
+            "(SELECT id FROM projects ORDER BY id DESC LIMIT 3) p "
+            "WHERE NOT EXISTS (SELECT 1 FROM votes v WHERE v.user_id = u.id AND v.project_id = p.id) "
+            "AND u.id <= 10 RETURNING project_id"
+        ).fetchall()
+        assert logged(conn) == sorted(("project_votes", p) for (p,) in inserted)
+        conn.execute("DELETE FROM mv_change_log")
+        # a statement that changes no row logs nothing; nor does a rolled-back write
+        conn.execute("DELETE FROM follows WHERE follower_id = -1")
+        conn.execute("UPDATE votes SET created_at = created_at WHERE false")
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+            conn.execute("DELETE FROM follows WHERE follower_id = 1")
+            conn.execute("SELECT 1 / 0")
+        conn.execute("UPDATE messages SET read_at = now() WHERE id = 1")  # no view reads it
+        assert logged(conn) == []
+        # a move logs both ends of the link it moves
+        old_owner, old_chain = conn.execute(
+            "SELECT owner_id, chain_id FROM projects WHERE id = 2"
+        ).fetchone()
+        conn.execute("UPDATE projects SET owner_id = 7, chain_id = NULL WHERE id = 2")
+        assert set(logged(conn)) == {
+            ("project", 2),
+            ("owner", old_owner),
+            ("owner", 7),
+            *([("chain_activity", old_chain)] if old_chain else []),
+        }
+        conn.execute("DELETE FROM mv_change_log")
+        conn.execute("UPDATE chain_posts SET chain_id = 3 WHERE id = 1 AND chain_id <> 3")
+        conn.execute("INSERT INTO follows VALUES (3, 4) ON CONFLICT DO NOTHING")
+        conn.execute("UPDATE intro_requests SET status = 'declined' WHERE id = 1")
+        entities = {entity for entity, _ in logged(conn)}
+        assert entities <= {"post", "chain_activity", "followee", "intro_target"}
+        assert {"followee", "intro_target"} <= entities
+        # every entity feeds the views that read it
+        found = routes(conn)
+        assert found["project_votes"] == {
             "mv_feed_projects",
             "mv_leaderboard_projects",
             "mv_leaderboard_builders",
             "mv_project_details",
             "mv_search_index",
         }
-        _poll_a_second_later(conn)  # the migration's own requests are no longer young
-
-        before = queue_counts(conn)  # multi-row insert: one row per view, not per row
-        inserted = conn.execute(
-            "INSERT INTO votes (user_id, project_id, vote_type) "
-            "SELECT u.id, p.id, 'up' FROM users u CROSS JOIN "
-            "(SELECT id FROM projects ORDER BY id DESC LIMIT 3) p "
-            "WHERE NOT EXISTS (SELECT 1 FROM votes v WHERE v.user_id = u.id AND v.project_id = p.id) "
-            "AND u.id <= 40"
-        ).rowcount
-        assert inserted > 10
-        assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
-
-        before = queue_counts(conn)  # same generation: the pending requests cover this write
-        conn.execute(
-            "UPDATE votes SET vote_type = 'down' WHERE (user_id, project_id) = "
-            "(SELECT user_id, project_id FROM votes ORDER BY 1, 2 LIMIT 1)"
-        )
-        assert added(before, queue_counts(conn)) == {}
-
-        # a claimed request covers nothing, also for this writer, which saw it pending a moment
-        # ago: a new one is added
-        before = queue_counts(conn)
-        _claim_pending(conn)
-        conn.execute(
-            "UPDATE votes SET vote_type = 'up' WHERE (user_id, project_id) = "
-            "(SELECT user_id, project_id FROM votes ORDER BY 1, 2 LIMIT 1)"
-        )
-        assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
-
-        assert dependents(conn, "comments") <= vote_views
-        before = queue_counts(conn)  # requests are per view: the votes' young ones cover comments
-        with conn.transaction():
-            conn.execute("INSERT INTO comments (project_id, user_id, body) VALUES (1, 1, 'a')")
-            conn.execute("INSERT INTO comments (project_id, user_id, body) VALUES (1, 2, 'b')")
-        assert added(before, queue_counts(conn)) == {}
-
-        flip_first_vote = (
-            "UPDATE votes SET vote_type = CASE vote_type WHEN 'up' THEN 'down' ELSE 'up' END "
-            "WHERE (user_id, project_id) = (SELECT user_id, project_id FROM votes ORDER BY 1, 2 "
-            "LIMIT 1)"
-        )
-        time.sleep(1.1)
-        before = queue_counts(conn)  # old requests, but no poll since this session looked
-        assert conn.execute(flip_first_vote).rowcount == 1
-        assert added(before, queue_counts(conn)) == {}
-        _advance_generation(conn)  # a poll: the session looks again and adds young requests
-        assert conn.execute(flip_first_vote).rowcount == 1
-        assert added(before, queue_counts(conn)) == dict.fromkeys(vote_views, 1)
-
-        _poll_a_second_later(conn)
-        follow_views = dependents(conn, "follows")
-        before = queue_counts(conn)  # a rolled-back write takes its request with it
-        first_follow = (
-            "DELETE FROM follows WHERE (follower_id, followee_id) ="
-            " (SELECT follower_id, followee_id FROM follows ORDER BY 1, 2 LIMIT 1)"
-        )
-        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
-            assert conn.execute(first_follow).rowcount == 1
-            conn.execute("SELECT 1 / 0")
-        assert added(before, queue_counts(conn)) == {}
-        # a statement that changes no row enqueues nothing (row-level triggers)
-        conn.execute("DELETE FROM follows WHERE follower_id = -1")
-        conn.execute("UPDATE follows SET created_at = created_at WHERE false")
-        assert added(before, queue_counts(conn)) == {}
-        assert conn.execute(first_follow).rowcount == 1
-        assert added(before, queue_counts(conn)) == dict.fromkeys(follow_views, 1)
-
-        before = queue_counts(conn)  # a table no view reads enqueues nothing
-        conn.execute(
-            "UPDATE messages SET read_at = now() WHERE id = (SELECT min(id) FROM messages)"
-        )
-        assert added(before, queue_counts(conn)) == {}
+        assert found["followee"] == {
+            "mv_leaderboard_builders",
+            "mv_search_index",
+            "mv_investors_directory",
+        }
+        assert {view for views in found.values() for view in views} == set(VIEWS)
 
 
-def test_every_source_table_has_enqueue_triggers_for_rows_and_truncate(db):
+def test_every_source_table_has_change_log_triggers_for_rows_and_truncate(db):
+    sources = (
+        "projects",
+        "users",
+        "chains",
+        "votes",
+        "comments",
+        "follows",
+        "chain_members",
+        "chain_posts",
+        "chain_post_replies",
+        "intro_requests",
+        "investor_profiles",
+    )
     with psycopg.connect(db) as conn:
         # tgtype bits: 0 row-level, 1 BEFORE, 2 INSERT, 3 DELETE, 4 UPDATE, 5 TRUNCATE
         triggers = rows(
             conn,
-            "SELECT tgrelid::regclass::text, tgname, tgtype::int FROM pg_trigger "
-            "WHERE tgname LIKE 'trg_opskit_mvq%' ORDER BY 1, 2",
+            "SELECT tgrelid::regclass::text, tgtype::int FROM pg_trigger "
+            "WHERE tgname LIKE 'trg_opskit_mvlog%' ORDER BY 1, 2",
         )
-        sources = {r[0] for r in rows(conn, "SELECT DISTINCT source_table FROM mv_dependencies")}
-        assert {t for t, _, _ in triggers} == sources
+        assert {table for table, _ in triggers} == set(sources)
         for table in sources:
-            mine = {name: kind for t, name, kind in triggers if t == table}
-            main = mine[f"trg_opskit_mvq_{table}"]
-            assert main & 0b10 == 0 and main & 0b11100 == 0b11100  # AFTER INSERT/UPDATE/DELETE
-            # TRUNCATE: the same statement-level trigger (phase 3) or a separate one (phase 2)
-            truncate = mine.get(f"trg_opskit_mvq_{table}_truncate", main)
-            assert truncate & 0b100011 == 0b100000, table
-            if main & 1:  # row-level: a statement that changes no row enqueues nothing
-                before = queue_counts(conn)
-                conn.execute(sql.SQL("DELETE FROM {} WHERE false").format(sql.Identifier(table)))
-                assert queue_counts(conn) == before
+            kinds = [kind for t, kind in triggers if t == table]
+            events = 0
+            for kind in kinds:
+                assert kind & 0b10 == 0, table  # AFTER
+                assert kind & 1 or kind == 0b100000, table  # rows, or the TRUNCATE statement
+                events |= kind
+            assert events & 0b111100 == 0b111100, table
+            conn.execute(sql.SQL("TRUNCATE {} CASCADE").format(sql.Identifier(table)))
+            assert ("*", 0) in logged(conn), table  # everything it feeds is rebuilt
             conn.rollback()
-        assert {v for (v,) in rows(conn, "SELECT DISTINCT view_name FROM mv_dependencies")} == set(
-            VIEWS
-        )
-
-
-def test_each_phase_requests_one_refresh_per_view_when_applied(db):
-    with psycopg.connect(db) as conn:
-        assert queue_counts(conn) == dict.fromkeys(VIEWS, 1)
 
 
 def test_monitoring_queries_run_unchanged(db):
@@ -614,10 +552,11 @@ def test_down_then_up_again(db):
         apply(db, "phase2_materialized_views.down.sql")
     apply(db, "phase3_search_and_forums.down.sql")
     with psycopg.connect(db) as conn:
-        assert {r[0] for r in rows(conn, "SELECT matviewname FROM pg_matviews")} == set(
-            PHASE2_VIEWS
-        )
-        assert rows(conn, "SELECT DISTINCT view_name FROM mv_dependencies ORDER BY 1") == [
+        phase2_tables = conn.execute(
+            "SELECT relname FROM pg_class WHERE relname = ANY(%s) ORDER BY 1", (list(VIEWS),)
+        ).fetchall()
+        assert phase2_tables == [(v,) for v in sorted(PHASE2_VIEWS)]
+        assert rows(conn, "SELECT DISTINCT view_name FROM mv_change_routes ORDER BY 1") == [
             (v,) for v in sorted(PHASE2_VIEWS)
         ]
     apply(db, "phase2_materialized_views.down.sql")
@@ -626,8 +565,10 @@ def test_down_then_up_again(db):
             rows(
                 conn,
                 "SELECT relname FROM pg_class WHERE relname LIKE 'mv\\_%' "
-                "UNION ALL SELECT tgname::text FROM pg_trigger WHERE tgname LIKE 'trg_opskit_mvq%' "
-                "UNION ALL SELECT proname::text FROM pg_proc WHERE proname = 'opskit_mv_enqueue_refresh'",
+                "UNION ALL SELECT tgname::text FROM pg_trigger WHERE tgname LIKE 'trg_opskit_mv%' "
+                "UNION ALL SELECT proname::text FROM pg_proc "
+                "WHERE proname LIKE 'mv\\_%' OR proname LIKE 'opskit\\_mv\\_%' "
+                "OR proname = 'opskit_trending_score'",
             )
             == []
         )

@@ -193,13 +193,16 @@ def test_grant_to_lets_the_apps_role_write_through_every_trigger_across_a_rollba
         migrated = _run(tiny_db_url, "migrate", "--grant-to", granted, "--json")
         assert migrated.exit_code == 0, migrated.output
         assert json.loads(migrated.stdout)["granted_to"] == [granted]
-        with psycopg.connect(tiny_db_url) as conn:  # the refresher's own tables: read only
+        with psycopg.connect(tiny_db_url) as conn:  # the daemon's own tables: read only
             assert conn.execute(
                 "SELECT has_table_privilege(%(r)s, 'mv_refresh_log', 'SELECT'),"
                 " has_table_privilege(%(r)s, 'mv_refresh_log', 'INSERT'),"
-                " has_table_privilege(%(r)s, 'mv_dependencies', 'UPDATE')",
+                " has_table_privilege(%(r)s, 'mv_change_routes', 'UPDATE'),"
+                " has_table_privilege(%(r)s, 'mv_feed_projects', 'DELETE'),"
+                " has_table_privilege(%(r)s, 'mv_feed_projects', 'SELECT'),"
+                " has_table_privilege(%(r)s, 'mv_change_log', 'INSERT')",
                 {"r": granted},
-            ).fetchone() == (True, False, False)
+            ).fetchone() == (True, False, False, False, True, True)
         # The control: the app's rights alone do not let a role write through the triggers.
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             _write_as(tiny_db_url, other)

@@ -285,10 +285,10 @@ def test_every_injected_drift_is_found_fixed_and_gone_on_the_next_run(
             conn.execute("ALTER TABLE follows DISABLE TRIGGER trg_opskit_follows_ins")
             conn.execute("INSERT INTO follows (follower_id, followee_id) VALUES (10, 11), (12, 13)")
             conn.execute("ALTER TABLE follows ENABLE TRIGGER trg_opskit_follows_ins")
-        # A view whose oldest request is far older than max wait.
+        # A change to a post far older than the freshness promise, applied by no daemon.
         conn.execute(
-            "INSERT INTO mv_refresh_queue (view_name, refresh_requested_at) "
-            "VALUES ('mv_chain_posts', now() - interval '1 hour')"
+            "INSERT INTO mv_change_log (changed_at, entity, entity_id) "
+            "VALUES (now() - interval '1 hour', 'post', 1)"
         )
     # Altered Redis keys: a member added, a member removed; a deleted key is "not cached".
     plain.sadd(upvotes_key(redis_prefix, cached[0]), 999_999)

@@ -22,11 +22,7 @@ from opskit.core.settings import Settings
 from opskit.engine import migrations
 from opskit.engine.truth import DENORMALIZED, diff_against_truth
 
-FAST = {
-    "OPSKIT_REFRESH_POLL_S": "0.2",
-    "OPSKIT_REFRESH_DEBOUNCE_S": "0.5",
-    "OPSKIT_REFRESH_MAX_WAIT_S": "2",
-}
+FAST = {"OPSKIT_REFRESH_POLL_S": "0.2"}
 RELATIONS = {spec.relation for spec in DENORMALIZED}
 REDIS_KINDS = ("redis_flush", "flushall", "redis_stop")
 

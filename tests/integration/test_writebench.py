@@ -105,25 +105,27 @@ def test_the_breakdown_switches_each_part_off_on_a_scratch_clone(test_servers, m
     payload = json.loads(out.stdout)
     runs = {run["label"]: run for run in payload["runs"]}
     assert list(runs) == [label for label, _, _ in write_cost.BREAKDOWN_VARIANTS]
-    queue, phase1 = set(write_cost.VOTE_TRIGGERS["queue"]), set(write_cost.VOTE_TRIGGERS["phase1"])
+    log_triggers = set(write_cost.VOTE_TRIGGERS["change_log"])
+    phase1 = set(write_cost.VOTE_TRIGGERS["phase1"])
     on = {label: set(run["vote_triggers_on"]) for label, run in runs.items()}
     assert on["no phases"] == set()
-    assert on["all phases"] >= queue | phase1
-    assert not on["all phases, refresh-queue trigger off"] & queue
-    assert on["all phases, refresh-queue trigger off"] >= phase1
+    assert on["all phases"] >= log_triggers | phase1
+    assert not on["all phases, change-log triggers off"] & log_triggers
+    assert on["all phases, change-log triggers off"] >= phase1
     assert not on["all phases, phase-1 vote triggers off"] & phase1
-    assert not on["all phases, both off (indexes only)"] & (queue | phase1)
-    # What the runs wrote: delta rows only while phase 1's triggers were on; the queue's
-    # dedupe may add no row in a short run, but never one with its trigger off.
-    wrote = {label: (run["queue_rows"], run["delta_rows"]) for label, run in runs.items()}
+    assert not on["all phases, both off (indexes only)"] & (log_triggers | phase1)
+    # What the runs wrote: delta rows only while phase 1's triggers were on, change-log rows
+    # (one per vote write) only while the change-log triggers were on.
+    wrote = {label: (run["log_rows"], run["delta_rows"]) for label, run in runs.items()}
     assert wrote["no phases"] == (None, None)
-    assert wrote["all phases"][1] > 0 and wrote["all phases, refresh-queue trigger off"][1] > 0
+    assert wrote["all phases"][0] > 0 and wrote["all phases"][1] > 0
+    assert wrote["all phases, change-log triggers off"][1] > 0
     assert wrote["all phases, phase-1 vote triggers off"][1] == 0
-    assert wrote["all phases, refresh-queue trigger off"][0] == 0
+    assert wrote["all phases, change-log triggers off"][0] == 0
     assert wrote["all phases, both off (indexes only)"] == (0, 0)
     assert all(run["backend_cpu_us_per_write"] >= 0 for run in runs.values())
     assert set(payload["part_cpu_us_per_write"]) == {
-        "refresh-queue trigger",
+        "change-log triggers",
         "phase-1 vote triggers (delta rows)",
         "indexes and the rest (triggers off)",
     }

@@ -56,7 +56,13 @@ STORY = {
         "throughput_vs_baseline": 0.36,
         "p99_vs_baseline": 4.33,
     },
-    "staleness": {"p50_s": 5.2, "p95_s": 9.8, "max_s": 31.0, "refreshes": 14},
+    "staleness": {
+        "p50_s": 0.6,
+        "p95_s": 1.4,
+        "max_s": 3.1,
+        "refreshes": 14,
+        "by_view": {"mv_feed_projects": {"p50_s": 0.5, "p95_s": 1.2, "max_s": 2.5, "batches": 9}},
+    },
     "api_floor": None,
 }
 
@@ -138,7 +144,9 @@ def test_html_report_has_headline_claims_flags_and_story(folders, tmp_path):
 
     assert body_rows(found["story-migrate"])["phase4_critical_indexes"][1] == "4,700 ms"
     assert body_rows(found["story-write-cost"])["all phases (hot key)"][2] == "1,080"
-    assert body_rows(found["story-staleness"])["5.2 s"][2] == "31 s"
+    staleness = body_rows(found["story-staleness"])
+    assert staleness["all"][1:] == ["0.6 s", "1.4 s", "3.1 s", "14"]
+    assert staleness["mv_feed_projects"][1:] == ["0.5 s", "1.2 s", "2.5 s", "9"]
     environment = body_rows(found["environment-table"])
     assert environment["data scale"][1:] == ["tiny", "tiny"]
     assert environment["rows: votes"][1] == "2,000"
