@@ -293,7 +293,7 @@ def _capacity(
                 redis_prefix=f"{redis_prefix}{mode}:",
             ).as_dict()
     with steps.step("let the after views catch up"):
-        _settle_views(urls["after"], settings.refresh_max_wait_s + settings.refresh_poll_s)
+        _settle_views(urls["after"], SETTLE_TIMEOUT_S)
     after = ramps["after"]
     ramps["staleness"] = _staleness(urls["after"], [(after["started_at"], after["finished_at"])])
     return ramps

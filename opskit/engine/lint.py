@@ -232,7 +232,8 @@ def _lock_rules(
 ) -> list[Finding]:
     """The locked section (docs/migrations.md): strong locks on app tables are taken up front,
     together (consecutive LOCK statements), parents before children, in the strongest mode any
-    later statement needs, and only where a transaction holds them."""
+    later statement needs, and only where a transaction holds them. A statement of a
+    no-transaction file that locks one app table is its own short section."""
     findings = []
     held: dict[str, str] = {}  # app table -> mode the LOCK statements took
     previous_was_lock = False
@@ -276,7 +277,13 @@ def _lock_rules(
             previous_was_lock = True
             continue
         previous_was_lock = False
-        for table, mode in strong_app_locks(text, index_tables):
+        strong = strong_app_locks(text, index_tables)
+        if not transactional and len({table for table, _mode in strong}) <= 1:
+            # A statement of a no-transaction file commits alone: it holds nothing while it
+            # waits for its one table, so it cannot deadlock with the app, and the app waits
+            # for it at most its lock_timeout.
+            continue
+        for table, mode in strong:
             if table not in held:
                 findings.append(
                     Finding(

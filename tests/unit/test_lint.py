@@ -190,3 +190,15 @@ CREATE UNIQUE INDEX mv_chain_posts_pk ON mv_chain_posts (post_id);
 
 def test_the_project_migration_files_pass_lint():
     assert lint(MIGRATIONS_DIR) == []
+
+
+def test_a_no_transaction_statement_on_one_app_table_is_its_own_section(write):
+    # It commits alone, holding nothing while it waits: no deadlock, the app waits lock_timeout.
+    alone = "-- opskit: no-transaction\nSET lock_timeout = '500ms';\n" + DROP_TRIGGER
+    assert "strong-lock-not-up-front" not in _rules(write("phase2_materialized_views.sql", alone))
+    # Two app tables in one statement still hold one while waiting for the other.
+    both = (
+        "-- opskit: no-transaction\nSET lock_timeout = '500ms';\n"
+        "ALTER TABLE votes ADD CONSTRAINT opskit_x FOREIGN KEY (user_id) REFERENCES users (id);\n"
+    )
+    assert "strong-lock-not-up-front" in _rules(write("phase2_materialized_views.sql", both))
