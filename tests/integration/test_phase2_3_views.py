@@ -97,7 +97,7 @@ def truth_feed(conn):
 
 
 def trending(score: int, created_at, as_of) -> float:
-    """CONTRACT §7: (upvotes - downvotes) / power(hours_since_created + 2, 1.8)."""
+    """docs/interface.md §7: (upvotes - downvotes) / power(hours_since_created + 2, 1.8)."""
     hours = max((as_of - created_at).total_seconds() / 3600, 0)
     return score / (hours + 2) ** 1.8
 
