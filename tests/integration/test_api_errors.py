@@ -7,22 +7,12 @@ import time
 import jwt
 import psycopg
 import pytest
-from starlette.testclient import TestClient
 
-from opskit.app.api import MAX_BODY_BYTES, VerifiedTokens, create_app
+from opskit.app.api import MAX_BODY_BYTES, VerifiedTokens
 from opskit.app.auth import InvalidToken, mint_token, user_id_from_token
-from tests.integration.test_api import SECRET, auth, settings_for
+from tests.integration.test_api import SECRET, auth
 
 GONE_USER = 10**12  # a well-formed id no user has
-
-
-@pytest.fixture(params=["before", "after"])
-def client(request, migrated_db_url, redis_url, redis_prefix, tmp_path):
-    app = create_app(
-        settings_for(tmp_path, redis_prefix), request.param, migrated_db_url, redis_url, pool_size=2
-    )
-    with TestClient(app) as client:
-        yield client
 
 
 @pytest.fixture

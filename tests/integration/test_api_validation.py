@@ -7,20 +7,10 @@ import json
 
 import psycopg
 import pytest
-from starlette.testclient import TestClient
 
-from opskit.app.api import ROUTES, create_app
+from opskit.app.api import ROUTES
 from opskit.app.openapi import MAX_BODY_BYTES, MAX_ID, MAX_MESSAGE_CHARS, MAX_QUERY_CHARS
-from tests.integration.test_api import auth, settings_for
-
-
-@pytest.fixture(params=["before", "after"])
-def client(request, migrated_db_url, redis_url, redis_prefix, tmp_path):
-    app = create_app(
-        settings_for(tmp_path, redis_prefix), request.param, migrated_db_url, redis_url, pool_size=2
-    )
-    with TestClient(app) as client:
-        yield client
+from tests.integration.test_api import auth
 
 
 @pytest.fixture
