@@ -1,6 +1,6 @@
 -- opskit: no-transaction
 SET lock_timeout = '500ms';  -- below deadlock_timeout (1s): the migration gives way
-SET statement_timeout = '15min';
+SET statement_timeout = '1h';  -- the word index's first build: ~13 min at large on a loaded machine
 
 -- phase3_search_and_forums: trigram search over projects, people and chains, the chain forum
 -- listing and the investors directory (docs/interface.md §7). Same design as phase2: tables maintained
