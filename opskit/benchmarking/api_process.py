@@ -56,18 +56,19 @@ def server_env(
     redis_prefix: str | None = None,
     jwt_secret: str | None = None,
 ) -> dict[str, str]:
-    """The environment of a child `opskit serve`: these servers, and our OPSKIT_HOME (so the
-    same JWT secret as the tokens we mint, unless `jwt_secret` names another)."""
-    env = dict(os.environ)
+    """The environment of a child opskit process (`serve`, the daemon): this process's, without
+    its OPSKIT_* variables, plus these servers, our OPSKIT_HOME, the Redis prefix (ours unless
+    given) and the JWT secret of the tokens we mint (ours unless given)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OPSKIT_")}
     env.update(
         OPSKIT_DATABASE_URL=database_url,
         OPSKIT_REDIS_URL=redis_url,
         OPSKIT_HOME=str(settings.home),
+        OPSKIT_REDIS_PREFIX=settings.redis_prefix if redis_prefix is None else redis_prefix,
     )
-    if redis_prefix is not None:
-        env["OPSKIT_REDIS_PREFIX"] = redis_prefix
-    if jwt_secret is not None:
-        env["OPSKIT_JWT_SECRET"] = jwt_secret
+    secret = jwt_secret or settings.jwt_secret
+    if secret is not None:
+        env["OPSKIT_JWT_SECRET"] = secret
     return env
 
 

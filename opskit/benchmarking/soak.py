@@ -49,7 +49,7 @@ import redis
 from psycopg import sql
 
 from opskit.app import auth
-from opskit.benchmarking.api_process import ApiProcess
+from opskit.benchmarking.api_process import ApiProcess, server_env
 from opskit.benchmarking.workload import (
     WRITER_APPLICATION_NAME,
     World,
@@ -404,13 +404,8 @@ class _SoakRun:
 
     def _child_env(self) -> dict[str, str]:
         settings = self.settings
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OPSKIT_")}
+        env = server_env(settings, self.url, self.redis_url, jwt_secret=self.secret)
         env.update(
-            OPSKIT_DATABASE_URL=self.url,
-            OPSKIT_REDIS_URL=self.redis_url,
-            OPSKIT_HOME=str(settings.home),
-            OPSKIT_JWT_SECRET=self.secret,
-            OPSKIT_REDIS_PREFIX=settings.redis_prefix,
             OPSKIT_REFRESH_POLL_S=str(settings.refresh_poll_s),
             OPSKIT_REFRESH_WORKERS=str(settings.refresh_workers),
             OPSKIT_RECONCILE_CRON=NEVER_CRON,
