@@ -447,14 +447,13 @@ $$;
 
 -- ------------------------------------------------------------------ mv_leaderboard_projects
 
--- rank is the row's position by (score DESC, project_id): a batch renumbers the span between
--- the first and the last position it changed (opskit/refresh.py). With ties, one vote moves
--- the ranks of hundreds of rows (at medium a batch of 300 votes moved 16k of 19k), so rank has
--- no index: a rank-only update is then HOT (no index entry; room left by fillfactor), about
--- ten times cheaper. Readers page through the order index ((-score), project_id) instead, whose
--- positions are the ranks. The unique key is project_id.
+-- No stored rank: a rank is a position among all rows (by score desc, ties lower id first), and
+-- with ties one vote moves the positions of hundreds of rows (at medium a batch of 300 votes
+-- moved 16k of 19k), so a stored rank made every batch cost about the size of the table. The
+-- API numbers each page from the order index ((-score), project_id) instead: rank = offset +
+-- position on the page. The same holds for mv_leaderboard_builders. The unique key is
+-- project_id.
 CREATE TABLE IF NOT EXISTS mv_leaderboard_projects (
-    rank           bigint,
     project_id     bigint NOT NULL,
     title          text,
     owner_id       bigint,
@@ -463,14 +462,12 @@ CREATE TABLE IF NOT EXISTS mv_leaderboard_projects (
     downvotes      bigint,
     score          bigint,
     comments_count bigint
-) WITH (fillfactor = 70);
+);
 
--- rank is NULL here: the position among all rows is not a property of a key's row.
 CREATE OR REPLACE FUNCTION mv_leaderboard_projects_def(kinds text[], keys bigint[])
 RETURNS SETOF mv_leaderboard_projects
 LANGUAGE sql STABLE AS $$
-SELECT NULL::bigint,
-       p.id,
+SELECT p.id,
        p.title,
        p.owner_id,
        u.username,
@@ -510,7 +507,6 @@ $$;
 -- ------------------------------------------------------------------ mv_leaderboard_builders
 
 CREATE TABLE IF NOT EXISTS mv_leaderboard_builders (
-    rank               bigint,
     user_id            bigint NOT NULL,
     username           text,
     display_name       text,
@@ -519,13 +515,12 @@ CREATE TABLE IF NOT EXISTS mv_leaderboard_builders (
     downvotes_received bigint,
     score              bigint,
     followers_count    bigint
-) WITH (fillfactor = 70);
+);
 
 CREATE OR REPLACE FUNCTION mv_leaderboard_builders_def(kinds text[], keys bigint[])
 RETURNS SETOF mv_leaderboard_builders
 LANGUAGE sql STABLE AS $$
-SELECT NULL::bigint,
-       u.id,
+SELECT u.id,
        u.username,
        u.display_name,
        pr.projects_count,
@@ -750,15 +745,9 @@ $$;
 DELETE FROM mv_feed_projects;
 INSERT INTO mv_feed_projects SELECT * FROM mv_feed_projects_def(NULL, NULL);
 DELETE FROM mv_leaderboard_projects;
-INSERT INTO mv_leaderboard_projects
-SELECT row_number() OVER (ORDER BY score DESC, project_id), project_id, title, owner_id,
-       owner_username, upvotes, downvotes, score, comments_count
-FROM mv_leaderboard_projects_def(NULL, NULL);
+INSERT INTO mv_leaderboard_projects SELECT * FROM mv_leaderboard_projects_def(NULL, NULL);
 DELETE FROM mv_leaderboard_builders;
-INSERT INTO mv_leaderboard_builders
-SELECT row_number() OVER (ORDER BY score DESC, user_id), user_id, username, display_name,
-       projects_count, upvotes_received, downvotes_received, score, followers_count
-FROM mv_leaderboard_builders_def(NULL, NULL);
+INSERT INTO mv_leaderboard_builders SELECT * FROM mv_leaderboard_builders_def(NULL, NULL);
 DELETE FROM mv_chains_discovery;
 INSERT INTO mv_chains_discovery SELECT * FROM mv_chains_discovery_def(NULL, NULL);
 DELETE FROM mv_project_details;
@@ -774,7 +763,7 @@ CREATE INDEX IF NOT EXISTS mv_feed_projects_trending_idx
 
 CREATE UNIQUE INDEX IF NOT EXISTS mv_leaderboard_projects_project_id_idx
     ON mv_leaderboard_projects (project_id);
--- The rank order as an index: readers page through it, a batch finds the rows of its span.
+-- The rank order as an index: readers page through it.
 CREATE INDEX IF NOT EXISTS mv_leaderboard_projects_order_idx
     ON mv_leaderboard_projects ((-score), project_id);
 

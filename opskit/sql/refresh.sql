@@ -76,39 +76,16 @@ SELECT coalesce(array_agg(kind), ARRAY[]::text[]), coalesce(array_agg(key), ARRA
 FROM {keys_function}(%(entities)s::text[], %(ids)s::bigint[]);
 
 -- name: delete_keys --
-DELETE FROM {view} WHERE {match} RETURNING {returning};
+DELETE FROM {view} WHERE {match};
 
 -- name: insert_keys --
-INSERT INTO {view} SELECT * FROM {definition}(%(kinds)s::text[], %(keys)s::bigint[])
-RETURNING {returning};
+INSERT INTO {view} SELECT * FROM {definition}(%(kinds)s::text[], %(keys)s::bigint[]);
 
 -- name: delete_all --
 DELETE FROM {view};
 
 -- name: insert_all --
 INSERT INTO {view} SELECT * FROM {definition}(NULL, NULL);
-
--- name: renumber --
--- rank = position by (score DESC, key) for the rows of the span [low, high] in (-score, key)
--- order (the leaderboards' order index). Rows before the span keep their ranks, so the span
--- starts after the rank of the last row before it. Only rows whose rank changes are written
--- (HOT updates: rank has no index).
-WITH before_span AS (
-    SELECT coalesce((
-        SELECT rank FROM {view}
-        WHERE ((-score), {key}) < (%(low_score)s::bigint, %(low_key)s::bigint)
-        ORDER BY (-score) DESC, {key} DESC
-        LIMIT 1), 0) AS rank
-), span AS (
-    SELECT {key} AS key,
-           (SELECT rank FROM before_span) + row_number() OVER (ORDER BY (-score), {key}) AS rank
-    FROM {view}
-    WHERE ((-score), {key}) >= (%(low_score)s::bigint, %(low_key)s::bigint)
-      AND ((-score), {key}) <= (%(high_score)s::bigint, %(high_key)s::bigint)
-)
-UPDATE {view} t SET rank = span.rank
-FROM span
-WHERE t.{key} = span.key AND t.rank IS DISTINCT FROM span.rank;
 
 -- name: log_batch --
 -- One row per applied batch or full build: its oldest change, and the relation's changes
@@ -156,7 +133,7 @@ SELECT pg_try_advisory_lock(%(space)s, %(key)s);
 SELECT pg_advisory_unlock(%(space)s, %(key)s);
 
 -- name: columns --
--- The relation's columns in order (its rank left out by the caller).
+-- The relation's columns in order.
 SELECT attname FROM pg_attribute
 WHERE attrelid = to_regclass(%(view)s) AND attnum > 0 AND NOT attisdropped
 ORDER BY attnum;
@@ -173,16 +150,6 @@ WITH relation AS (SELECT {columns} FROM {view}),
      )
 SELECT (SELECT count(*) FROM relation),
        ARRAY(SELECT DISTINCT concat_ws(':', {key}) FROM differing ORDER BY 1);
-
--- name: misranked --
--- Ranked relations: the keys whose rank is not their position by (score DESC, key).
-SELECT ARRAY(
-    SELECT {key}::text FROM (
-        SELECT {key}, rank, row_number() OVER (ORDER BY score DESC, {key}) AS position
-        FROM {view}
-    ) ranked
-    WHERE rank IS DISTINCT FROM position
-    ORDER BY {key});
 
 -- name: unapplied_changes --
 -- The relation's changes not applied yet, routed or still in the log.
