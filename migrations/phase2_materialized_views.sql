@@ -517,43 +517,28 @@ CREATE TABLE IF NOT EXISTS mv_leaderboard_builders (
     followers_count    bigint
 );
 
+-- The per-owner counts come from phase 1's user_dashboard_stats (equal to the truth in every
+-- transaction; same meaning: own live projects, votes on them, followers), so a batch costs a
+-- few index probes per touched owner, not a recount of a heavy owner's votes (at large, an owner
+-- of 10,000 projects made one batch take over a minute). For given keys the lookups are per key
+-- (LATERAL, kept a subquery by OFFSET 0: the key then reaches every part of the view, as a
+-- single user's read does; flattened, the planner summed every owner's projects); with keys
+-- NULL (a full build) the whole view is read once.
 CREATE OR REPLACE FUNCTION mv_leaderboard_builders_def(kinds text[], keys bigint[])
 RETURNS SETOF mv_leaderboard_builders
 LANGUAGE sql STABLE AS $$
-SELECT u.id,
-       u.username,
-       u.display_name,
-       pr.projects_count,
-       pr.upvotes_received,
-       pr.downvotes_received,
-       pr.upvotes_received - pr.downvotes_received,
-       coalesce(f.followers_count, 0)
+SELECT u.id, u.username, u.display_name, s.projects_count, s.upvotes_received,
+       s.downvotes_received, s.upvotes_received - s.downvotes_received, s.followers_count
 FROM users u
-JOIN (
-    SELECT p.owner_id,
-           count(*)                              AS projects_count,
-           coalesce(sum(v.upvotes), 0)::bigint   AS upvotes_received,
-           coalesce(sum(v.downvotes), 0)::bigint AS downvotes_received
-    FROM projects p
-    LEFT JOIN (
-        SELECT project_id,
-               count(*) FILTER (WHERE vote_type = 'up')   AS upvotes,
-               count(*) FILTER (WHERE vote_type = 'down') AS downvotes
-        FROM votes
-        WHERE keys IS NULL
-           OR project_id = ANY (ARRAY(SELECT id FROM projects WHERE owner_id = ANY (keys)))
-        GROUP BY project_id
-    ) v ON v.project_id = p.id
-    WHERE p.deleted_at IS NULL AND (keys IS NULL OR p.owner_id = ANY (keys))
-    GROUP BY p.owner_id
-) pr ON pr.owner_id = u.id
-LEFT JOIN (
-    SELECT followee_id, count(*) AS followers_count
-    FROM follows
-    WHERE keys IS NULL OR followee_id = ANY (keys)
-    GROUP BY followee_id
-) f ON f.followee_id = u.id
-WHERE keys IS NULL OR u.id = ANY (keys)
+JOIN user_dashboard_stats s ON s.user_id = u.id
+WHERE keys IS NULL AND s.projects_count > 0
+UNION ALL
+SELECT u.id, u.username, u.display_name, s.projects_count, s.upvotes_received,
+       s.downvotes_received, s.upvotes_received - s.downvotes_received, s.followers_count
+FROM (SELECT DISTINCT k.id FROM unnest(keys) AS k (id)) k
+JOIN users u ON u.id = k.id
+CROSS JOIN LATERAL (SELECT * FROM user_dashboard_stats d WHERE d.user_id = k.id OFFSET 0) s
+WHERE s.projects_count > 0
 $$;
 
 CREATE OR REPLACE FUNCTION mv_leaderboard_builders_keys(entities text[], ids bigint[])

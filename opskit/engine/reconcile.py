@@ -31,6 +31,7 @@ from opskit.engine.backfill import BACKFILL_STEPS
 from opskit.engine.refresh import (
     FRESHNESS_MAX_S,
     known_views,
+    note_owners_changed,
     refresh,
     route_changes,
     worker_id,
@@ -198,6 +199,8 @@ def _repair_relation(conn: psycopg.Connection, spec: Denormalized, user_ids: lis
         statement = sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(step.function))
         for lo, hi in id_ranges(ids, REPAIR_BATCH_IDS):
             conn.execute(statement, (lo, hi))
+    if spec.relation == "user_dashboard_stats":
+        note_owners_changed(conn, user_ids)
 
 
 def id_ranges(ids: list[int], width: int) -> list[tuple[int, int]]:

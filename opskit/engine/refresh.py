@@ -303,6 +303,14 @@ def _apply_batches(
     )
 
 
+def note_owners_changed(conn: psycopg.Connection, user_ids: list[int] | None) -> None:
+    """Log owners whose phase-1 counts were rewritten behind the triggers' back (a repair, a
+    backfill; every owner with None) so the builders' leaderboard, which reads those counts,
+    recomputes their rows. Nothing to do before phase 2 (no change log)."""
+    if conn.execute("SELECT to_regclass('mv_change_log') IS NOT NULL").fetchone()[0]:
+        conn.execute(queries("refresh.sql")["log_owners_changed"], {"user_ids": user_ids})
+
+
 def _begin_batch(conn: psycopg.Connection) -> None:
     # One snapshot for the claim, the keys, the delete and the insert; plans made for the
     # actual keys, so `keys IS NULL` folds away inside the definitions.

@@ -87,6 +87,17 @@ DELETE FROM {view};
 -- name: insert_all --
 INSERT INTO {view} SELECT * FROM {definition}(NULL, NULL);
 
+-- name: log_owners_changed --
+-- Owners whose phase-1 counts a repair or backfill rewrote (all owners with user_ids NULL):
+-- mv_leaderboard_builders reads those counts, so its rows of them are recomputed by the next
+-- batch, like any other change.
+INSERT INTO mv_change_log (changed_at, entity, entity_id)
+SELECT clock_timestamp(), 'owner', o.id
+FROM (SELECT unnest(%(user_ids)s::bigint[]) AS id
+      WHERE %(user_ids)s::bigint[] IS NOT NULL
+      UNION
+      SELECT DISTINCT owner_id FROM projects WHERE %(user_ids)s::bigint[] IS NULL) o;
+
 -- name: log_batch --
 -- One row per applied batch or full build: its oldest change, and the relation's changes
 -- still pending (progress while catching up). Returns that and the batch's staleness.

@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from opskit.core.settings import Settings
-from opskit.engine import refresh
+from opskit.engine import migrations, refresh
 
 MIGRATIONS = Path(__file__).parents[2] / "migrations"
 
@@ -47,8 +47,15 @@ def apply(url: str, file: str) -> None:
         conn.execute(text)
 
 
+def apply_phase1(url: str) -> None:
+    """Phase 1 through the runner (its backfill commits per batch): phase 2 reads its
+    user_dashboard_stats (the builders' leaderboard)."""
+    migrations.migrate(url, to="phase1_backfill_data")
+
+
 @pytest.fixture
 def db(tiny_db_url: str) -> str:
+    apply_phase1(tiny_db_url)
     apply(tiny_db_url, "phase2_materialized_views.sql")
     apply(tiny_db_url, "phase3_search_and_forums.sql")
     return tiny_db_url
@@ -589,6 +596,7 @@ def test_down_then_up_again(db):
 
 
 def test_phases_apply_to_an_empty_base_schema(base_db_url):
+    apply_phase1(base_db_url)
     apply(base_db_url, "phase2_materialized_views.sql")
     apply(base_db_url, "phase3_search_and_forums.sql")
     refresh_all(base_db_url)
