@@ -292,7 +292,8 @@ CREATE TABLE opskit_reconcile_keys (
     claimed    boolean NOT NULL DEFAULT false,
     touched_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (entity, kind, entity_id, other_id)
-) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
+) WITH (fillfactor = 70,  -- claiming a row updates `claimed` only: HOT, no new index entry
+        autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
 
 -- ------------------------------------------------------------------ fold
 

@@ -6,8 +6,9 @@ the daemon's routing the owners and users of the change log and its batches the 
 applied. A check, one at a time (an advisory lock), claims every recorded key, then, in one
 REPEATABLE READ snapshot, compares:
 
-- the user_dashboard_stats and intro_request_stats rows of the touched users (and of the owners
-  of the touched projects) with their truth computed for those users only;
+- the user_dashboard_stats and intro_request_stats rows of the touched users with their truth
+  computed for those users only, and the project_stats rows (the per-project counts the
+  dashboard sums over each owner's live projects) of the touched projects with theirs;
 - both rows of every touched conversation with its truth;
 - each maintained view's rows of the touched keys whose changes are applied with the view's
   definition for those keys (<view>_def(kinds, keys)), ranks aside; keys with changes still
@@ -25,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -35,11 +37,13 @@ from opskit.core.db import connect, redis_client
 from opskit.core.errors import EnvironmentProblem
 from opskit.core.settings import Settings
 from opskit.engine import reconcile, refresh, votecache
+from opskit.engine.backfill import BACKFILL_STEPS
 from opskit.engine.truth import DENORMALIZED
 from opskit.sql import queries
 
 VIEW_ROWS_CHECK = "view_rows"
 REDIS_BATCH = 1000
+CHECK_WORKERS = 3  # connections comparing at once in the snapshot (the full reconcile's three)
 # A view key's kind (<view>_keys) -> the change-log entity that makes that view recompute
 # exactly that key (a repair queued as a pending change of that view only).
 KIND_ENTITY = {"project": "project", "user": "user", "builder": "user", "chain": "chain",
@@ -58,7 +62,11 @@ class KeyedRelation:
     rows: str
 
 
+PROJECT_STATS = "project_stats"
 KEYED: dict[str, KeyedRelation] = {
+    PROJECT_STATS: KeyedRelation(
+        PROJECT_STATS, ("project_id",), "truth_project_stats", "relation_project_stats"
+    ),
     "user_dashboard_stats": KeyedRelation(
         "user_dashboard_stats",
         ("user_id",),
@@ -176,20 +184,44 @@ def _check_and_fix(
     *,
     fix: bool,
 ) -> tuple[list[reconcile.Check], list[KeyRow], float]:
-    """Every check (relations and views in one snapshot); the keys to keep; the relations' time."""
-    with conn.transaction():
-        _begin_snapshot(conn)
-        users = sorted(touched.users | _owners(conn, touched.projects))
-        relations_started = time.perf_counter()
-        diffs = {name: _relation_diff(conn, name, users, touched.pairs) for name in KEYED}
-        relations_seconds = max(round(time.perf_counter() - relations_started, 3), 0.001)
-        views_started = time.perf_counter()
-        view_drift, view_rows = _views_diff(conn, touched.views)
-        views_seconds = time.perf_counter() - views_started
+    """Every check (relations and views in one snapshot); the keys to keep; the relations' time.
+
+    The relations and each view are compared at once on CHECK_WORKERS connections of their own,
+    all in the snapshot a REPEATABLE READ transaction exports (as the full reconcile does).
+    """
+    with connect(url) as leader:
+        _begin_snapshot(leader)
+        snapshot = leader.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        users = sorted(touched.users)
+        known = set(refresh.known_views(leader)) if touched.views else set()
+        tasks = [("relation", name) for name in KEYED] + [
+            ("view", view) for view in touched.views if view in known and touched.views[view]
+        ]
+
+        def run(task: tuple[str, str]) -> tuple:
+            kind, name = task
+            with connect(url) as worker:
+                _begin_snapshot(worker, snapshot)
+                started = time.perf_counter()
+                if kind == "relation":
+                    result = _relation_diff(worker, name, users, touched)
+                else:
+                    result = _view_diff(worker, name, touched.views[name])
+                return result, round(time.perf_counter() - started, 3)
+
+        with ThreadPoolExecutor(CHECK_WORKERS) as pool:
+            results = dict(zip(tasks, pool.map(run, tasks), strict=True))
+        leader.rollback()
+    diffs = {name: results[("relation", name)] for name in KEYED}
+    relations_seconds = max(max(seconds for _, seconds in diffs.values()), 0.001)
+    view_results = {task[1]: result for task, result in results.items() if task[0] == "view"}
+    view_rows = sum(compared for (compared, _), _ in view_results.values())
+    view_drift = {view: drifted for view, ((_, drifted), _) in view_results.items() if drifted}
+    views_seconds = max((seconds for _, seconds in view_results.values()), default=0.0)
 
     checks: list[reconcile.Check] = []
     keep: list[KeyRow] = []
-    for name, (compared, drifted, seconds) in diffs.items():
+    for name, ((compared, drifted), seconds) in diffs.items():
         check = reconcile.Check(name, compared, len(drifted), sample=drifted[:5], seconds=seconds)
         remaining = drifted
         if fix and drifted:
@@ -224,21 +256,15 @@ def _check_and_fix(
     return checks, keep, relations_seconds
 
 
-def _begin_snapshot(conn: psycopg.Connection) -> None:
-    """One snapshot for every check; plans made for the actual keys (as the refresh does: the
-    definitions' `keys IS NULL` folds away), no JIT for these small queries."""
+def _begin_snapshot(conn: psycopg.Connection, snapshot: str | None = None) -> None:
+    """One snapshot for every check (`snapshot`: an exported one); plans made for the actual
+    keys (as the refresh does: the definitions' `keys IS NULL` folds away), no JIT for these
+    small queries."""
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    if snapshot is not None:
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
     conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
     conn.execute("SET LOCAL jit = off")
-
-
-def _owners(conn: psycopg.Connection, project_ids: set[int]) -> set[int]:
-    if not project_ids:
-        return set()
-    rows = conn.execute(
-        queries("reconcile_changed.sql")["owners"], {"project_ids": sorted(project_ids)}
-    )
-    return {row[0] for row in rows}
 
 
 def _pair_params(pairs: set[tuple[int, int]]) -> dict:
@@ -247,20 +273,23 @@ def _pair_params(pairs: set[tuple[int, int]]) -> dict:
 
 
 def _relation_diff(
-    conn: psycopg.Connection, name: str, users: list[int], pairs: set[tuple[int, int]]
-) -> tuple[int, list[str], float]:
-    """Rows compared and the differing keys ("user" or "user,other") of one relation."""
-    started = time.perf_counter()
+    conn: psycopg.Connection, name: str, users: list[int], touched: Touched
+) -> tuple[int, list[str]]:
+    """Rows compared and the differing keys ("user", "user,other" or "project") of one
+    relation."""
     if name == "message_conversations_denorm":
-        if not pairs:
-            return 0, [], 0.0
-        params = _pair_params(pairs)
+        if not touched.pairs:
+            return 0, []
+        params = _pair_params(touched.pairs)
+    elif name == PROJECT_STATS:
+        if not touched.projects:
+            return 0, []
+        params = {"project_ids": sorted(touched.projects)}
     else:
         if not users:
-            return 0, [], 0.0
+            return 0, []
         params = {"user_ids": users}
-    compared, drifted = _keyed_diff(conn, KEYED[name], params)
-    return compared, drifted, round(time.perf_counter() - started, 3)
+    return _keyed_diff(conn, KEYED[name], params)
 
 
 def _keyed_diff(conn: psycopg.Connection, spec: KeyedRelation, params: dict) -> tuple[int, list]:
@@ -294,19 +323,24 @@ def _key_row(relation: str, key: str) -> KeyRow:
     parts = [int(part) for part in key.split(",")]
     if relation == "message_conversations_denorm":
         return ("conversation", "", min(parts), max(parts))
-    return ("user", "", parts[0], 0)
+    return ("project" if relation == PROJECT_STATS else "user", "", parts[0], 0)
 
 
 def _repair_relation(conn: psycopg.Connection, name: str, drifted: list[str]) -> list[str]:
-    """Recompute the drifted keys' users with the backfill functions; the keys still drifted."""
-    users = sorted({int(key.split(",")[0]) for key in drifted})
-    reconcile.repair_relation(conn, SPECS[name], users)
-    if name == "message_conversations_denorm":
-        pairs = {(min(row[2], row[3]), max(row[2], row[3])) for row in map(
-            lambda key: _key_row(name, key), drifted)}  # fmt: skip
-        params = _pair_params(pairs)
+    """Recompute the drifted keys with the backfill functions; the keys still drifted."""
+    ids = sorted({int(key.split(",")[0]) for key in drifted})
+    if name == PROJECT_STATS:  # the dashboard's per-project step, over those projects only
+        step = next(s for s in BACKFILL_STEPS["user_dashboard_stats"] if s.id_table == "projects")
+        statement = sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(step.function))
+        for lo, hi in reconcile.id_ranges(ids, reconcile.REPAIR_BATCH_IDS):
+            conn.execute(statement, (lo, hi))
+        params: dict = {"project_ids": ids}
+    elif name == "message_conversations_denorm":
+        reconcile.repair_relation(conn, SPECS[name], ids)
+        params = _pair_params({_key_row(name, key)[2:] for key in drifted})
     else:
-        params = {"user_ids": users}
+        reconcile.repair_relation(conn, SPECS[name], ids)
+        params = {"user_ids": ids}
     with conn.transaction():
         _begin_snapshot(conn)
         return _keyed_diff(conn, KEYED[name], params)[1]
@@ -328,13 +362,14 @@ def _check_redis(
         batch = users[start : start + REDIS_BATCH]
         pipe = client.pipeline(transaction=False)
         for user_id in batch:
-            pipe.exists(votecache.upvotes_key(prefix, user_id))
             pipe.smembers(votecache.upvotes_key(prefix, user_id))
+        # Redis keeps no empty set (and opskit caches no user without upvotes): an empty reply
+        # is a key that is not cached; an error (another type under the key) is drift.
         replies = pipe.execute(raise_on_error=False)
         cached = {
             user_id: votecache.parse_members(members)
-            for user_id, exists, members in zip(batch, replies[::2], replies[1::2], strict=True)
-            if exists
+            for user_id, members in zip(batch, replies, strict=True)
+            if isinstance(members, Exception) or members
         }
         if cached:
             cached_count += len(cached)
@@ -356,28 +391,17 @@ def _check_redis(
 # ---------------------------------------------------------------------------- views
 
 
-def _views_diff(
-    conn: psycopg.Connection, touched: dict[str, dict[str, tuple[str, int]]]
-) -> tuple[dict[str, list[str]], int]:
-    """Per view, its touched keys whose rows differ from the definition with no change of theirs
-    pending; and the number of keys compared. In the caller's snapshot."""
-    drift: dict[str, list[str]] = {}
-    compared = 0
-    if not touched:
-        return drift, compared
-    known = set(refresh.known_views(conn))
-    for view, keys in touched.items():
-        if view not in known or not keys:
-            continue
-        differing = _view_keys_diff(conn, refresh.MAINTAINED[view], list(keys.values()))
-        pending = _pending_keys(conn, refresh.MAINTAINED[view]) if differing else set()
-        if pending is None:  # a full rebuild is pending: every key will be recomputed
-            continue
-        compared += len(keys)
-        drifted = [key for key in differing if key not in pending]
-        if drifted:
-            drift[view] = drifted
-    return drift, compared
+def _view_diff(
+    conn: psycopg.Connection, view: str, keys: dict[str, tuple[str, int]]
+) -> tuple[int, list[str]]:
+    """A view's touched keys compared, and those whose rows differ from the definition with no
+    change of theirs pending. In the caller's snapshot."""
+    spec = refresh.MAINTAINED[view]
+    differing = _view_keys_diff(conn, spec, list(keys.values()))
+    pending = _pending_keys(conn, spec) if differing else set()
+    if pending is None:  # a full rebuild is pending: every key will be recomputed
+        return 0, []
+    return len(keys), [key for key in differing if key not in pending]
 
 
 def _view_keys_diff(

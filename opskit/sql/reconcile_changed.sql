@@ -15,13 +15,12 @@ SELECT pg_advisory_unlock(1869640548, 21);
 -- Every touched key, marked claimed (rows a dead check left claimed are taken again). Rows a
 -- writer is touching right now are skipped: they will be there for the next check. Locks in key
 -- order, the order of every writer.
-UPDATE opskit_reconcile_keys k SET claimed = true
-FROM (SELECT entity, kind, entity_id, other_id
-      FROM opskit_reconcile_keys
-      ORDER BY entity, kind, entity_id, other_id
-      FOR UPDATE SKIP LOCKED) AS l
-WHERE (k.entity, k.kind, k.entity_id, k.other_id) = (l.entity, l.kind, l.entity_id, l.other_id)
-RETURNING k.entity, k.kind, k.entity_id, k.other_id;
+UPDATE opskit_reconcile_keys SET claimed = true
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM opskit_reconcile_keys
+    ORDER BY entity, kind, entity_id, other_id
+    FOR UPDATE SKIP LOCKED))
+RETURNING entity, kind, entity_id, other_id;
 
 -- name: keep_keys --
 -- Keys found drifted stay (unclaimed, so forget_claimed_keys leaves them) for the next check.
@@ -42,16 +41,31 @@ WHERE ctid = ANY (ARRAY(
     ORDER BY entity, kind, entity_id, other_id
     FOR UPDATE SKIP LOCKED));
 
--- name: owners --
--- The owners of the touched projects (their dashboard rows count the projects' votes and
--- comments), in the check's snapshot.
-SELECT DISTINCT owner_id FROM projects WHERE id = ANY (%(project_ids)s::bigint[]);
+-- name: relation_project_stats --
+-- The per-project counts user_dashboard_stats sums over each owner's live projects (phase 1's
+-- project_stats view: base + pending deltas), one project at a time.
+SELECT s.*
+FROM unnest(%(project_ids)s::bigint[]) AS k (id)
+CROSS JOIN LATERAL (SELECT * FROM project_stats WHERE project_id = k.id OFFSET 0) AS s
+
+-- name: truth_project_stats --
+SELECT p.id AS project_id, v.upvotes, v.downvotes, c.comments
+FROM projects p
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE v.vote_type = 'up') AS upvotes,
+           count(*) FILTER (WHERE v.vote_type = 'down') AS downvotes
+    FROM votes v
+    WHERE v.project_id = p.id
+) AS v
+CROSS JOIN LATERAL (SELECT count(*) AS comments FROM comments c WHERE c.project_id = p.id) AS c
+WHERE p.id = ANY (%(project_ids)s::bigint[])
 
 -- name: relation_user_dashboard_stats --
--- One user at a time, so the key reaches every subquery of the view (a few index probes each).
+-- One user at a time, so the key reaches every subquery of the view (a few index probes each;
+-- OFFSET 0 keeps the planner from flattening it into a join over every user).
 SELECT s.*
 FROM unnest(%(user_ids)s::bigint[]) AS k (id)
-CROSS JOIN LATERAL (SELECT * FROM user_dashboard_stats WHERE user_id = k.id) AS s
+CROSS JOIN LATERAL (SELECT * FROM user_dashboard_stats WHERE user_id = k.id OFFSET 0) AS s
 
 -- name: truth_user_dashboard_stats --
 SELECT u.id AS user_id,
@@ -87,7 +101,7 @@ WHERE u.id = ANY (%(user_ids)s::bigint[])
 -- name: relation_intro_request_stats --
 SELECT s.*
 FROM unnest(%(user_ids)s::bigint[]) AS k (id)
-CROSS JOIN LATERAL (SELECT * FROM intro_request_stats WHERE user_id = k.id) AS s
+CROSS JOIN LATERAL (SELECT * FROM intro_request_stats WHERE user_id = k.id OFFSET 0) AS s
 
 -- name: truth_intro_request_stats --
 SELECT u.id AS user_id,
