@@ -160,13 +160,20 @@ def route_changes(conn: psycopg.Connection) -> int:
     lock = {"space": LOCK_SPACE_ROUTER, "key": 0}
     if not conn.execute(refresh_sql["try_lock"], lock).fetchone()[0]:
         return 0
+    route = "route_changes_recording_keys" if records_touched_keys(conn) else "route_changes"
     try:
-        moved = conn.execute(refresh_sql["route_changes"]).fetchone()[0]
+        moved = conn.execute(refresh_sql[route]).fetchone()[0]
     finally:
         conn.execute(refresh_sql["unlock"], lock)
     if moved >= VACUUM_LOG_AFTER_ROWS:
         conn.execute("VACUUM (SKIP_LOCKED, TRUNCATE false) mv_change_log")
     return moved
+
+
+def records_touched_keys(conn: psycopg.Connection) -> bool:
+    """Whether phase 1's opskit_reconcile_keys exists: routing and batches then record the keys
+    they touch for `opskit reconcile --changed`."""
+    return conn.execute("SELECT to_regclass('opskit_reconcile_keys') IS NOT NULL").fetchone()[0]
 
 
 def forget_old_log(conn: psycopg.Connection) -> None:
@@ -354,6 +361,8 @@ def _apply_keys(conn: psycopg.Connection, spec: MaintainedView, entities, ids) -
     conn.execute(sql.SQL(refresh_sql["insert_keys"]).format(**names), params)
     if spec.name in DERIVED:
         conn.execute(refresh_sql[DERIVED[spec.name]], params)
+    if records_touched_keys(conn):
+        conn.execute(refresh_sql["record_view_keys"], {"view": spec.name, **params})
     return len(keys)
 
 

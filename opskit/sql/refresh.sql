@@ -23,6 +23,40 @@ WITH moved AS (
 )
 SELECT count(*) FROM moved;
 
+-- name: route_changes_recording_keys --
+-- route_changes, and (phase 1 applied) the users whose dashboard row a routed change may move
+-- without any delta - a project's old and new owner, a user written - recorded for
+-- `opskit reconcile --changed` (opskit_reconcile_keys, in its key order).
+WITH moved AS (
+    DELETE FROM mv_change_log RETURNING changed_at, entity, entity_id
+), routed AS (
+    INSERT INTO mv_pending_changes (view_name, entity, entity_id, changed_at)
+    SELECT r.view_name, m.entity, m.entity_id, min(m.changed_at)
+    FROM moved m
+    JOIN (SELECT entity, view_name FROM mv_change_routes
+          UNION ALL
+          SELECT DISTINCT '*', view_name FROM mv_change_routes) r ON r.entity = m.entity
+    GROUP BY r.view_name, m.entity, m.entity_id
+), touched AS (
+    INSERT INTO opskit_reconcile_keys AS k (entity, entity_id)
+    SELECT DISTINCT 'user', m.entity_id
+    FROM moved m
+    WHERE m.entity IN ('owner', 'user')
+    ORDER BY 2
+    ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
+    WHERE k.claimed
+)
+SELECT count(*) FROM moved;
+
+-- name: record_view_keys --
+-- The keys a batch applied, for `opskit reconcile --changed` (in opskit_reconcile_keys' order).
+INSERT INTO opskit_reconcile_keys AS r (entity, kind, entity_id)
+SELECT DISTINCT %(view)s::text, k.kind, k.key
+FROM unnest(%(kinds)s::text[], %(keys)s::bigint[]) AS k (kind, key)
+ORDER BY 2, 3
+ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
+WHERE r.claimed;
+
 -- name: due_views --
 -- Relations with pending changes, the longest waiting first, unless backing off: after n failed batches in a row (since
 -- its last completed one, within a day) a relation waits backoff_base * 2^(n-1) seconds, at
