@@ -30,10 +30,11 @@ class BatchStep:
 
 # Relation -> its per-batch steps, in order; also the identifier whitelist. user_dashboard_stats
 # reads per-project counts (project_stats, batches of project ids: every project, whoever owns
-# it meanwhile) and per-user columns (batches of user ids).
+# it meanwhile), then owner totals over those counts and per-user columns (batches of user ids).
 BACKFILL_STEPS: dict[str, tuple[BatchStep, ...]] = {
     "user_dashboard_stats": (
         BatchStep("opskit_backfill_project_stats", "projects"),
+        BatchStep("opskit_backfill_owner_totals", "users"),
         BatchStep("opskit_backfill_user_columns", "users"),
     ),
     "intro_request_stats": (BatchStep("opskit_backfill_intro_request_stats", "users"),),

@@ -19,6 +19,10 @@ def test_backfill_repairs_damaged_rows_in_batches(tiny_db_url):
     migrations.migrate(tiny_db_url, to="phase1_backfill_data")
     with psycopg.connect(tiny_db_url, autocommit=True) as conn:
         conn.execute("UPDATE user_dashboard_stats_base SET votes_cast = votes_cast + 7")
+        conn.execute(  # the owner totals too
+            "UPDATE user_dashboard_stats_base SET projects_count = projects_count + 2,"
+            " upvotes_received = upvotes_received - 1 WHERE user_id % 5 = 0"
+        )
         conn.execute("UPDATE project_stats_base SET upvotes = upvotes + 1 WHERE project_id % 2 = 0")
         conn.execute("DELETE FROM message_conversations_denorm WHERE user_id % 3 = 0")
     assert _run(tiny_db_url, "verify").exit_code == 1
@@ -31,10 +35,11 @@ def test_backfill_repairs_damaged_rows_in_batches(tiny_db_url):
         "intro_request_stats",
         "message_conversations_denorm",
     }
-    # batches of project ids, then of user ids (200 users / 30 per batch)
+    # batches of project ids, then twice of user ids (owner totals, per-user columns: 200 users
+    # / 30 per batch)
     with psycopg.connect(tiny_db_url) as conn:
         project_batches = conn.execute("SELECT (max(id) - min(id)) / 30 + 1 FROM projects")
-        assert by_table["user_dashboard_stats"]["batches"] == project_batches.fetchone()[0] + 7
+        assert by_table["user_dashboard_stats"]["batches"] == project_batches.fetchone()[0] + 14
     assert by_table["intro_request_stats"]["batches"] == 7
     assert _run(tiny_db_url, "verify").exit_code == 0
 
