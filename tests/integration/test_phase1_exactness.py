@@ -461,9 +461,17 @@ def test_a_vote_writes_one_delta_row_and_project_changes_move_owner_totals(db):
             ),
             # project changes move the owner totals: one owner-delta row per owner they touch
             ("soft delete", f"UPDATE projects SET deleted_at = now() WHERE id = {project}", (0, 1)),
-            ("touch deleted_at", f"UPDATE projects SET deleted_at = now() WHERE id = {project}", (0, 0)),
+            (
+                "touch deleted_at",
+                f"UPDATE projects SET deleted_at = now() WHERE id = {project}",
+                (0, 0),
+            ),
             ("restore", f"UPDATE projects SET deleted_at = NULL WHERE id = {project}", (0, 1)),
-            ("edit", f"UPDATE projects SET title = 't', updated_at = now() WHERE id = {project}", (0, 0)),
+            (
+                "edit",
+                f"UPDATE projects SET title = 't', updated_at = now() WHERE id = {project}",
+                (0, 0),
+            ),
             ("owner move", f"UPDATE projects SET owner_id = {voter} WHERE id = {project}", (0, 2)),
             ("unvote", f"DELETE FROM votes WHERE user_id = {voter}", (1, 0)),
         ]
@@ -630,8 +638,20 @@ def test_concurrent_writers_keep_the_relations_exact(db):
 
 
 PROJECT_RACE_OPS = (
-    "vote_hot", "vote", "unvote_hot", "flip", "comment", "uncomment", "soft_delete", "restore",
-    "move_project", "touch_project", "new_project", "drop_project", "new_user", "delete_user",
+    "vote_hot",
+    "vote",
+    "unvote_hot",
+    "flip",
+    "comment",
+    "uncomment",
+    "soft_delete",
+    "restore",
+    "move_project",
+    "touch_project",
+    "new_project",
+    "drop_project",
+    "new_user",
+    "delete_user",
 )
 
 
@@ -691,11 +711,10 @@ def test_project_moves_racing_votes_and_folds_stay_exact(db):
         fold_all(conn, max_rows=7)
         assert pending_deltas(conn) == 0
         # the owner totals really are folded: base rows carry them, nothing is left pending
-        assert conn.execute(
-            "SELECT sum(projects_count) FROM user_dashboard_stats_base"
-        ).fetchone()[0] == conn.execute(
-            "SELECT count(*) FROM projects WHERE deleted_at IS NULL"
-        ).fetchone()[0]
+        assert (
+            conn.execute("SELECT sum(projects_count) FROM user_dashboard_stats_base").fetchone()[0]
+            == conn.execute("SELECT count(*) FROM projects WHERE deleted_at IS NULL").fetchone()[0]
+        )
     assert_exact(db, "after the final fold")
 
 
@@ -711,8 +730,7 @@ def test_a_heavy_owner_reads_as_cheaply_as_a_typical_user(db):
         )
         conn.execute("INSERT INTO projects (owner_id, title) VALUES (%s, 'one')", (typical,))
         conn.execute(
-            "INSERT INTO votes (user_id, project_id, vote_type)"
-            " SELECT %s, id, 'up' FROM projects",
+            "INSERT INTO votes (user_id, project_id, vote_type) SELECT %s, id, 'up' FROM projects",
             (voter,),
         )
         fold_all(conn, max_rows=10_000)
@@ -724,7 +742,9 @@ def test_a_heavy_owner_reads_as_cheaply_as_a_typical_user(db):
         )
         conn.execute("ANALYZE")
         conn.execute("SET plan_cache_mode = force_generic_plan")
-        conn.execute("PREPARE stats(bigint) AS SELECT * FROM user_dashboard_stats WHERE user_id = $1")
+        conn.execute(
+            "PREPARE stats(bigint) AS SELECT * FROM user_dashboard_stats WHERE user_id = $1"
+        )
 
         def pages(user_id: int) -> tuple[int, str]:
             plan = "\n".join(
