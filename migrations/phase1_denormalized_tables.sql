@@ -7,7 +7,7 @@ SET statement_timeout = '15min';
 --
 -- Relations readers query
 --   user_dashboard_stats          VIEW  = users LEFT JOIN base + pending deltas
---                                         LEFT JOIN (own live projects JOIN project_stats)
+--                                         LEFT JOIN (pending project deltas, per live owner)
 --   intro_request_stats           VIEW  = users LEFT JOIN base LEFT JOIN sum(pending deltas)
 --   message_conversations_denorm  TABLE maintained row by row by the messages trigger
 --   project_stats                 VIEW  = projects LEFT JOIN base + pending deltas (per-project
@@ -31,24 +31,18 @@ SET statement_timeout = '15min';
 --    projects are ignored by project_stats (it is driven by `projects`) and dropped by the fold
 --    and the backfill.
 --
--- 2. Votes and comments count per PROJECT; owner and live state are joined at read time
+-- 2. Votes and comments count per PROJECT; the owner takes them when they are folded
 --    A vote or comment only ever changes facts about its own row: its project gained or lost
 --    an up/down vote or a comment, its voter cast one vote more or less. The vote trigger writes
 --    exactly that, ONE row per vote into project_stats_delta (project_id, voter_id, upvotes,
 --    downvotes; votes_cast of the voter is upvotes + downvotes), the comment trigger one row
---    (project_id, comments). Whose project it is and whether it is live are read from
---    `projects` when user_dashboard_stats is queried, in the reader's snapshot:
---      upvotes_received(u) = sum of project_stats.upvotes over u's projects with deleted_at null
---    (likewise downvotes, comments; projects_count is the count of those projects). So:
---      * a vote needs no owner lookup, no project lock, and no ordering with project writes:
---        soft delete, restore, owner move and hard delete of a project write no delta at all
---        (projects has no phase1 trigger), and no write path can deadlock on phase1's account;
+--    (project_id, comments). So:
+--      * a vote needs no owner lookup and no project lock, and waits for nobody;
 --      * the per-vote cost is one plpgsql row-trigger call and one heap row + two index entries:
 --        about 30 us of server CPU per vote on the hot key, where the first design (statement
 --        triggers with transition tables, owner lookup, FOR SHARE project lock, a projects
 --        trigger moving owners' counts) took about 90 us (docs/measurements.md, "Write cost").
---    A single user's row stays a few index lookups: users, base and delta by user_id, the
---    user's projects by projects_owner_id_idx, each project's base row and pending deltas.
+--    Whose project it is and whether it is live matter only for the owner columns; section 5.
 --
 -- 3. message_conversations_denorm is a plain table (last_message_* are not additive; two
 --    transactions writing the same pair at the same moment are rare). The trigger first locks
@@ -82,9 +76,42 @@ SET statement_timeout = '15min';
 --    tables (one per event): an UPDATE only counts rows whose relevant columns changed (NEW
 --    EXCEPT ALL OLD over those columns) and returns early when nothing relevant changed.
 --    Lock order: the vote, comment, follow and intro triggers take no row lock at all; the
---    messages trigger locks conversation rows in key order; the fold locks base rows in key
---    order and folds run one at a time. So the app's write paths never deadlock on phase1's
+--    messages trigger locks conversation rows in key order; the projects trigger locks its own
+--    project's base row only (section 5); the fold skips locked project base rows, locks user
+--    base rows in key order, and folds run one at a time. So the app's write paths never deadlock on phase1's
 --    account (tests/integration/test_phase1_exactness.py counts).
+--
+-- 5. Owner totals: projects_count and *_received, folded per owner
+--    upvotes_received(u) = sum of project_stats.upvotes over u's projects with deleted_at null
+--    (likewise downvotes, comments; projects_count counts those projects). Summing that per read
+--    made a read cost the owner's project count (51 ms p50 at `large` for a 10,000-project
+--    owner). Instead user_dashboard_stats_base holds, per user, owner totals T(u) with
+--      T(u) + pending owner deltas(u) = sum over u's LIVE projects p of (1, base(p))
+--    where base(p) is project_stats_base (FOLDED counts), and the view adds only the pending
+--    project_stats_delta rows of u's live projects, found from the pending rows themselves (each
+--    pending project's owner and state by a primary-key probe), never from u's project list.
+--    Since project_stats(p) = base(p) + pending(p), that sum is the truth. Who moves what:
+--      * the projects trigger (insert, soft delete, restore, owner move, id change, delete)
+--        moves p's part (1, base(p)) between owners by appending owner-total delta rows to
+--        user_dashboard_stats_delta (append-only: two transactions moving projects of the same
+--        owner never wait for each other, so no cross-project deadlock). It first locks base(p)
+--        FOR UPDATE (a new project's row is created by the insert), so base(p) cannot change
+--        until it commits, and it reads base(p) after that lock;
+--      * the fold adds a project's folded deltas to base(p) and, if p is live, to T(owner(p)).
+--        It locks base(p) FOR UPDATE SKIP LOCKED first and reads p's owner and state in a later
+--        statement (a new snapshot). A project trigger that committed before the lock is in that
+--        snapshot; one that has not locked base(p) yet waits for the fold and then moves the
+--        new base(p); one that holds base(p) makes the fold skip p (its deltas stay pending for
+--        a later fold). So the two never interleave on a project, and the fold waits for no app
+--        transaction on a project row;
+--      * a reader's snapshot holds, per project, either a fold or a trigger's move entirely or
+--        not at all, so the identity above holds at every commit.
+--    Lock order: app row (projects), then base(p) (trigger; the fold never waits for it), then
+--    user base rows (the fold only, in key order; users trigger and backfill as before).
+--    The projects trigger's cost falls on project writes only (rare): one base-row lock and one
+--    or two delta rows; votes and comments are unchanged. Projects older than phase1 get base(p)
+--    from the backfill's project batches; until the backfill's owner-total batches have run the
+--    owner totals are not exact (like every relation before its backfill).
 
 -- ------------------------------------------------------------------ user_dashboard_stats
 
