@@ -50,6 +50,30 @@ BACKFILL_FUNCTIONS: dict[str, str] = {
 }
 
 
+# A batch waits for the app's row locks (a conversation row, a project's base row that a project
+# write holds) at most this long, then gives way and runs again after a pause: below the server's
+# deadlock_timeout (1 s by default), so when a batch and an app transaction wait for each other
+# it is always the batch that yields, never the app's transaction that PostgreSQL ends.
+BATCH_LOCK_TIMEOUT = "500ms"
+BATCH_TRIES = 10
+
+
+def run_batch(conn: psycopg.Connection, statement: sql.Composable, params: tuple) -> int:
+    """One backfill batch in its own transaction (`conn` in autocommit); its rows written.
+
+    Sets the session's lock_timeout to BATCH_LOCK_TIMEOUT and retries a batch that gave way.
+    """
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(BATCH_LOCK_TIMEOUT)))
+    for attempt in range(1, BATCH_TRIES + 1):
+        try:
+            return conn.execute(statement, params).fetchone()[0]
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            if attempt == BATCH_TRIES:
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class BackfillResult:
     table: str
@@ -135,7 +159,7 @@ def _backfill_one(
     for number, (function, lo) in enumerate(batches, start=1):
         statement = sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(function))
         try:
-            written += conn.execute(statement, (lo, lo + batch_size)).fetchone()[0]
+            written += run_batch(conn, statement, (lo, lo + batch_size))
         except psycopg.Error as err:
             raise DatabaseError(
                 f"backfill of {table} failed in {function} at ids {lo}..{lo + batch_size - 1}: "

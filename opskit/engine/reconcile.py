@@ -27,7 +27,7 @@ from opskit.core.db import connect, redis_client
 from opskit.core.errors import EnvironmentProblem
 from opskit.core.settings import Settings
 from opskit.engine import votecache
-from opskit.engine.backfill import BACKFILL_STEPS
+from opskit.engine.backfill import BACKFILL_STEPS, run_batch
 from opskit.engine.refresh import (
     FRESHNESS_MAX_S,
     known_views,
@@ -197,7 +197,7 @@ def _repair_relation(conn: psycopg.Connection, spec: Denormalized, user_ids: lis
         ]
         statement = sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(step.function))
         for lo, hi in id_ranges(ids, REPAIR_BATCH_IDS):
-            conn.execute(statement, (lo, hi))
+            run_batch(conn, statement, (lo, hi))
 
 
 def id_ranges(ids: list[int], width: int) -> list[tuple[int, int]]:

@@ -56,3 +56,38 @@ def test_bad_table_and_missing_phase(tiny_db_url):
     missing = _run(tiny_db_url, "backfill")
     assert missing.exit_code == 3
     assert "opskit migrate" in missing.output
+
+
+def test_a_batch_gives_way_to_a_project_write(tiny_db_url):
+    """A project write holds its project's base row (phase1 section 5) and then wants one a
+    batch already holds: the batch waits below deadlock_timeout, gives way, runs again, and
+    both finish (neither is ended as a deadlock victim)."""
+    import threading
+    import time
+
+    from opskit.engine.backfill import backfill
+
+    migrations.migrate(tiny_db_url, to="phase1_backfill_data")
+    with psycopg.connect(tiny_db_url) as app:
+        low, high, owner = app.execute(
+            "SELECT min(id), max(id), (SELECT min(id) FROM users) FROM projects"
+        ).fetchone()
+        app.execute("UPDATE projects SET owner_id = %s WHERE id = %s", (owner, high))
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["results"] = backfill(
+                    tiny_db_url, tables=["user_dashboard_stats"], batch_size=10**6
+                )
+            except Exception as err:  # noqa: BLE001 - reported by the assert below
+                outcome["error"] = err
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(0.3)  # the batch holds the low project's base row, waits for the high one
+        app.execute("UPDATE projects SET owner_id = %s WHERE id = %s", (owner, low))
+        app.commit()
+        thread.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert _run(tiny_db_url, "verify").exit_code == 0
