@@ -285,6 +285,11 @@ WRITE_PATHS: list[tuple[str, str]] = [
     ("restore all", "UPDATE projects SET deleted_at = NULL WHERE id <> 13"),
     ("hard delete a live project with votes and comments", "DELETE FROM projects WHERE id = 11"),
     ("hard delete a soft-deleted project with votes", "DELETE FROM projects WHERE id = 13"),
+    (
+        "a project for the id change",
+        "INSERT INTO projects (id, owner_id, title) OVERRIDING SYSTEM VALUE VALUES (20, 2, 'p20')",
+    ),
+    ("change the id of a project nothing references", "UPDATE projects SET id = 21 WHERE id = 20"),
     # follows
     (
         "insert follows (multi-row)",
