@@ -375,14 +375,16 @@ BEGIN
     -- 3. A new snapshot: every change of a locked project's owner or live state committed
     --    before we locked it is visible, and none can commit before we do.
     WITH user_moved AS (
+        -- ARRAY(SELECT unnest(..)): a TID scan of the claimed rows whatever their number (with
+        -- the array itself the planner saw its size and scanned the whole table)
         DELETE FROM user_dashboard_stats_delta
-        WHERE ctid = ANY (v_user_rows)
+        WHERE ctid = ANY (ARRAY(SELECT unnest(v_user_rows)))
         RETURNING user_id, votes_cast, followers_count, following_count, unread_messages,
                   pending_intros_received, projects_count, upvotes_received,
                   downvotes_received, comments_received
     ), project_moved AS (
         DELETE FROM project_stats_delta
-        WHERE ctid = ANY (v_project_rows) AND project_id <> ALL (v_busy)
+        WHERE ctid = ANY (ARRAY(SELECT unnest(v_project_rows))) AND project_id <> ALL (v_busy)
         RETURNING project_id, voter_id, upvotes, downvotes, comments
     ), project_agg AS (
         SELECT m.project_id, sum(m.upvotes) AS upvotes, sum(m.downvotes) AS downvotes,
