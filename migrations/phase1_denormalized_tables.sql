@@ -189,10 +189,12 @@ CROSS JOIN LATERAL (
 -- Driven by `users`, so exactly one row per existing user (zeros for a user without rows);
 -- `WHERE user_id = $1` pushes the key into every subquery (test: ..._single_lookups_use_indexes).
 -- The owner columns are base + pending owner deltas + the pending project_stats_delta rows of
--- the user's live projects (section 5). That last part is driven by the pending rows, grouped
--- per project, each project's owner and live state read by one primary-key probe (a subplan,
--- so no plan can start from the owner's project list): a user's row costs the same whether they
--- own 1 project or 10,000; it grows with the pending rows, which the fold keeps few.
+-- the user's live projects (section 5). That last part is read from the owner's project list
+-- for an owner of at most 200 projects, and from the pending rows (each pending project's owner
+-- by a primary-key probe) for more: a user's row costs at most about 200 index probes or the
+-- pending rows, which the fold keeps few, whether they own 1 project or 10,000. (Reading only
+-- the pending rows made every user pay for them: 2,000 pending rows, mostly uncached projects,
+-- cost a typical user 40-67 ms at `large`.) LATERAL: a full scan (verify) runs it per user.
 CREATE OR REPLACE VIEW user_dashboard_stats AS
 SELECT u.id AS user_id,
        (coalesce(b.projects_count, 0) + coalesce(d.projects_count, 0))::bigint AS projects_count,
@@ -234,24 +236,41 @@ LEFT JOIN (
     WHERE voter_id IS NOT NULL
     GROUP BY voter_id
 ) vd ON vd.voter_id = u.id
-LEFT JOIN (
-    SELECT pp.owner_id,
-           sum(pp.upvotes) AS upvotes,
-           sum(pp.downvotes) AS downvotes,
-           sum(pp.comments) AS comments
+LEFT JOIN LATERAL (
+    -- One branch runs, chosen per user by their folded projects_count (a gate on values of the
+    -- outer row: the other branch is not even started); both give the same sums, the gate only
+    -- chooses the cheaper way. 200 projects cost about as many index probes as a few hundred
+    -- pending rows, the fold's usual backlog.
+    SELECT sum(x.upvotes) AS upvotes, sum(x.downvotes) AS downvotes, sum(x.comments) AS comments
     FROM (
-        SELECT (SELECT p.owner_id FROM projects p
-                WHERE p.id = pg.project_id AND p.deleted_at IS NULL) AS owner_id,
-               pg.upvotes, pg.downvotes, pg.comments
+        -- an owner of few projects: their live projects (an index), each one's pending rows by
+        -- an index probe (LATERAL: never a scan of all pending rows per user, which made a full
+        -- scan cost users x pending rows)
+        SELECT pd.upvotes, pd.downvotes, pd.comments
+        FROM projects p
+        CROSS JOIN LATERAL (
+            SELECT sum(d1.upvotes) AS upvotes, sum(d1.downvotes) AS downvotes,
+                   sum(d1.comments) AS comments
+            FROM project_stats_delta d1
+            WHERE d1.project_id = p.id
+        ) pd
+        WHERE p.owner_id = u.id AND p.deleted_at IS NULL
+          AND coalesce(b.projects_count, 0) + coalesce(d.projects_count, 0) <= 200
+        UNION ALL
+        -- an owner of many: the pending rows per project, each project's owner and state read
+        -- by a primary-key probe (a subplan: no plan can start from the owner's projects)
+        SELECT pg.upvotes, pg.downvotes, pg.comments
         FROM (
             SELECT project_id, sum(upvotes) AS upvotes, sum(downvotes) AS downvotes,
                    sum(comments) AS comments
             FROM project_stats_delta
             GROUP BY project_id
         ) pg
-    ) pp
-    GROUP BY pp.owner_id
-) pr ON pr.owner_id = u.id;
+        WHERE coalesce(b.projects_count, 0) + coalesce(d.projects_count, 0) > 200
+          AND (SELECT p.owner_id FROM projects p
+               WHERE p.id = pg.project_id AND p.deleted_at IS NULL) = u.id
+    ) x
+) pr ON true;
 
 -- ------------------------------------------------------------------ intro_request_stats
 
