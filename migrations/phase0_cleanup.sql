@@ -92,6 +92,7 @@ DROP TRIGGER IF EXISTS trg_opskit_users_upd ON users;
 DROP TRIGGER IF EXISTS trg_opskit_projects_ins ON projects;
 DROP TRIGGER IF EXISTS trg_opskit_projects_upd ON projects;
 DROP TRIGGER IF EXISTS trg_opskit_projects_before_del ON projects;
+DROP TRIGGER IF EXISTS trg_opskit_projects_del ON projects;
 DROP TRIGGER IF EXISTS trg_opskit_votes_ins ON votes;
 DROP TRIGGER IF EXISTS trg_opskit_votes_upd ON votes;
 DROP TRIGGER IF EXISTS trg_opskit_votes_del ON votes;
@@ -125,6 +126,7 @@ DROP FUNCTION IF EXISTS opskit_fold_intro_request_deltas(integer);
 DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_owner_totals(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_columns(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_projects(bigint[]);

@@ -8,6 +8,7 @@ SET statement_timeout = '15min';
 DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_owner_totals(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_columns(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_projects(bigint[]);

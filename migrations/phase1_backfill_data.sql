@@ -12,6 +12,8 @@ SET statement_timeout = '1h';
 --   opskit_backfill_project_stats(lo, hi)            project ids  (project_stats, hence
 --                                                                  user_dashboard_stats' counts
 --                                                                  of projects and received)
+--   opskit_backfill_owner_totals(lo, hi)             user ids     (owner totals: projects_count
+--                                                                  and the folded *_received)
 --   opskit_backfill_user_columns(lo, hi)             user ids     (its per-user columns)
 --   opskit_backfill_user_dashboard_stats(lo, hi)     user ids     (both, for the users' own
 --                                                                  projects: a targeted repair)
@@ -131,9 +133,11 @@ $fn$;
 -- ------------------------------------------------------------------ per batch backfill
 
 -- The projects `ids`: upvotes, downvotes and comments of each (soft-deleted ones too). The
--- caller holds the advisory lock. Projects created after the phase1 triggers need no base row
--- (every vote and comment they ever had is a delta), so an id list read a moment earlier than
--- this statement's snapshot misses nothing that matters.
+-- caller holds the advisory lock. Projects created after the phase1 triggers got their base row
+-- from the projects trigger (every vote and comment they ever had is a delta), so an id list
+-- read a moment earlier than this statement's snapshot misses nothing that matters. A base row
+-- a projects trigger holds is waited for. The owner totals follow the new folded counts only
+-- when opskit_backfill_owner_totals runs next (the full backfill and the repair both do).
 CREATE OR REPLACE FUNCTION opskit_backfill_projects(ids bigint[])
 RETURNS bigint
 LANGUAGE sql
@@ -266,6 +270,68 @@ BEGIN
 END
 $fn$;
 
+-- Users lo <= id < hi: their owner totals (phase1 section 5), after the project batches: the
+-- count of their live projects and the sums of those projects' FOLDED counts
+-- (project_stats_base), minus the owner-total deltas pending in the same snapshot. Exact for the
+-- same reason as the other batches: with the advisory lock no fold changes a folded count or a
+-- base row, and a projects trigger that moved counts of an owner in the batch either committed
+-- in our snapshot (its project state and its deltas are both in it) or not (neither is; it read
+-- the folded counts we read: it held the project's base row from then to its commit).
+CREATE OR REPLACE FUNCTION opskit_backfill_owner_totals(lo bigint, hi bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    written bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'opskit_backfill_owner_totals must run in READ COMMITTED';
+    END IF;
+    PERFORM pg_advisory_xact_lock(1869640555, 11);
+    PERFORM 1 FROM users WHERE id >= lo AND id < hi ORDER BY id FOR KEY SHARE;
+
+    WITH owned AS (
+        SELECT p.owner_id AS user_id, count(*) AS projects_count,
+               coalesce(sum(b.upvotes), 0) AS upvotes_received,
+               coalesce(sum(b.downvotes), 0) AS downvotes_received,
+               coalesce(sum(b.comments), 0) AS comments_received
+        FROM projects p
+        LEFT JOIN project_stats_base b ON b.project_id = p.id
+        WHERE p.owner_id >= lo AND p.owner_id < hi AND p.deleted_at IS NULL
+        GROUP BY p.owner_id
+    ), pending AS (
+        SELECT d.user_id, sum(d.projects_count) AS projects_count,
+               sum(d.upvotes_received) AS upvotes_received,
+               sum(d.downvotes_received) AS downvotes_received,
+               sum(d.comments_received) AS comments_received
+        FROM user_dashboard_stats_delta d
+        WHERE d.user_id >= lo AND d.user_id < hi
+        GROUP BY d.user_id
+    ), upserted AS (
+        INSERT INTO user_dashboard_stats_base AS b (
+            user_id, projects_count, upvotes_received, downvotes_received, comments_received)
+        SELECT u.id,
+               coalesce(o.projects_count, 0) - coalesce(d.projects_count, 0),
+               coalesce(o.upvotes_received, 0) - coalesce(d.upvotes_received, 0),
+               coalesce(o.downvotes_received, 0) - coalesce(d.downvotes_received, 0),
+               coalesce(o.comments_received, 0) - coalesce(d.comments_received, 0)
+        FROM users u
+        LEFT JOIN owned o ON o.user_id = u.id
+        LEFT JOIN pending d ON d.user_id = u.id
+        WHERE u.id >= lo AND u.id < hi
+        ORDER BY u.id
+        ON CONFLICT (user_id) DO UPDATE SET
+            projects_count = EXCLUDED.projects_count,
+            upvotes_received = EXCLUDED.upvotes_received,
+            downvotes_received = EXCLUDED.downvotes_received,
+            comments_received = EXCLUDED.comments_received
+        RETURNING 1
+    )
+    SELECT count(*) INTO written FROM upserted;
+    RETURN written;
+END
+$fn$;
+
 -- Users lo <= id < hi: makes their user_dashboard_stats rows equal the truth, i.e. the per-user
 -- columns and the projects they own (a targeted repair, e.g. by `opskit reconcile --fix`).
 -- Returns the user rows written.
@@ -280,6 +346,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock(1869640555, 11);
     PERFORM opskit_backfill_projects(
         ARRAY(SELECT id FROM projects WHERE owner_id >= lo AND owner_id < hi ORDER BY id));
+    PERFORM opskit_backfill_owner_totals(lo, hi);
     RETURN opskit_backfill_user_columns(lo, hi);
 END
 $fn$;
@@ -464,8 +531,8 @@ BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be a positive number, not %', batch_size;
     END IF;
-    FOREACH step IN ARRAY ARRAY['project_stats', 'user_columns', 'intro_request_stats',
-                                'message_conversations'] LOOP
+    FOREACH step IN ARRAY ARRAY['project_stats', 'owner_totals', 'user_columns',
+                                'intro_request_stats', 'message_conversations'] LOOP
         IF step = 'project_stats' THEN
             SELECT min(id), max(id) INTO first_id, last_id FROM projects;
         ELSE
@@ -478,6 +545,8 @@ BEGIN
                 BEGIN
                     IF step = 'project_stats' THEN
                         PERFORM opskit_backfill_project_stats(lo, lo + batch_size);
+                    ELSIF step = 'owner_totals' THEN
+                        PERFORM opskit_backfill_owner_totals(lo, lo + batch_size);
                     ELSIF step = 'user_columns' THEN
                         PERFORM opskit_backfill_user_columns(lo, lo + batch_size);
                     ELSIF step = 'intro_request_stats' THEN

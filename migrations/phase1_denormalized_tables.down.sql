@@ -11,11 +11,16 @@ SET statement_timeout = '15min';
 -- in flight, while their foreign-key checks (ROW SHARE on the parents) still pass; then ACCESS
 -- EXCLUSIVE, which DROP TRIGGER needs, now waiting only for statements that are finishing. The
 -- runner bounds this locked section by lock_timeout (docs/migrations.md).
-LOCK TABLE users, votes, comments, follows, messages, intro_requests IN SHARE ROW EXCLUSIVE MODE;
-LOCK TABLE users, votes, comments, follows, messages, intro_requests IN ACCESS EXCLUSIVE MODE;
+LOCK TABLE users, projects, votes, comments, follows, messages, intro_requests
+    IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE users, projects, votes, comments, follows, messages, intro_requests
+    IN ACCESS EXCLUSIVE MODE;
 
 DROP TRIGGER IF EXISTS trg_opskit_users_del ON users;
 DROP TRIGGER IF EXISTS trg_opskit_users_upd ON users;
+DROP TRIGGER IF EXISTS trg_opskit_projects_ins ON projects;
+DROP TRIGGER IF EXISTS trg_opskit_projects_upd ON projects;
+DROP TRIGGER IF EXISTS trg_opskit_projects_del ON projects;
 DROP TRIGGER IF EXISTS trg_opskit_votes_ins ON votes;
 DROP TRIGGER IF EXISTS trg_opskit_votes_upd ON votes;
 DROP TRIGGER IF EXISTS trg_opskit_votes_del ON votes;
@@ -33,6 +38,7 @@ DROP TRIGGER IF EXISTS trg_opskit_intro_requests_upd ON intro_requests;
 DROP TRIGGER IF EXISTS trg_opskit_intro_requests_del ON intro_requests;
 
 DROP FUNCTION IF EXISTS opskit_trg_users_gone();
+DROP FUNCTION IF EXISTS opskit_trg_projects();
 DROP FUNCTION IF EXISTS opskit_trg_votes_insert();
 DROP FUNCTION IF EXISTS opskit_trg_votes_update();
 DROP FUNCTION IF EXISTS opskit_trg_votes_delete();
@@ -47,6 +53,7 @@ DROP FUNCTION IF EXISTS opskit_fold_intro_request_deltas(integer);
 DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
+DROP FUNCTION IF EXISTS opskit_backfill_owner_totals(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_columns(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_user_dashboard_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_projects(bigint[]);

@@ -7,7 +7,7 @@ SET statement_timeout = '15min';
 --
 -- Relations readers query
 --   user_dashboard_stats          VIEW  = users LEFT JOIN base + pending deltas
---                                         LEFT JOIN (own live projects JOIN project_stats)
+--                                         LEFT JOIN (pending project deltas, per live owner)
 --   intro_request_stats           VIEW  = users LEFT JOIN base LEFT JOIN sum(pending deltas)
 --   message_conversations_denorm  TABLE maintained row by row by the messages trigger
 --   project_stats                 VIEW  = projects LEFT JOIN base + pending deltas (per-project
@@ -31,24 +31,18 @@ SET statement_timeout = '15min';
 --    projects are ignored by project_stats (it is driven by `projects`) and dropped by the fold
 --    and the backfill.
 --
--- 2. Votes and comments count per PROJECT; owner and live state are joined at read time
+-- 2. Votes and comments count per PROJECT; the owner takes them when they are folded
 --    A vote or comment only ever changes facts about its own row: its project gained or lost
 --    an up/down vote or a comment, its voter cast one vote more or less. The vote trigger writes
 --    exactly that, ONE row per vote into project_stats_delta (project_id, voter_id, upvotes,
 --    downvotes; votes_cast of the voter is upvotes + downvotes), the comment trigger one row
---    (project_id, comments). Whose project it is and whether it is live are read from
---    `projects` when user_dashboard_stats is queried, in the reader's snapshot:
---      upvotes_received(u) = sum of project_stats.upvotes over u's projects with deleted_at null
---    (likewise downvotes, comments; projects_count is the count of those projects). So:
---      * a vote needs no owner lookup, no project lock, and no ordering with project writes:
---        soft delete, restore, owner move and hard delete of a project write no delta at all
---        (projects has no phase1 trigger), and no write path can deadlock on phase1's account;
+--    (project_id, comments). So:
+--      * a vote needs no owner lookup and no project lock, and waits for nobody;
 --      * the per-vote cost is one plpgsql row-trigger call and one heap row + two index entries:
 --        about 30 us of server CPU per vote on the hot key, where the first design (statement
 --        triggers with transition tables, owner lookup, FOR SHARE project lock, a projects
 --        trigger moving owners' counts) took about 90 us (docs/measurements.md, "Write cost").
---    A single user's row stays a few index lookups: users, base and delta by user_id, the
---    user's projects by projects_owner_id_idx, each project's base row and pending deltas.
+--    Whose project it is and whether it is live matter only for the owner columns; section 5.
 --
 -- 3. message_conversations_denorm is a plain table (last_message_* are not additive; two
 --    transactions writing the same pair at the same moment are rare). The trigger first locks
@@ -82,9 +76,42 @@ SET statement_timeout = '15min';
 --    tables (one per event): an UPDATE only counts rows whose relevant columns changed (NEW
 --    EXCEPT ALL OLD over those columns) and returns early when nothing relevant changed.
 --    Lock order: the vote, comment, follow and intro triggers take no row lock at all; the
---    messages trigger locks conversation rows in key order; the fold locks base rows in key
---    order and folds run one at a time. So the app's write paths never deadlock on phase1's
+--    messages trigger locks conversation rows in key order; the projects trigger locks its own
+--    project's base row only (section 5); the fold skips locked project base rows, locks user
+--    base rows in key order, and folds run one at a time. So the app's write paths never deadlock on phase1's
 --    account (tests/integration/test_phase1_exactness.py counts).
+--
+-- 5. Owner totals: projects_count and *_received, folded per owner
+--    upvotes_received(u) = sum of project_stats.upvotes over u's projects with deleted_at null
+--    (likewise downvotes, comments; projects_count counts those projects). Summing that per read
+--    made a read cost the owner's project count (51 ms p50 at `large` for a 10,000-project
+--    owner). Instead user_dashboard_stats_base holds, per user, owner totals T(u) with
+--      T(u) + pending owner deltas(u) = sum over u's LIVE projects p of (1, base(p))
+--    where base(p) is project_stats_base (FOLDED counts), and the view adds only the pending
+--    project_stats_delta rows of u's live projects, found from the pending rows themselves (each
+--    pending project's owner and state by a primary-key probe), never from u's project list.
+--    Since project_stats(p) = base(p) + pending(p), that sum is the truth. Who moves what:
+--      * the projects trigger (insert, soft delete, restore, owner move, id change, delete)
+--        moves p's part (1, base(p)) between owners by appending owner-total delta rows to
+--        user_dashboard_stats_delta (append-only: two transactions moving projects of the same
+--        owner never wait for each other, so no cross-project deadlock). It first locks base(p)
+--        FOR UPDATE (a new project's row is created by the insert), so base(p) cannot change
+--        until it commits, and it reads base(p) after that lock;
+--      * the fold adds a project's folded deltas to base(p) and, if p is live, to T(owner(p)).
+--        It locks base(p) FOR UPDATE SKIP LOCKED first and reads p's owner and state in a later
+--        statement (a new snapshot). A project trigger that committed before the lock is in that
+--        snapshot; one that has not locked base(p) yet waits for the fold and then moves the
+--        new base(p); one that holds base(p) makes the fold skip p (its deltas stay pending for
+--        a later fold). So the two never interleave on a project, and the fold waits for no app
+--        transaction on a project row;
+--      * a reader's snapshot holds, per project, either a fold or a trigger's move entirely or
+--        not at all, so the identity above holds at every commit.
+--    Lock order: app row (projects), then base(p) (trigger; the fold never waits for it), then
+--    user base rows (the fold only, in key order; users trigger and backfill as before).
+--    The projects trigger's cost falls on project writes only (rare): one base-row lock and one
+--    or two delta rows; votes and comments are unchanged. Projects older than phase1 get base(p)
+--    from the backfill's project batches; until the backfill's owner-total batches have run the
+--    owner totals are not exact (like every relation before its backfill).
 
 -- ------------------------------------------------------------------ user_dashboard_stats
 
@@ -99,7 +126,12 @@ CREATE TABLE user_dashboard_stats_base (
     followers_count         bigint NOT NULL DEFAULT 0,
     following_count         bigint NOT NULL DEFAULT 0,
     unread_messages         bigint NOT NULL DEFAULT 0,
-    pending_intros_received bigint NOT NULL DEFAULT 0
+    pending_intros_received bigint NOT NULL DEFAULT 0,
+    -- the owner totals (section 5): the user's live projects and their FOLDED counts
+    projects_count          bigint NOT NULL DEFAULT 0,
+    upvotes_received        bigint NOT NULL DEFAULT 0,
+    downvotes_received      bigint NOT NULL DEFAULT 0,
+    comments_received       bigint NOT NULL DEFAULT 0
 ) WITH (fillfactor = 50);
 
 -- Append-only; rows are only ever inserted (triggers) and deleted (fold, user deletion).
@@ -109,7 +141,11 @@ CREATE TABLE user_dashboard_stats_delta (
     followers_count         bigint NOT NULL DEFAULT 0,
     following_count         bigint NOT NULL DEFAULT 0,
     unread_messages         bigint NOT NULL DEFAULT 0,
-    pending_intros_received bigint NOT NULL DEFAULT 0
+    pending_intros_received bigint NOT NULL DEFAULT 0,
+    projects_count          bigint NOT NULL DEFAULT 0,  -- owner totals moved by the projects
+    upvotes_received        bigint NOT NULL DEFAULT 0,  -- trigger (section 5)
+    downvotes_received      bigint NOT NULL DEFAULT 0,
+    comments_received       bigint NOT NULL DEFAULT 0
 ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
 CREATE INDEX user_dashboard_stats_delta_user_id_idx ON user_dashboard_stats_delta (user_id);
 
@@ -152,12 +188,22 @@ CROSS JOIN LATERAL (
 
 -- Driven by `users`, so exactly one row per existing user (zeros for a user without rows);
 -- `WHERE user_id = $1` pushes the key into every subquery (test: ..._single_lookups_use_indexes).
+-- The owner columns are base + pending owner deltas + the pending project_stats_delta rows of
+-- the user's live projects (section 5). That last part is read from the owner's project list
+-- for an owner of at most 200 projects, and from the pending rows (each pending project's owner
+-- by a primary-key probe) for more: a user's row costs at most about 200 index probes or the
+-- pending rows, which the fold keeps few, whether they own 1 project or 10,000. (Reading only
+-- the pending rows made every user pay for them: 2,000 pending rows, mostly uncached projects,
+-- cost a typical user 40-67 ms at `large`.) LATERAL: a full scan (verify) runs it per user.
 CREATE OR REPLACE VIEW user_dashboard_stats AS
 SELECT u.id AS user_id,
-       coalesce(pr.projects_count, 0)::bigint AS projects_count,
-       coalesce(pr.upvotes_received, 0)::bigint AS upvotes_received,
-       coalesce(pr.downvotes_received, 0)::bigint AS downvotes_received,
-       coalesce(pr.comments_received, 0)::bigint AS comments_received,
+       (coalesce(b.projects_count, 0) + coalesce(d.projects_count, 0))::bigint AS projects_count,
+       (coalesce(b.upvotes_received, 0) + coalesce(d.upvotes_received, 0)
+        + coalesce(pr.upvotes, 0))::bigint AS upvotes_received,
+       (coalesce(b.downvotes_received, 0) + coalesce(d.downvotes_received, 0)
+        + coalesce(pr.downvotes, 0))::bigint AS downvotes_received,
+       (coalesce(b.comments_received, 0) + coalesce(d.comments_received, 0)
+        + coalesce(pr.comments, 0))::bigint AS comments_received,
        (coalesce(b.votes_cast, 0) + coalesce(d.votes_cast, 0) + coalesce(vd.votes_cast, 0))::bigint
            AS votes_cast,
        (coalesce(b.followers_count, 0) + coalesce(d.followers_count, 0))::bigint
@@ -176,7 +222,11 @@ LEFT JOIN (
            sum(followers_count) AS followers_count,
            sum(following_count) AS following_count,
            sum(unread_messages) AS unread_messages,
-           sum(pending_intros_received) AS pending_intros_received
+           sum(pending_intros_received) AS pending_intros_received,
+           sum(projects_count) AS projects_count,
+           sum(upvotes_received) AS upvotes_received,
+           sum(downvotes_received) AS downvotes_received,
+           sum(comments_received) AS comments_received
     FROM user_dashboard_stats_delta
     GROUP BY user_id
 ) d ON d.user_id = u.id
@@ -186,17 +236,41 @@ LEFT JOIN (
     WHERE voter_id IS NOT NULL
     GROUP BY voter_id
 ) vd ON vd.voter_id = u.id
-LEFT JOIN (
-    SELECT p.owner_id,
-           count(*) AS projects_count,
-           sum(s.upvotes) AS upvotes_received,
-           sum(s.downvotes) AS downvotes_received,
-           sum(s.comments) AS comments_received
-    FROM projects p
-    JOIN project_stats s ON s.project_id = p.id
-    WHERE p.deleted_at IS NULL
-    GROUP BY p.owner_id
-) pr ON pr.owner_id = u.id;
+LEFT JOIN LATERAL (
+    -- One branch runs, chosen per user by their folded projects_count (a gate on values of the
+    -- outer row: the other branch is not even started); both give the same sums, the gate only
+    -- chooses the cheaper way. 200 projects cost about as many index probes as a few hundred
+    -- pending rows, the fold's usual backlog.
+    SELECT sum(x.upvotes) AS upvotes, sum(x.downvotes) AS downvotes, sum(x.comments) AS comments
+    FROM (
+        -- an owner of few projects: their live projects (an index), each one's pending rows by
+        -- an index probe (LATERAL: never a scan of all pending rows per user, which made a full
+        -- scan cost users x pending rows)
+        SELECT pd.upvotes, pd.downvotes, pd.comments
+        FROM projects p
+        CROSS JOIN LATERAL (
+            SELECT sum(d1.upvotes) AS upvotes, sum(d1.downvotes) AS downvotes,
+                   sum(d1.comments) AS comments
+            FROM project_stats_delta d1
+            WHERE d1.project_id = p.id
+        ) pd
+        WHERE p.owner_id = u.id AND p.deleted_at IS NULL
+          AND coalesce(b.projects_count, 0) + coalesce(d.projects_count, 0) <= 200
+        UNION ALL
+        -- an owner of many: the pending rows per project, each project's owner and state read
+        -- by a primary-key probe (a subplan: no plan can start from the owner's projects)
+        SELECT pg.upvotes, pg.downvotes, pg.comments
+        FROM (
+            SELECT project_id, sum(upvotes) AS upvotes, sum(downvotes) AS downvotes,
+                   sum(comments) AS comments
+            FROM project_stats_delta
+            GROUP BY project_id
+        ) pg
+        WHERE coalesce(b.projects_count, 0) + coalesce(d.projects_count, 0) > 200
+          AND (SELECT p.owner_id FROM projects p
+               WHERE p.id = pg.project_id AND p.deleted_at IS NULL) = u.id
+    ) x
+) pr ON true;
 
 -- ------------------------------------------------------------------ intro_request_stats
 
@@ -301,83 +375,126 @@ CREATE TABLE opskit_reconcile_keys (
 -- project_stats_delta) into the base rows; returns how many it moved. Safe while writers go on:
 -- claimed rows are locked (SKIP LOCKED: a fold never waits for the users trigger deleting a
 -- deleted user's rows), deleted and added to base in one statement, so they are counted once,
--- either as deltas or in base. One fold runs at a time (a second one returns 0 at once): a fold
--- locks user base rows and project base rows, each in key order, and two at once could still
--- wait for each other across the two tables. Parts of deleted users and projects are dropped,
--- not folded (their base rows go too). While a backfill holds the exclusive advisory lock the
--- fold does nothing and returns 0 (call it again later).
+-- either as deltas or in base. A project's folded counts also go to its owner's totals if it is
+-- live (section 5): the fold first locks the projects' base rows FOR UPDATE SKIP LOCKED, then,
+-- in a later statement (a new READ COMMITTED snapshot), reads each project's owner and live
+-- state. A project whose base row another transaction holds (the projects trigger, moving its
+-- counts between owners) keeps its deltas pending until a later fold; so the fold never waits
+-- for an app transaction on a project, and no project changes owner or live state between the
+-- fold's read and its commit. One fold runs at a time (a second one returns 0 at once).
+-- Parts of deleted users and projects are dropped, not folded (their base rows go too). While
+-- a backfill holds the exclusive advisory lock the fold does nothing and returns 0.
 CREATE OR REPLACE FUNCTION opskit_fold_user_dashboard_deltas(max_rows integer DEFAULT 10000)
 RETURNS bigint
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
+    v_user_rows tid[];
+    v_project_rows tid[];
+    v_projects bigint[];
+    v_locked bigint[];
+    v_busy bigint[];
     v_folded bigint;
 BEGIN
     IF NOT pg_try_advisory_xact_lock_shared(1869640555, 11)
        OR NOT pg_try_advisory_xact_lock(1869640555, 13) THEN
         RETURN 0;
     END IF;
+    -- 1. Claim delta rows.
+    v_user_rows := ARRAY(
+        SELECT ctid FROM user_dashboard_stats_delta LIMIT max_rows FOR UPDATE SKIP LOCKED);
+    SELECT coalesce(array_agg(c.ctid), '{}'), coalesce(array_agg(DISTINCT c.project_id), '{}')
+    INTO v_project_rows, v_projects
+    FROM (SELECT ctid, project_id FROM project_stats_delta
+          LIMIT greatest(max_rows - cardinality(v_user_rows), 0)
+          FOR UPDATE SKIP LOCKED) AS c;
+    -- 2. Lock their projects' base rows, key order; those held by someone else are busy.
+    v_locked := ARRAY(
+        SELECT project_id FROM project_stats_base WHERE project_id = ANY (v_projects)
+        ORDER BY project_id FOR UPDATE SKIP LOCKED);
+    v_busy := ARRAY(
+        SELECT project_id FROM project_stats_base
+        WHERE project_id = ANY (v_projects) AND project_id <> ALL (v_locked));
+    -- 3. A new snapshot: every change of a locked project's owner or live state committed
+    --    before we locked it is visible, and none can commit before we do.
     WITH user_moved AS (
+        -- ARRAY(SELECT unnest(..)): a TID scan of the claimed rows whatever their number (with
+        -- the array itself the planner saw its size and scanned the whole table)
         DELETE FROM user_dashboard_stats_delta
-        WHERE ctid = ANY (ARRAY(
-            SELECT ctid FROM user_dashboard_stats_delta LIMIT max_rows FOR UPDATE SKIP LOCKED
-        ))
+        WHERE ctid = ANY (ARRAY(SELECT unnest(v_user_rows)))
         RETURNING user_id, votes_cast, followers_count, following_count, unread_messages,
-                  pending_intros_received
+                  pending_intros_received, projects_count, upvotes_received,
+                  downvotes_received, comments_received
     ), project_moved AS (
         DELETE FROM project_stats_delta
-        WHERE ctid = ANY (ARRAY(
-            SELECT ctid FROM project_stats_delta
-            LIMIT greatest(max_rows - (SELECT count(*) FROM user_moved), 0)
-            FOR UPDATE SKIP LOCKED
-        ))
+        WHERE ctid = ANY (ARRAY(SELECT unnest(v_project_rows))) AND project_id <> ALL (v_busy)
         RETURNING project_id, voter_id, upvotes, downvotes, comments
+    ), project_agg AS (
+        SELECT m.project_id, sum(m.upvotes) AS upvotes, sum(m.downvotes) AS downvotes,
+               sum(m.comments) AS comments, p.id IS NOT NULL AS present,
+               CASE WHEN p.deleted_at IS NULL THEN p.owner_id END AS live_owner_id
+        FROM project_moved m
+        LEFT JOIN projects p ON p.id = m.project_id
+        GROUP BY m.project_id, p.id
     ), user_agg AS (
         SELECT m.user_id,
                sum(m.votes_cast) AS votes_cast,
                sum(m.followers_count) AS followers_count,
                sum(m.following_count) AS following_count,
                sum(m.unread_messages) AS unread_messages,
-               sum(m.pending_intros_received) AS pending_intros_received
+               sum(m.pending_intros_received) AS pending_intros_received,
+               sum(m.projects_count) AS projects_count,
+               sum(m.upvotes_received) AS upvotes_received,
+               sum(m.downvotes_received) AS downvotes_received,
+               sum(m.comments_received) AS comments_received
         FROM (
             SELECT user_id, votes_cast, followers_count, following_count, unread_messages,
-                   pending_intros_received
+                   pending_intros_received, projects_count, upvotes_received,
+                   downvotes_received, comments_received
             FROM user_moved
             UNION ALL
-            SELECT voter_id, upvotes + downvotes, 0, 0, 0, 0
+            SELECT voter_id, upvotes + downvotes, 0, 0, 0, 0, 0, 0, 0, 0
             FROM project_moved
             WHERE voter_id IS NOT NULL
+            UNION ALL
+            SELECT live_owner_id, 0, 0, 0, 0, 0, 0, upvotes, downvotes, comments
+            FROM project_agg
+            WHERE live_owner_id IS NOT NULL
         ) AS m
         GROUP BY m.user_id
-    ), project_agg AS (
-        SELECT project_id, sum(upvotes) AS upvotes, sum(downvotes) AS downvotes,
-               sum(comments) AS comments
-        FROM project_moved
-        GROUP BY project_id
     ), user_applied AS (
         INSERT INTO user_dashboard_stats_base AS b (
             user_id, votes_cast, followers_count, following_count, unread_messages,
-            pending_intros_received)
+            pending_intros_received, projects_count, upvotes_received, downvotes_received,
+            comments_received)
         SELECT a.user_id, a.votes_cast, a.followers_count, a.following_count,
-               a.unread_messages, a.pending_intros_received
+               a.unread_messages, a.pending_intros_received, a.projects_count,
+               a.upvotes_received, a.downvotes_received, a.comments_received
         FROM user_agg a
         WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = a.user_id)
           -- a vote flipped (or cast and taken back) moves no count: no row version for +0
           AND (a.votes_cast, a.followers_count, a.following_count, a.unread_messages,
-               a.pending_intros_received) <> (0, 0, 0, 0, 0)
+               a.pending_intros_received, a.projects_count, a.upvotes_received,
+               a.downvotes_received, a.comments_received) <> (0, 0, 0, 0, 0, 0, 0, 0, 0)
         ORDER BY a.user_id
         ON CONFLICT (user_id) DO UPDATE SET
             votes_cast = b.votes_cast + EXCLUDED.votes_cast,
             followers_count = b.followers_count + EXCLUDED.followers_count,
             following_count = b.following_count + EXCLUDED.following_count,
             unread_messages = b.unread_messages + EXCLUDED.unread_messages,
-            pending_intros_received = b.pending_intros_received + EXCLUDED.pending_intros_received
+            pending_intros_received = b.pending_intros_received + EXCLUDED.pending_intros_received,
+            projects_count = b.projects_count + EXCLUDED.projects_count,
+            upvotes_received = b.upvotes_received + EXCLUDED.upvotes_received,
+            downvotes_received = b.downvotes_received + EXCLUDED.downvotes_received,
+            comments_received = b.comments_received + EXCLUDED.comments_received
         RETURNING 1
     ), project_applied AS (
+        -- rows we locked in 2, or missing ones: projects older than phase1 that the backfill
+        -- has not reached yet (the projects trigger creates the row of every new project)
         INSERT INTO project_stats_base AS b (project_id, upvotes, downvotes, comments)
         SELECT a.project_id, a.upvotes, a.downvotes, a.comments
         FROM project_agg a
-        WHERE EXISTS (SELECT 1 FROM projects p WHERE p.id = a.project_id)
+        WHERE a.present
         ORDER BY a.project_id
         ON CONFLICT (project_id) DO UPDATE SET
             upvotes = b.upvotes + EXCLUDED.upvotes,
@@ -387,8 +504,7 @@ BEGIN
     ), projects_gone AS (
         DELETE FROM project_stats_base b
         USING project_agg a
-        WHERE b.project_id = a.project_id
-          AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = a.project_id)
+        WHERE b.project_id = a.project_id AND NOT a.present
         RETURNING 1
     ), keys_touched AS (
         -- for `opskit reconcile --changed`: every user and project these deltas touched, in
@@ -499,6 +615,69 @@ BEGIN
     DELETE FROM intro_request_stats_base WHERE user_id = OLD.id;
     DELETE FROM message_conversations_denorm
     WHERE user_id = OLD.id OR other_user_id = OLD.id;
+    RETURN NULL;
+END
+$fn$;
+
+-- projects, per row (section 5): a project's part of its owner's totals is, while it is live,
+-- 1 project plus its FOLDED counts (project_stats_base); its pending deltas are counted at read
+-- time. An insert, a soft delete or restore, an owner move or a delete moves that part by
+-- appending owner-total delta rows. The project's base row is locked first (and created for a
+-- new project), so no fold changes the folded counts until we commit: a fold skips a held row
+-- and leaves its deltas pending; a fold holding it makes us wait for its commit, and this new
+-- statement then reads what it folded. Under REPEATABLE READ, a base row a fold changed after
+-- the transaction's snapshot raises a serialization error here instead of moving stale counts.
+CREATE OR REPLACE FUNCTION opskit_trg_projects() RETURNS trigger
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    v_up bigint := 0;
+    v_down bigint := 0;
+    v_comments bigint := 0;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        -- a new project: no votes or comments folded yet (ids are never reused; a stale row of
+        -- a deleted project with this id is reset)
+        INSERT INTO project_stats_base AS b (project_id) VALUES (NEW.id)
+        ON CONFLICT (project_id) DO UPDATE SET upvotes = 0, downvotes = 0, comments = 0;
+        IF NEW.deleted_at IS NULL THEN
+            INSERT INTO user_dashboard_stats_delta (user_id, projects_count)
+            VALUES (NEW.owner_id, 1);
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.id = OLD.id AND NEW.owner_id IS NOT DISTINCT FROM OLD.owner_id
+       AND (NEW.deleted_at IS NULL) = (OLD.deleted_at IS NULL) THEN
+        RETURN NULL;  -- neither owner nor live state changed
+    END IF;
+    -- OLD's part leaves (and its base row goes with a deleted project or an old id)
+    SELECT b.upvotes, b.downvotes, b.comments INTO v_up, v_down, v_comments
+    FROM project_stats_base b WHERE b.project_id = OLD.id FOR UPDATE;
+    v_up := coalesce(v_up, 0);
+    v_down := coalesce(v_down, 0);
+    v_comments := coalesce(v_comments, 0);
+    IF OLD.deleted_at IS NULL THEN
+        INSERT INTO user_dashboard_stats_delta (
+            user_id, projects_count, upvotes_received, downvotes_received, comments_received)
+        VALUES (OLD.owner_id, -1, -v_up, -v_down, -v_comments);
+    END IF;
+    IF TG_OP = 'DELETE' OR NEW.id <> OLD.id THEN
+        DELETE FROM project_stats_base WHERE project_id = OLD.id;
+        IF TG_OP = 'DELETE' THEN
+            RETURN NULL;
+        END IF;
+        -- a new id is a new project: its votes and comments, if any, are pending deltas
+        INSERT INTO project_stats_base AS b (project_id) VALUES (NEW.id)
+        ON CONFLICT (project_id) DO UPDATE SET upvotes = 0, downvotes = 0, comments = 0;
+        v_up := 0;
+        v_down := 0;
+        v_comments := 0;
+    END IF;
+    IF NEW.deleted_at IS NULL THEN
+        INSERT INTO user_dashboard_stats_delta (
+            user_id, projects_count, upvotes_received, downvotes_received, comments_received)
+        VALUES (NEW.owner_id, 1, v_up, v_down, v_comments);
+    END IF;
     RETURN NULL;
 END
 $fn$;
@@ -891,7 +1070,8 @@ $fn$;
 -- The tables that get triggers, locked together, parents before children (the one order of
 -- every opskit LOCK), in the mode CREATE TRIGGER takes. The runner bounds this locked section by
 -- lock_timeout (docs/migrations.md).
-LOCK TABLE users, votes, comments, follows, messages, intro_requests IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE users, projects, votes, comments, follows, messages, intro_requests
+    IN SHARE ROW EXCLUSIVE MODE;
 
 CREATE CONSTRAINT TRIGGER trg_opskit_users_del AFTER DELETE ON users
     DEFERRABLE INITIALLY DEFERRED
@@ -900,6 +1080,13 @@ CREATE CONSTRAINT TRIGGER trg_opskit_users_upd AFTER UPDATE OF id ON users
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
     EXECUTE FUNCTION opskit_trg_users_gone();
+
+CREATE TRIGGER trg_opskit_projects_ins AFTER INSERT ON projects
+    FOR EACH ROW EXECUTE FUNCTION opskit_trg_projects();
+CREATE TRIGGER trg_opskit_projects_upd AFTER UPDATE OF id, owner_id, deleted_at ON projects
+    FOR EACH ROW EXECUTE FUNCTION opskit_trg_projects();
+CREATE TRIGGER trg_opskit_projects_del AFTER DELETE ON projects
+    FOR EACH ROW EXECUTE FUNCTION opskit_trg_projects();
 
 CREATE TRIGGER trg_opskit_votes_ins AFTER INSERT ON votes
     FOR EACH ROW EXECUTE FUNCTION opskit_trg_votes_insert();

@@ -31,10 +31,11 @@ class BatchStep:
 
 # Relation -> its per-batch steps, in order; also the identifier whitelist. user_dashboard_stats
 # reads per-project counts (project_stats, batches of project ids: every project, whoever owns
-# it meanwhile) and per-user columns (batches of user ids).
+# it meanwhile), then owner totals over those counts and per-user columns (batches of user ids).
 BACKFILL_STEPS: dict[str, tuple[BatchStep, ...]] = {
     "user_dashboard_stats": (
         BatchStep("opskit_backfill_project_stats", "projects"),
+        BatchStep("opskit_backfill_owner_totals", "users"),
         BatchStep("opskit_backfill_user_columns", "users"),
     ),
     "intro_request_stats": (BatchStep("opskit_backfill_intro_request_stats", "users"),),
@@ -48,6 +49,30 @@ BACKFILL_FUNCTIONS: dict[str, str] = {
     "intro_request_stats": "opskit_backfill_intro_request_stats",
     "message_conversations_denorm": "opskit_backfill_message_conversations",
 }
+
+
+# A batch waits for the app's row locks (a conversation row, a project's base row that a project
+# write holds) at most this long, then gives way and runs again after a pause: below the server's
+# deadlock_timeout (1 s by default), so when a batch and an app transaction wait for each other
+# it is always the batch that yields, never the app's transaction that PostgreSQL ends.
+BATCH_LOCK_TIMEOUT = "500ms"
+BATCH_TRIES = 10
+
+
+def run_batch(conn: psycopg.Connection, statement: sql.Composable, params: tuple) -> int:
+    """One backfill batch in its own transaction (`conn` in autocommit); its rows written.
+
+    Sets the session's lock_timeout to BATCH_LOCK_TIMEOUT and retries a batch that gave way.
+    """
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(BATCH_LOCK_TIMEOUT)))
+    for attempt in range(1, BATCH_TRIES + 1):
+        try:
+            return conn.execute(statement, params).fetchone()[0]
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            if attempt == BATCH_TRIES:
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -137,7 +162,7 @@ def _backfill_one(
     for number, (function, lo) in enumerate(batches, start=1):
         statement = sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(function))
         try:
-            written += conn.execute(statement, (lo, lo + batch_size)).fetchone()[0]
+            written += run_batch(conn, statement, (lo, lo + batch_size))
         except psycopg.Error as err:
             raise DatabaseError(
                 f"backfill of {table} failed in {function} at ids {lo}..{lo + batch_size - 1}: "

@@ -27,7 +27,7 @@ from opskit.core.db import connect, redis_client
 from opskit.core.errors import EnvironmentProblem
 from opskit.core.settings import Settings
 from opskit.engine import votecache
-from opskit.engine.backfill import BACKFILL_STEPS
+from opskit.engine.backfill import BACKFILL_STEPS, run_batch
 from opskit.engine.refresh import (
     FRESHNESS_MAX_S,
     known_views,
@@ -202,7 +202,7 @@ def repair_relation(conn: psycopg.Connection, spec: Denormalized, user_ids: list
         ]
         statement = sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(step.function))
         for lo, hi in id_ranges(ids, REPAIR_BATCH_IDS):
-            conn.execute(statement, (lo, hi))
+            run_batch(conn, statement, (lo, hi))
     if spec.relation == "user_dashboard_stats":
         note_owners_changed(conn, user_ids)
 

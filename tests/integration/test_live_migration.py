@@ -135,8 +135,8 @@ def test_dry_run_shows_the_locks_each_phase_takes_together_and_how_long_it_held_
     # a transaction, and phase 4 builds concurrently
     assert len(lines) == 2
     assert lines[1] == (
-        "phase1_denormalized_tables: locks taken together: users, votes, comments, follows, "
-        "messages, intro_requests in SHARE ROW EXCLUSIVE mode (blocks writes); "
+        "phase1_denormalized_tables: locks taken together: users, projects, votes, comments, "
+        "follows, messages, intro_requests in SHARE ROW EXCLUSIVE mode (blocks writes); "
         "never run on this database"
     )
     migrations.migrate(tiny_db_url, to="phase1_denormalized_tables")

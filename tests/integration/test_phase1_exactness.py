@@ -82,6 +82,9 @@ def diff_all(conn: psycopg.Connection) -> dict[str, str]:
     problems: dict[str, str] = {}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # the full scan's per-user plan has a cost high enough for JIT: about 1 s of compiling
+        # per check on these few rows, which leaves the concurrent tests few snapshots to check
+        conn.execute("SET LOCAL jit = off")
         for relation, (block, nkeys) in RELATIONS.items():
             truth_sql = TRUTH[block]
             cursor = conn.execute(f"SELECT * FROM ({truth_sql}) AS t LIMIT 0")
@@ -285,6 +288,11 @@ WRITE_PATHS: list[tuple[str, str]] = [
     ("restore all", "UPDATE projects SET deleted_at = NULL WHERE id <> 13"),
     ("hard delete a live project with votes and comments", "DELETE FROM projects WHERE id = 11"),
     ("hard delete a soft-deleted project with votes", "DELETE FROM projects WHERE id = 13"),
+    (
+        "a project for the id change",
+        "INSERT INTO projects (id, owner_id, title) OVERRIDING SYSTEM VALUE VALUES (20, 2, 'p20')",
+    ),
+    ("change the id of a project nothing references", "UPDATE projects SET id = 21 WHERE id = 20"),
     # follows
     (
         "insert follows (multi-row)",
@@ -425,8 +433,8 @@ def test_new_users_get_a_zero_row_and_single_lookups_use_indexes(db):
         assert "Seq Scan" not in plan, plan
 
 
-def test_a_vote_writes_one_delta_row_and_project_changes_write_none(db):
-    """The per-project design (phase1 section 2): what each hot write costs in delta rows."""
+def test_a_vote_writes_one_delta_row_and_project_changes_move_owner_totals(db):
+    """The per-project design (phase1 sections 2 and 5): what each write costs in delta rows."""
     with psycopg.connect(db, autocommit=True) as conn:
         world = make_world(conn, users=4, projects=2)
         voter, project = world.users[3], world.projects[1]  # voter owns no project
@@ -459,9 +467,20 @@ def test_a_vote_writes_one_delta_row_and_project_changes_write_none(db):
                 f"UPDATE comments SET body = 'y' WHERE project_id = {project}",
                 (0, 0),
             ),
-            ("soft delete", f"UPDATE projects SET deleted_at = now() WHERE id = {project}", (0, 0)),
-            ("restore", f"UPDATE projects SET deleted_at = NULL WHERE id = {project}", (0, 0)),
-            ("owner move", f"UPDATE projects SET owner_id = {voter} WHERE id = {project}", (0, 0)),
+            # project changes move the owner totals: one owner-delta row per owner they touch
+            ("soft delete", f"UPDATE projects SET deleted_at = now() WHERE id = {project}", (0, 1)),
+            (
+                "touch deleted_at",
+                f"UPDATE projects SET deleted_at = now() WHERE id = {project}",
+                (0, 0),
+            ),
+            ("restore", f"UPDATE projects SET deleted_at = NULL WHERE id = {project}", (0, 1)),
+            (
+                "edit",
+                f"UPDATE projects SET title = 't', updated_at = now() WHERE id = {project}",
+                (0, 0),
+            ),
+            ("owner move", f"UPDATE projects SET owner_id = {voter} WHERE id = {project}", (0, 2)),
             ("unvote", f"DELETE FROM votes WHERE user_id = {voter}", (1, 0)),
         ]
         for name, statement, (project_rows, user_rows) in steps:
@@ -624,6 +643,133 @@ def test_concurrent_writers_keep_the_relations_exact(db):
     with psycopg.connect(db, autocommit=True) as conn:
         fold_all(conn)
     assert_exact(db, "after the final fold")
+
+
+PROJECT_RACE_OPS = (
+    "vote_hot",
+    "vote",
+    "unvote_hot",
+    "flip",
+    "comment",
+    "uncomment",
+    "soft_delete",
+    "restore",
+    "move_project",
+    "touch_project",
+    "new_project",
+    "drop_project",
+    "new_user",
+    "delete_user",
+)
+
+
+def _multi_project_transactions(url: str, world, stop: threading.Event, out: dict) -> None:
+    """Transactions that change several projects (owner moves, soft deletes, restores, in
+    random order) and vote between them: each holds some projects' rows while it waits for
+    others, the case where a lock shared by owners could close a deadlock cycle."""
+    rng = random.Random(77)
+    with psycopg.connect(url) as conn:
+        while not stop.is_set():
+            try:
+                for _ in range(rng.randint(2, 4)):
+                    name = rng.choice(("move_project", "soft_delete", "restore", "vote"))
+                    conn.execute(OPERATIONS[name], op_params(rng, world))
+                conn.commit()
+                out["committed"] += 1
+            except psycopg.errors.DeadlockDetected as err:
+                conn.rollback()
+                out["deadlocks"].append(str(err))
+            except EXPECTED_ERRORS:
+                conn.rollback()
+
+
+def test_project_moves_racing_votes_and_folds_stay_exact(db):
+    """Owner totals (phase1 section 5) under the races that matter: votes pending while their
+    project is soft-deleted, moved or restored, folds running all the time (small batches),
+    multi-project transactions; exact in every snapshot, and no deadlock anywhere."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        world = make_world(conn, users=6, projects=4)
+    mismatches: list[str] = []
+    folds = checks = 0
+    stop = threading.Event()
+    multi = {"committed": 0, "deadlocks": []}
+    mover = threading.Thread(target=_multi_project_transactions, args=(db, world, stop, multi))
+    writers = Writers(db, world, threads=6, ops_each=350, seed=400, ops=PROJECT_RACE_OPS)
+    with writers, psycopg.connect(db, autocommit=True) as side:
+        mover.start()
+        try:
+            while any(t.is_alive() for t in writers.threads):
+                folds += side.execute("SELECT opskit_fold_user_dashboard_deltas(9)").fetchone()[0]
+                problems = diff_all(side)
+                checks += 1
+                if problems:
+                    mismatches.append("\n".join(problems.values()))
+        finally:
+            stop.set()
+            mover.join()
+    assert not writers.errors, writers.errors
+    assert not mismatches, mismatches[0]
+    assert writers.deadlocks == 0, "\n".join(writers.deadlock_details)
+    assert not multi["deadlocks"], multi["deadlocks"][0]
+    assert multi["committed"] > 20
+    moved = sum(writers.ops_done[n] for n in ("soft_delete", "restore", "move_project"))
+    assert moved > 150 and writers.ops_done["vote_hot"] > 100
+    assert checks > 10 and folds > 0
+    with psycopg.connect(db, autocommit=True) as conn:
+        fold_all(conn, max_rows=7)
+        assert pending_deltas(conn) == 0
+        # the owner totals really are folded: base rows carry them, nothing is left pending
+        assert (
+            conn.execute("SELECT sum(projects_count) FROM user_dashboard_stats_base").fetchone()[0]
+            == conn.execute("SELECT count(*) FROM projects WHERE deleted_at IS NULL").fetchone()[0]
+        )
+    assert_exact(db, "after the final fold")
+
+
+def test_a_heavy_owner_reads_as_cheaply_as_a_typical_user(db):
+    """user_dashboard_stats for an owner of 3,000 projects reads no more pages than for an
+    owner of one (generic plan, as a prepared statement gets): nothing sums per project."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        heavy, typical, voter = add_users(conn, 3)
+        conn.execute(
+            "INSERT INTO projects (owner_id, title) SELECT %s, 'p' || g"
+            " FROM generate_series(1, 3000) g",
+            (heavy,),
+        )
+        conn.execute("INSERT INTO projects (owner_id, title) VALUES (%s, 'one')", (typical,))
+        conn.execute(
+            "INSERT INTO votes (user_id, project_id, vote_type) SELECT %s, id, 'up' FROM projects",
+            (voter,),
+        )
+        fold_all(conn, max_rows=10_000)
+        conn.execute("VACUUM user_dashboard_stats_delta, project_stats_delta")  # as the daemon
+        conn.execute(  # a few pending deltas, of both owners' projects
+            "INSERT INTO comments (project_id, user_id, body)"
+            " SELECT id, %s, 'c' FROM projects WHERE id %% 500 = 0 OR owner_id = %s",
+            (voter, typical),
+        )
+        conn.execute("ANALYZE")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(
+            "PREPARE stats(bigint) AS SELECT * FROM user_dashboard_stats WHERE user_id = $1"
+        )
+
+        def pages(user_id: int) -> tuple[int, str]:
+            plan = "\n".join(
+                r[0]
+                for r in conn.execute(
+                    f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) EXECUTE stats({user_id})"
+                )
+            )
+            hits = int(re.search(r"Buffers: shared hit=(\d+)", plan).group(1))  # the top node
+            return hits, plan
+
+        heavy_pages, plan = pages(heavy)
+        typical_pages, _ = pages(typical)
+        assert heavy_pages <= typical_pages + 20, plan
+        row = conn.execute(f"EXECUTE stats({heavy})").fetchone()
+        assert row[1:5] == (3000, 3000, 0, 6)
+    assert_exact(db)
 
 
 def test_concurrent_admin_statements_stay_exact(db):
