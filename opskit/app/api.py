@@ -383,6 +383,8 @@ async def health(request: Request) -> Response:
     }
     if state.endpoints.vote_cache is not None:
         body["vote_cache_failures"] = state.endpoints.vote_cache.failures
+    if state.answers is not None:
+        body["answer_cache"] = state.answers.stats()  # this worker's
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
