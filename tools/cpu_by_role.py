@@ -5,8 +5,9 @@
 
 Each line: {"t": unix time, "interval_s": s, "cpu": {role: % of one core}} for the roles
 `api` (the `opskit serve` process and its workers), `daemon` (`opskit scheduler` and its
-children), `generator` (`opskit capacity` and its Locust processes), `postgres` (the server's
-backends connected to the database of --database-url), `postgres_other` (every other postgres
+children), `generator` (`opskit capacity` and its Locust processes), `pg_api` (the server's
+backends connected to the database of --database-url: the API's), `pg_daemon` (those of
+the daemon, application_name `opskit-daemon ...`), `pg_other` (every other postgres
 process: other databases, WAL writer, checkpointer, ...), `redis` (redis-server) and `other`
 (the rest of the machine), plus `machine` (all of it; 100 per core). `summarize` prints the
 mean of each role over each step of an `opskit capacity --json` answer:
@@ -25,7 +26,10 @@ from pathlib import Path
 import psutil
 import psycopg
 
-ROLES = ("api", "daemon", "generator", "postgres", "postgres_other", "redis", "other")
+ROLES = (
+    "api", "daemon", "generator", "pg_api", "pg_daemon", "pg_other", "redis",
+    "other",
+)  # fmt: skip
 
 
 def _tree(pid: int | None) -> set[int]:
@@ -56,12 +60,12 @@ def sample(args: argparse.Namespace) -> None:
     with open(args.output, "a") as out:
         while deadline is None or time.monotonic() < deadline:
             time.sleep(args.interval)
-            backends = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
-                )
-            }
+            backends = dict(
+                conn.execute(
+                    "SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s",
+                    (database,),
+                ).fetchall()
+            )
             trees = {
                 "api": _tree(args.api_pid),
                 "daemon": _tree(args.daemon_pid),
@@ -76,7 +80,10 @@ def sample(args: argparse.Namespace) -> None:
                 role = next((r for r, pids in trees.items() if pid in pids), None)
                 if role is None:
                     if name.startswith("postgres"):
-                        role = "postgres" if pid in backends else "postgres_other"
+                        role = "pg_other"
+                        if pid in backends:
+                            daemon = backends[pid].startswith("opskit-daemon")
+                            role = "pg_daemon" if daemon else "pg_api"
                     elif name.startswith("redis-server"):
                         role = "redis"
                     else:
