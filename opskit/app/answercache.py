@@ -42,7 +42,14 @@ EVERY_VIEW = "*"  # a payload that drops every answer
 APPLICATION_NAME = "opskit-answer-cache"  # the listening connections, in pg_stat_activity
 DEFAULT_TTL_S = 1.0
 MAX_BYTES = 64 * 1024 * 1024  # per worker: the oldest answers go first beyond this
-LISTEN_CHECK_S = 5.0  # how often an idle listening connection is checked
+# TCP keepalives find a listening connection whose server is gone, without sending queries on
+# it (notifications are read only while it waits in `notifies()`): within about 11 s.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
 RECONNECT_MAX_S = 10.0
 
 
@@ -103,7 +110,10 @@ class AnswerCache:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.database_url, autocommit=True, application_name=APPLICATION_NAME
+                    self.database_url,
+                    autocommit=True,
+                    application_name=APPLICATION_NAME,
+                    **KEEPALIVES,
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
@@ -111,11 +121,9 @@ class AnswerCache:
                     self.listening = True
                     self._ready.set()
                     delay = 0.2
-                    while True:
-                        async for notify in conn.notifies(timeout=LISTEN_CHECK_S):
-                            self.invalidate(notify.payload)
-                        await conn.execute("SELECT 1")  # a dead connection raises here
-            except psycopg.Error as err:
+                    async for notify in conn.notifies():  # until the connection fails
+                        self.invalidate(notify.payload)
+            except Exception as err:  # noqa: BLE001 (the API answers on without the cache)
                 log.warning("answer cache off until its LISTEN is back: %s", first_line(err))
             finally:
                 self._stop_serving()
