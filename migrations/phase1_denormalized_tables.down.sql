@@ -65,3 +65,4 @@ DROP TABLE IF EXISTS project_stats_delta;
 DROP TABLE IF EXISTS project_stats_base;
 DROP TABLE IF EXISTS intro_request_stats_delta;
 DROP TABLE IF EXISTS intro_request_stats_base;
+DROP TABLE IF EXISTS opskit_reconcile_keys;

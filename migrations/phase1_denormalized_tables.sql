@@ -271,6 +271,30 @@ CREATE TABLE message_conversations_denorm (
 CREATE INDEX message_conversations_denorm_other_user_id_idx
     ON message_conversations_denorm (other_user_id);
 
+-- ------------------------------------------------------------------ touched keys
+
+-- The keys touched since the last `opskit reconcile --changed` (docs/engine.md, "Reconcile").
+-- Written off the app's hot write path: the folds below record the users and projects of the
+-- delta rows they consume ('user', 'project'), the daemon's refresh records the view keys it
+-- applies (entity = the view, kind = the key's kind) and the owners and users of the change log
+-- it routes ('user'); only the messages trigger writes here from the app's transactions, one
+-- row per conversation it changes ('conversation', lo, hi: the two users, lower id first),
+-- because a message whose change moves no unread count reaches no delta. The unique key
+-- collapses repeated touches. A check marks the rows it takes `claimed`, and at its end
+-- deletes the claimed rows it found consistent; a touch during the check sets `claimed` back
+-- to false (so the row stays for the next check), and a check that dies leaves its rows
+-- claimed for the next one. Every writer inserts in key order, so none deadlocks another.
+CREATE TABLE opskit_reconcile_keys (
+    entity     text NOT NULL,
+    kind       text NOT NULL DEFAULT '',
+    entity_id  bigint NOT NULL,
+    other_id   bigint NOT NULL DEFAULT 0,
+    claimed    boolean NOT NULL DEFAULT false,
+    touched_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entity, kind, entity_id, other_id)
+) WITH (fillfactor = 70,  -- claiming a row updates `claimed` only: HOT, no new index entry
+        autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
+
 -- ------------------------------------------------------------------ fold
 
 -- Moves up to max_rows pending deltas (user_dashboard_stats_delta first, then
@@ -366,6 +390,18 @@ BEGIN
         WHERE b.project_id = a.project_id
           AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = a.project_id)
         RETURNING 1
+    ), keys_touched AS (
+        -- for `opskit reconcile --changed`: every user and project these deltas touched, in
+        -- key order (the order of every writer of opskit_reconcile_keys)
+        INSERT INTO opskit_reconcile_keys (entity, entity_id)
+        SELECT k.entity, k.id
+        FROM (SELECT 'project' AS entity, project_id AS id FROM project_agg
+              UNION ALL
+              SELECT 'user', user_id FROM user_agg) AS k
+        ORDER BY k.entity, k.id
+        ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
+        WHERE opskit_reconcile_keys.claimed
+        RETURNING 1
     )
     SELECT (SELECT count(*) FROM user_moved) + (SELECT count(*) FROM project_moved)
     INTO v_folded;
@@ -419,6 +455,13 @@ BEGIN
             received_pending = b.received_pending + EXCLUDED.received_pending,
             received_accepted = b.received_accepted + EXCLUDED.received_accepted,
             received_declined = b.received_declined + EXCLUDED.received_declined
+        RETURNING 1
+    ), keys_touched AS (
+        -- for `opskit reconcile --changed` (see opskit_fold_user_dashboard_deltas)
+        INSERT INTO opskit_reconcile_keys (entity, entity_id)
+        SELECT 'user', a.user_id FROM agg a ORDER BY a.user_id
+        ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
+        WHERE opskit_reconcile_keys.claimed
         RETURNING 1
     )
     SELECT coalesce(sum(n), 0) INTO v_folded FROM agg;
@@ -828,6 +871,16 @@ BEGIN
     USING unnest(v_key_users, v_key_others) AS k(user_id, other_user_id)
     WHERE cv.user_id = k.user_id AND cv.other_user_id = k.other_user_id
       AND (cv.message_count <= 0 OR cv.last_message_id IS NULL);
+
+    -- Step 5: the pairs, for `opskit reconcile --changed` (no delta records a change that
+    -- moves no unread count). After the pair locks: no two writers insert the same pair.
+    INSERT INTO opskit_reconcile_keys (entity, entity_id, other_id)
+    SELECT DISTINCT 'conversation', least(k.user_id, k.other_user_id) AS lo,
+           greatest(k.user_id, k.other_user_id) AS hi
+    FROM unnest(v_key_users, v_key_others) AS k(user_id, other_user_id)
+    ORDER BY lo, hi
+    ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
+    WHERE opskit_reconcile_keys.claimed;
     RETURN NULL;
 END
 $fn$;

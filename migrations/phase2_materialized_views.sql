@@ -447,14 +447,13 @@ $$;
 
 -- ------------------------------------------------------------------ mv_leaderboard_projects
 
--- rank is the row's position by (score DESC, project_id): a batch renumbers the span between
--- the first and the last position it changed (opskit/refresh.py). With ties, one vote moves
--- the ranks of hundreds of rows (at medium a batch of 300 votes moved 16k of 19k), so rank has
--- no index: a rank-only update is then HOT (no index entry; room left by fillfactor), about
--- ten times cheaper. Readers page through the order index ((-score), project_id) instead, whose
--- positions are the ranks. The unique key is project_id.
+-- No stored rank: a rank is a position among all rows (by score desc, ties lower id first), and
+-- with ties one vote moves the positions of hundreds of rows (at medium a batch of 300 votes
+-- moved 16k of 19k), so a stored rank made every batch cost about the size of the table. The
+-- API numbers each page from the order index ((-score), project_id) instead: rank = offset +
+-- position on the page. The same holds for mv_leaderboard_builders. The unique key is
+-- project_id.
 CREATE TABLE IF NOT EXISTS mv_leaderboard_projects (
-    rank           bigint,
     project_id     bigint NOT NULL,
     title          text,
     owner_id       bigint,
@@ -463,14 +462,12 @@ CREATE TABLE IF NOT EXISTS mv_leaderboard_projects (
     downvotes      bigint,
     score          bigint,
     comments_count bigint
-) WITH (fillfactor = 70);
+);
 
--- rank is NULL here: the position among all rows is not a property of a key's row.
 CREATE OR REPLACE FUNCTION mv_leaderboard_projects_def(kinds text[], keys bigint[])
 RETURNS SETOF mv_leaderboard_projects
 LANGUAGE sql STABLE AS $$
-SELECT NULL::bigint,
-       p.id,
+SELECT p.id,
        p.title,
        p.owner_id,
        u.username,
@@ -510,7 +507,6 @@ $$;
 -- ------------------------------------------------------------------ mv_leaderboard_builders
 
 CREATE TABLE IF NOT EXISTS mv_leaderboard_builders (
-    rank               bigint,
     user_id            bigint NOT NULL,
     username           text,
     display_name       text,
@@ -519,46 +515,30 @@ CREATE TABLE IF NOT EXISTS mv_leaderboard_builders (
     downvotes_received bigint,
     score              bigint,
     followers_count    bigint
-) WITH (fillfactor = 70);
+);
 
+-- The per-owner counts come from phase 1's user_dashboard_stats (equal to the truth in every
+-- transaction; same meaning: own live projects, votes on them, followers), so a batch costs a
+-- few index probes per touched owner, not a recount of a heavy owner's votes (at large, an owner
+-- of 10,000 projects made one batch take over a minute). For given keys the lookups are per key
+-- (LATERAL, kept a subquery by OFFSET 0: the key then reaches every part of the view, as a
+-- single user's read does; flattened, the planner summed every owner's projects); with keys
+-- NULL (a full build) the whole view is read once.
 CREATE OR REPLACE FUNCTION mv_leaderboard_builders_def(kinds text[], keys bigint[])
 RETURNS SETOF mv_leaderboard_builders
 LANGUAGE sql STABLE AS $$
-SELECT NULL::bigint,
-       u.id,
-       u.username,
-       u.display_name,
-       pr.projects_count,
-       pr.upvotes_received,
-       pr.downvotes_received,
-       pr.upvotes_received - pr.downvotes_received,
-       coalesce(f.followers_count, 0)
+SELECT u.id, u.username, u.display_name, s.projects_count, s.upvotes_received,
+       s.downvotes_received, s.upvotes_received - s.downvotes_received, s.followers_count
 FROM users u
-JOIN (
-    SELECT p.owner_id,
-           count(*)                              AS projects_count,
-           coalesce(sum(v.upvotes), 0)::bigint   AS upvotes_received,
-           coalesce(sum(v.downvotes), 0)::bigint AS downvotes_received
-    FROM projects p
-    LEFT JOIN (
-        SELECT project_id,
-               count(*) FILTER (WHERE vote_type = 'up')   AS upvotes,
-               count(*) FILTER (WHERE vote_type = 'down') AS downvotes
-        FROM votes
-        WHERE keys IS NULL
-           OR project_id = ANY (ARRAY(SELECT id FROM projects WHERE owner_id = ANY (keys)))
-        GROUP BY project_id
-    ) v ON v.project_id = p.id
-    WHERE p.deleted_at IS NULL AND (keys IS NULL OR p.owner_id = ANY (keys))
-    GROUP BY p.owner_id
-) pr ON pr.owner_id = u.id
-LEFT JOIN (
-    SELECT followee_id, count(*) AS followers_count
-    FROM follows
-    WHERE keys IS NULL OR followee_id = ANY (keys)
-    GROUP BY followee_id
-) f ON f.followee_id = u.id
-WHERE keys IS NULL OR u.id = ANY (keys)
+JOIN user_dashboard_stats s ON s.user_id = u.id
+WHERE keys IS NULL AND s.projects_count > 0
+UNION ALL
+SELECT u.id, u.username, u.display_name, s.projects_count, s.upvotes_received,
+       s.downvotes_received, s.upvotes_received - s.downvotes_received, s.followers_count
+FROM (SELECT DISTINCT k.id FROM unnest(keys) AS k (id)) k
+JOIN users u ON u.id = k.id
+CROSS JOIN LATERAL (SELECT * FROM user_dashboard_stats d WHERE d.user_id = k.id OFFSET 0) s
+WHERE s.projects_count > 0
 $$;
 
 CREATE OR REPLACE FUNCTION mv_leaderboard_builders_keys(entities text[], ids bigint[])
@@ -750,15 +730,9 @@ $$;
 DELETE FROM mv_feed_projects;
 INSERT INTO mv_feed_projects SELECT * FROM mv_feed_projects_def(NULL, NULL);
 DELETE FROM mv_leaderboard_projects;
-INSERT INTO mv_leaderboard_projects
-SELECT row_number() OVER (ORDER BY score DESC, project_id), project_id, title, owner_id,
-       owner_username, upvotes, downvotes, score, comments_count
-FROM mv_leaderboard_projects_def(NULL, NULL);
+INSERT INTO mv_leaderboard_projects SELECT * FROM mv_leaderboard_projects_def(NULL, NULL);
 DELETE FROM mv_leaderboard_builders;
-INSERT INTO mv_leaderboard_builders
-SELECT row_number() OVER (ORDER BY score DESC, user_id), user_id, username, display_name,
-       projects_count, upvotes_received, downvotes_received, score, followers_count
-FROM mv_leaderboard_builders_def(NULL, NULL);
+INSERT INTO mv_leaderboard_builders SELECT * FROM mv_leaderboard_builders_def(NULL, NULL);
 DELETE FROM mv_chains_discovery;
 INSERT INTO mv_chains_discovery SELECT * FROM mv_chains_discovery_def(NULL, NULL);
 DELETE FROM mv_project_details;
@@ -774,7 +748,7 @@ CREATE INDEX IF NOT EXISTS mv_feed_projects_trending_idx
 
 CREATE UNIQUE INDEX IF NOT EXISTS mv_leaderboard_projects_project_id_idx
     ON mv_leaderboard_projects (project_id);
--- The rank order as an index: readers page through it, a batch finds the rows of its span.
+-- The rank order as an index: readers page through it.
 CREATE INDEX IF NOT EXISTS mv_leaderboard_projects_order_idx
     ON mv_leaderboard_projects ((-score), project_id);
 

@@ -81,6 +81,7 @@ FAULT_KINDS = (
     "rollback",
 )
 NEVER_CRON = "0 0 29 2 *"  # 29 February: no slot within the daemon's catch-up grace of a soak
+NEVER_S = str(10 * 365 * 86400)  # the daemon's `reconcile --changed --fix` interval: not in a soak
 ROLLBACK_SHARE = 0.05
 TERMINATE_AT_ONCE = 3
 TRIGGER_OUTAGE_S = 3.0
@@ -409,6 +410,7 @@ class _SoakRun:
             OPSKIT_REFRESH_POLL_S=str(settings.refresh_poll_s),
             OPSKIT_REFRESH_WORKERS=str(settings.refresh_workers),
             OPSKIT_RECONCILE_CRON=NEVER_CRON,
+            OPSKIT_RECONCILE_CHANGED_S=NEVER_S,
         )
         return env
 

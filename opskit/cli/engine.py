@@ -189,8 +189,9 @@ def status(as_json: JsonOption = False) -> None:
     maintained views, the delta rows not yet folded, the instant of the stored trending scores,
     the changes not applied yet (per view while a view catches up), the batches of the last hour
     and each view's staleness over it (p50/p95/max seconds from the oldest change a batch made
-    visible to the end of that batch), the live daemons, the latest scheduled job runs and the
-    roles given `migrate --grant-to`.
+    visible to the end of that batch), the live daemons, the latest scheduled job runs, the
+    roles given `migrate --grant-to`, the touched keys waiting for `reconcile --changed` and its
+    last run and share of consistent rows over the last hour.
     """
     from opskit.core import servers
     from opskit.core.db import connect
@@ -254,6 +255,20 @@ def status(as_json: JsonOption = False) -> None:
         stdout.print(
             f"job {run['job']}: slot {run['scheduled_for']:%Y-%m-%d %H:%M} UTC {run['status']} "
             f"by {run['worker_id']}",
+            markup=False,
+        )
+    if state.touched_keys_pending is not None:
+        stdout.print(
+            f"touched keys waiting for `reconcile --changed`: {state.touched_keys_pending:,}"
+        )
+    changed = state.reconcile_changed
+    if changed and changed["last_run_at"] is not None:
+        share = changed["consistent_share_last_hour"]
+        stdout.print(
+            f"reconcile --changed: last at {changed['last_run_at']:%Y-%m-%d %H:%M:%S} UTC "
+            f"({changed['last_keys_checked']:,} keys); last hour: {changed['runs_last_hour']} "
+            f"runs, {changed['keys_checked_last_hour']:,} keys, "
+            + (f"{share:.4%} of the rows checked consistent" if share is not None else "no rows"),
             markup=False,
         )
 
@@ -416,21 +431,31 @@ def reconcile_command(
     fix: Annotated[
         bool, typer.Option("--fix", help="Repair the drift found, then re-check it.")
     ] = False,
+    changed: Annotated[
+        bool,
+        typer.Option(
+            "--changed", help="Check only the keys touched since the last check (not every row)."
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Compare Redis and the denormalized tables with the truth; repair them with --fix.
 
     Checks every denormalized relation against its truth query in one snapshot, every cached
     Redis vote set ({OPSKIT_REDIS_PREFIX}user:*:upvotes) against the votes table, and each
-    materialized view's oldest pending refresh request against max wait + one poll. --fix
-    recomputes the drifted users' rows, rebuilds the drifted keys and refreshes overdue views.
-    The run is recorded in opskit_reconcile_runs. Exit 1 when drift was found (even if fixed).
+    materialized view's oldest pending refresh request against max wait + one poll. --changed
+    checks only the users, conversations, cached sets and view keys touched since the last
+    --changed check (what the daemon runs every OPSKIT_RECONCILE_CHANGED_S). --fix recomputes
+    the drifted users' rows, rebuilds the drifted keys and brings the views up to date. The run
+    is recorded in opskit_reconcile_runs. Exit 1 when drift was found (even if fixed).
     """
     from opskit.core import servers
+    from opskit.engine import changed as changed_keys
     from opskit.engine import reconcile
 
     settings = load_settings()
-    outcome = reconcile.reconcile(
+    check = changed_keys.reconcile_changed if changed else reconcile.reconcile
+    outcome = check(
         settings,
         servers.resolve_database_url(settings),
         servers.resolve_redis_url(settings),
@@ -452,10 +477,12 @@ def reconcile_command(
         if outcome.relations_seconds and outcome.truth_rows_per_s:
             speed = (
                 f"; relations in {outcome.relations_seconds:.2f} s: "
-                f"{outcome.truth_rows_per_s:,} truth rows/s, "
-                f"{outcome.source_rows_per_s or 0:,} source rows/s"
+                f"{outcome.truth_rows_per_s:,} truth rows/s"
             )
-        stdout.print(f"drift total {outcome.drift_total} in {outcome.seconds:.2f} s{speed}")
+            if outcome.source_rows_per_s:
+                speed += f", {outcome.source_rows_per_s:,} source rows/s"
+        keys = f" over {outcome.keys_checked:,} touched keys" if outcome.changed else ""
+        stdout.print(f"drift total {outcome.drift_total}{keys} in {outcome.seconds:.2f} s{speed}")
     if outcome.drift_total:
         raise typer.Exit(1)
 

@@ -21,7 +21,8 @@ ENVIRONMENT_HELP = """\
 Environment: OPSKIT_DATABASE_URL (else DATABASE_URL), OPSKIT_REDIS_URL (else REDIS_URL),
 OPSKIT_HOME (default ./.opskit), OPSKIT_JWT_SECRET, OPSKIT_REDIS_PREFIX (default opskit:),
 OPSKIT_REFRESH_POLL_S (1), OPSKIT_REFRESH_WORKERS (3),
-OPSKIT_RECONCILE_CRON (0 3 * * *, UTC), OPSKIT_TRENDING_MAX_AGE_S (300)."""
+OPSKIT_RECONCILE_CRON (0 3 * * *, UTC), OPSKIT_RECONCILE_CHANGED_S (60),
+OPSKIT_TRENDING_MAX_AGE_S (300)."""
 
 
 # Settings of the full-refresh design, refused when set (docs/freshness.md).
@@ -39,6 +40,7 @@ class Settings:
     refresh_workers: int
     reconcile_cron: str
     trending_max_age_s: float
+    reconcile_changed_s: float = 60.0  # the daemon's `reconcile --changed --fix` interval
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +63,7 @@ class Settings:
             refresh_workers=_positive_int(env, "OPSKIT_REFRESH_WORKERS", 3),
             reconcile_cron=_crontab(env, "OPSKIT_RECONCILE_CRON", "0 3 * * *"),
             trending_max_age_s=_positive_float(env, "OPSKIT_TRENDING_MAX_AGE_S", 300.0),
+            reconcile_changed_s=_positive_float(env, "OPSKIT_RECONCILE_CHANGED_S", 60.0),
         )
 
 

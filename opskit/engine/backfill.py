@@ -18,6 +18,7 @@ from psycopg import sql
 
 from opskit.core.db import connect
 from opskit.core.errors import BadInput, DatabaseError, EnvironmentProblem, first_line
+from opskit.engine.refresh import note_owners_changed
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def backfill(
         }
         for table in selected:
             results.append(_backfill_one(conn, table, id_ranges, batch_size, on_batch))
+        if "user_dashboard_stats" in selected:
+            note_owners_changed(conn, None)
         conn.execute(ANALYZE_BACKFILLED_TABLES)  # the rows were all rewritten: fresh statistics
     return results
 

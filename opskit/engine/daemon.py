@@ -13,6 +13,8 @@ what makes several daemons safe at once, with PostgreSQL as the only coordinator
 - reconcile: on OPSKIT_RECONCILE_CRON (UTC), once per slot across every daemon (the first to
   insert opskit_job_runs(job, scheduled_for) runs it); run once at start too, which catches up a
   slot missed within RECONCILE_MISFIRE_GRACE_S.
+- reconcile_changed: every OPSKIT_RECONCILE_CHANGED_S, `opskit reconcile --changed --fix`: the
+  keys touched since the last check (engine.changed; one check at a time across daemons).
 - heartbeat: one row per daemon in opskit_daemon_heartbeats (`opskit status` lists live ones).
 """
 
@@ -41,7 +43,7 @@ from opskit.core import servers
 from opskit.core.db import connect, redis_client
 from opskit.core.errors import OpskitError, first_line
 from opskit.core.settings import Settings, mask_url
-from opskit.engine import fold, reconcile, refresh
+from opskit.engine import changed, fold, reconcile, refresh
 from opskit.sql import queries
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,27 @@ class Daemon:
                 daemon_sql["finish_job_run"], {"id": run_id, "status": status, "detail": detail}
             )
         return run_id
+
+    @_survives_outages
+    def reconcile_changed(self) -> int | None:
+        """`reconcile --changed --fix`: check (and repair) the keys touched since the last
+        check; the opskit_reconcile_runs id, or None when phase 1 keeps no touched keys."""
+        if self.stopping.is_set():
+            return None
+        try:
+            report = changed.reconcile_changed(self.settings, self.url, self.redis_url, fix=True)
+        except changed.NoTouchedKeys as err:
+            log.debug("reconcile --changed skipped: %s", err.message)
+            return None
+        level = logging.WARNING if report.drift_total else logging.DEBUG
+        log.log(
+            level,
+            "reconcile --changed: %d keys, drift %d (fixed %d)",
+            report.keys_checked,
+            report.drift_total,
+            sum(check.fixed for check in report.checks),
+        )
+        return report.run_id
 
     # ------------------------------------------------------------------------ lifecycle
 

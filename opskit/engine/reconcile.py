@@ -31,6 +31,7 @@ from opskit.engine.backfill import BACKFILL_STEPS
 from opskit.engine.refresh import (
     FRESHNESS_MAX_S,
     known_views,
+    note_owners_changed,
     refresh,
     route_changes,
     worker_id,
@@ -68,6 +69,8 @@ class ReconcileReport:
     source_rows_per_s: int | None  # ... per second
     relations_seconds: float | None  # wall time of the relations' diffs (run at once)
     run_id: int | None = None
+    changed: bool = False  # `--changed`: only the keys touched since the last check
+    keys_checked: int | None = None  # `--changed`: the touched keys it took
 
     @property
     def drift_total(self) -> int:
@@ -84,6 +87,8 @@ class ReconcileReport:
             "source_rows_per_s": self.source_rows_per_s,
             "relations_seconds": self.relations_seconds,
             "run_id": self.run_id,
+            "changed": self.changed,
+            "keys_checked": self.keys_checked,
         }
 
 
@@ -120,7 +125,7 @@ def reconcile(
             source_rows_per_s=round(source_rows / diff_seconds) if source_rows else None,
             relations_seconds=diff_seconds if relations else None,
         )
-        report.run_id = _record(conn, report, started_at)
+        report.run_id = record_run(conn, report, started_at)
     return report
 
 
@@ -162,7 +167,7 @@ def check_denormalized(
         )
         if fix and diff.differing:
             with connect(url, autocommit=True) as conn:
-                _repair_relation(conn, spec, [int(key.split(",")[0]) for key in diff.first_keys])
+                repair_relation(conn, spec, [int(key.split(",")[0]) for key in diff.first_keys])
                 check.remaining = diff_against_truth(conn, spec).differing
             check.fixed = max(check.drift - check.remaining, 0)
         checks.append(check)
@@ -182,7 +187,7 @@ def _diff_in_snapshot(
     return diff, round(time.perf_counter() - started, 3)
 
 
-def _repair_relation(conn: psycopg.Connection, spec: Denormalized, user_ids: list[int]) -> None:
+def repair_relation(conn: psycopg.Connection, spec: Denormalized, user_ids: list[int]) -> None:
     """Recompute the drifted users' rows with the phase-1 backfill steps, range by range.
 
     A step makes relation == truth for every id in [lo, hi) whatever the rows held, safely while
@@ -198,6 +203,8 @@ def _repair_relation(conn: psycopg.Connection, spec: Denormalized, user_ids: lis
         statement = sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(step.function))
         for lo, hi in id_ranges(ids, REPAIR_BATCH_IDS):
             conn.execute(statement, (lo, hi))
+    if spec.relation == "user_dashboard_stats":
+        note_owners_changed(conn, user_ids)
 
 
 def id_ranges(ids: list[int], width: int) -> list[tuple[int, int]]:
@@ -227,16 +234,16 @@ def check_redis(client: redis.Redis, conn: psycopg.Connection, prefix: str, *, f
         checked += len(cached)
         truth = votecache.upvoted_projects(conn, list(cached))
         suspects += [user_id for user_id, members in cached.items() if members != truth[user_id]]
-    drifted = _still_differing(client, conn, prefix, suspects)
+    drifted = still_differing(client, conn, prefix, suspects)
     check = Check(REDIS_CHECK, checked, len(drifted), sample=[str(u) for u in drifted[:5]])
     if fix and drifted:
-        check.fixed = _rebuild_until_done(client, conn, prefix, drifted)
-        check.remaining = len(_still_differing(client, conn, prefix, drifted))
+        check.fixed = rebuild_until_done(client, conn, prefix, drifted)
+        check.remaining = len(still_differing(client, conn, prefix, drifted))
     check.seconds = round(time.perf_counter() - started, 3)
     return check
 
 
-def _still_differing(
+def still_differing(
     client: redis.Redis, conn: psycopg.Connection, prefix: str, user_ids: list[int]
 ) -> list[int]:
     if not user_ids:
@@ -255,7 +262,7 @@ def _still_differing(
     ]
 
 
-def _rebuild_until_done(
+def rebuild_until_done(
     client: redis.Redis, conn: psycopg.Connection, prefix: str, user_ids: list[int]
 ) -> int:
     """Rebuild the keys; a user whose vote raced the rebuild is tried again (3 rounds at most)."""
@@ -297,7 +304,7 @@ def check_views(conn: psycopg.Connection, url: str, settings: Settings, *, fix: 
     return check
 
 
-def _record(conn: psycopg.Connection, report: ReconcileReport, started_at: dt.datetime) -> int:
+def record_run(conn: psycopg.Connection, report: ReconcileReport, started_at: dt.datetime) -> int:
     return conn.execute(
         queries("reconcile.sql")["record_run"],
         {
@@ -309,5 +316,7 @@ def _record(conn: psycopg.Connection, report: ReconcileReport, started_at: dt.da
             "duration_ms": round(report.seconds * 1000),
             "worker_id": worker_id(),
             "checks": json.dumps([asdict(check) for check in report.checks]),
+            "mode": "changed" if report.changed else "full",
+            "keys_checked": report.keys_checked,
         },
     ).fetchone()[0]

@@ -4,8 +4,8 @@ Writes log what they changed in mv_change_log (row triggers of phase 2 and 3). `
 moves the log into mv_pending_changes, one row per relation the change feeds. `apply_view`
 applies one relation's pending changes in bounded batches, one REPEATABLE READ transaction per
 batch: delete up to BATCH_CHANGES pending rows, map them to the relation's keys
-(<relation>_keys), DELETE those keys' rows and INSERT <relation>_def(keys), renumber the ranks
-of the span that moved (leaderboards), log the batch with its oldest change. A change committed
+(<relation>_keys), DELETE those keys' rows and INSERT <relation>_def(keys), log the batch with
+its oldest change. A change committed
 after the batch's snapshot stays pending for the next one; a batch that fails or whose worker dies
 rolls back and loses nothing. `full_build` rebuilds a relation from its definition.
 
@@ -45,18 +45,16 @@ VACUUM_LOG_AFTER_ROWS = 1_000  # see fold.VACUUM_AFTER_ROWS: the log churns like
 # rows for the same keys (the named block of refresh.sql that does it): search's word index.
 DERIVED = {"mv_search_index": "sync_search_words"}
 FRESHNESS_MAX_S = 5.0  # the promise: a write reaches every view within this (docs/interface.md §7)
-_MAX_BIGINT = 2**63 - 1
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class MaintainedView:
-    """A relation maintained per key: its key columns, and whether it carries a rank."""
+    """A relation maintained per key, and its key columns."""
 
     name: str
     key: tuple[str, ...]
-    ranked: bool = False  # rank = position by (score DESC, key), renumbered per batch
 
     @property
     def definition(self) -> sql.Identifier:
@@ -71,8 +69,8 @@ MAINTAINED: dict[str, MaintainedView] = {
     view.name: view
     for view in (
         MaintainedView("mv_feed_projects", ("project_id",)),
-        MaintainedView("mv_leaderboard_projects", ("project_id",), ranked=True),
-        MaintainedView("mv_leaderboard_builders", ("user_id",), ranked=True),
+        MaintainedView("mv_leaderboard_projects", ("project_id",)),
+        MaintainedView("mv_leaderboard_builders", ("user_id",)),
         MaintainedView("mv_chains_discovery", ("chain_id",)),
         MaintainedView("mv_project_details", ("project_id",)),
         MaintainedView("mv_search_index", ("kind", "entity_id")),
@@ -162,13 +160,20 @@ def route_changes(conn: psycopg.Connection) -> int:
     lock = {"space": LOCK_SPACE_ROUTER, "key": 0}
     if not conn.execute(refresh_sql["try_lock"], lock).fetchone()[0]:
         return 0
+    route = "route_changes_recording_keys" if records_touched_keys(conn) else "route_changes"
     try:
-        moved = conn.execute(refresh_sql["route_changes"]).fetchone()[0]
+        moved = conn.execute(refresh_sql[route]).fetchone()[0]
     finally:
         conn.execute(refresh_sql["unlock"], lock)
     if moved >= VACUUM_LOG_AFTER_ROWS:
         conn.execute("VACUUM (SKIP_LOCKED, TRUNCATE false) mv_change_log")
     return moved
+
+
+def records_touched_keys(conn: psycopg.Connection) -> bool:
+    """Whether phase 1's opskit_reconcile_keys exists: routing and batches then record the keys
+    they touch for `opskit reconcile --changed`."""
+    return conn.execute("SELECT to_regclass('opskit_reconcile_keys') IS NOT NULL").fetchone()[0]
 
 
 def forget_old_log(conn: psycopg.Connection) -> None:
@@ -305,6 +310,14 @@ def _apply_batches(
     )
 
 
+def note_owners_changed(conn: psycopg.Connection, user_ids: list[int] | None) -> None:
+    """Log owners whose phase-1 counts were rewritten behind the triggers' back (a repair, a
+    backfill; every owner with None) so the builders' leaderboard, which reads those counts,
+    recomputes their rows. Nothing to do before phase 2 (no change log)."""
+    if conn.execute("SELECT to_regclass('mv_change_log') IS NOT NULL").fetchone()[0]:
+        conn.execute(queries("refresh.sql")["log_owners_changed"], {"user_ids": user_ids})
+
+
 def _begin_batch(conn: psycopg.Connection) -> None:
     # One snapshot for the claim, the keys, the delete and the insert; plans made for the
     # actual keys, so `keys IS NULL` folds away inside the definitions.
@@ -344,19 +357,12 @@ def _apply_keys(conn: psycopg.Connection, spec: MaintainedView, entities, ids) -
         match = sql.SQL("({}) IN (SELECT * FROM unnest(%(kinds)s::text[], %(keys)s::bigint[]))")
         match = match.format(sql.SQL(", ").join(map(sql.Identifier, spec.key)))
     names = _names(spec)
-    deleted = conn.execute(
-        sql.SQL(refresh_sql["delete_keys"]).format(match=match, **names), params
-    ).fetchall()
-    inserted = conn.execute(sql.SQL(refresh_sql["insert_keys"]).format(**names), params).fetchall()
+    conn.execute(sql.SQL(refresh_sql["delete_keys"]).format(match=match, **names), params)
+    conn.execute(sql.SQL(refresh_sql["insert_keys"]).format(**names), params)
     if spec.name in DERIVED:
         conn.execute(refresh_sql[DERIVED[spec.name]], params)
-    if spec.ranked and (deleted or inserted):
-        # Rows before the first changed position keep their ranks; so do the rows after the
-        # last one, unless the number of rows changed (then every later row moves).
-        positions = deleted + inserted
-        low = min(positions)
-        high = max(positions) if len(deleted) == len(inserted) else (_MAX_BIGINT, _MAX_BIGINT)
-        _renumber(conn, spec, low, high)
+    if records_touched_keys(conn):
+        conn.execute(refresh_sql["record_view_keys"], {"view": spec.name, **params})
     return len(keys)
 
 
@@ -370,32 +376,11 @@ def _rebuild_rows(conn: psycopg.Connection, spec: MaintainedView) -> int:
     rows = conn.execute(sql.SQL(refresh_sql["insert_all"]).format(**names)).rowcount
     if spec.name in DERIVED:
         conn.execute(refresh_sql[DERIVED[spec.name]], {"kinds": None, "keys": None})
-    if spec.ranked:
-        _renumber(conn, spec, (-_MAX_BIGINT, -_MAX_BIGINT), (_MAX_BIGINT, _MAX_BIGINT))
     return rows
 
 
-def _renumber(
-    conn: psycopg.Connection, spec: MaintainedView, low: tuple[int, int], high: tuple[int, int]
-) -> None:
-    """Set rank = position for the rows whose (-score, key) lies in [low, high]."""
-    conn.execute(
-        sql.SQL(queries("refresh.sql")["renumber"]).format(
-            view=sql.Identifier(spec.name), key=sql.Identifier(spec.key[0])
-        ),
-        {"low_score": low[0], "low_key": low[1], "high_score": high[0], "high_key": high[1]},
-    )
-
-
 def _names(spec: MaintainedView) -> dict[str, sql.Composable]:
-    returning = sql.SQL("NULL")  # only the ranked relations need the positions back
-    if spec.ranked:
-        returning = sql.SQL("-score, {}").format(sql.Identifier(spec.key[0]))
-    return {
-        "view": sql.Identifier(spec.name),
-        "definition": spec.definition,
-        "returning": returning,
-    }
+    return {"view": sql.Identifier(spec.name), "definition": spec.definition}
 
 
 def _full_build(conn: psycopg.Connection, spec: MaintainedView) -> RefreshRun:
@@ -496,15 +481,11 @@ def diff_against_definition(conn: psycopg.Connection, view: str) -> DefinitionDi
     """Compare `view` with its full definition; keys with pending changes are not drift.
 
     Run it in a REPEATABLE READ transaction: the relation, the definition and the pending
-    changes are then read in one snapshot. A ranked relation's rows are compared without their
-    rank, and its ranks are checked to be the positions of its own rows; a pending change may
-    move every rank, so misranked keys count as pending while any change is.
+    changes are then read in one snapshot.
     """
     spec = MAINTAINED[view]
     refresh_sql = queries("refresh.sql")
     columns = [row[0] for row in conn.execute(refresh_sql["columns"], {"view": view})]
-    if spec.ranked:
-        columns.remove("rank")
     if len(spec.key) == 1:
         key = sql.Identifier(spec.key[0])
         key_text = sql.SQL("key::text")
@@ -533,10 +514,6 @@ def diff_against_definition(conn: psycopg.Connection, view: str) -> DefinitionDi
                 {"entities": entities, "ids": ids},
             ).fetchone()[0]
         )
-    if spec.ranked:
-        misranked = conn.execute(sql.SQL(refresh_sql["misranked"]).format(**names)).fetchone()[0]
-        pending |= set(misranked) if entities else set()
-        differing = sorted(set(differing) | set(misranked), key=_key_order)
     return DefinitionDiff(
         view,
         compared,
@@ -544,7 +521,3 @@ def diff_against_definition(conn: psycopg.Connection, view: str) -> DefinitionDi
         sum(1 for key in differing if key in pending),
         False,
     )
-
-
-def _key_order(key: str) -> tuple:
-    return tuple(int(part) if part.isdigit() else part for part in key.split(":"))

@@ -40,6 +40,11 @@ def build_scheduler(worker: daemon.Daemon) -> BackgroundScheduler:
         id="fold_deltas",
         next_run_time=now,
     )
+    scheduler.add_job(
+        worker.reconcile_changed,
+        IntervalTrigger(seconds=worker.settings.reconcile_changed_s),
+        id="reconcile_changed",
+    )
     # Running it at start catches up a slot missed while no daemon ran (within the grace).
     scheduler.add_job(
         worker.reconcile_latest_slot,

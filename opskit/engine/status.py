@@ -36,6 +36,10 @@ class StatusReport:
     live_daemons: list[dict] | None = None  # daemons with a recent heartbeat
     latest_job_runs: list[dict] | None = None  # the newest slot of each scheduled job
     granted_to: list[dict] | None = None  # roles of `migrate --grant-to`: {"role", "role_exists"}
+    # touched keys waiting for the next `reconcile --changed` (phase 1's opskit_reconcile_keys)
+    touched_keys_pending: int | None = None
+    # the `reconcile --changed` runs: the newest, and the last hour's share of consistent rows
+    reconcile_changed: dict | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -52,6 +56,8 @@ class StatusReport:
             "live_daemons": self.live_daemons,
             "latest_job_runs": self.latest_job_runs,
             "granted_to": self.granted_to,
+            "touched_keys_pending": self.touched_keys_pending,
+            "reconcile_changed": self.reconcile_changed,
         }
 
 
@@ -100,6 +106,11 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
             conn, status_sql["live_daemons"], {"live_after_s": live_after_s}
         )
         report.latest_job_runs = _rows(conn, status_sql["latest_job_runs"])
+    if _exists(conn, "opskit_reconcile_keys"):
+        report.touched_keys_pending = _count(conn, "opskit_reconcile_keys")
+    changed_sql = queries("reconcile_changed.sql")
+    if conn.execute(changed_sql["runs_have_mode"]).fetchone()[0]:
+        report.reconcile_changed = _rows(conn, changed_sql["changed_last_hour"])[0]
     if _exists(conn, "opskit_migration_grants"):
         report.granted_to = _rows(conn, queries("migrations.sql")["grantees"])
     return report

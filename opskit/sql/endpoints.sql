@@ -325,14 +325,18 @@ FROM (
 ORDER BY rank
 LIMIT %(limit)s OFFSET %(offset)s;
 
--- Ranks are 1..n without gaps, so `rank > offset` is the page, read from the rank index.
 -- name: leaderboard_projects_after --
--- rank is the row's position in the order index ((-score), project_id): the page is read from it.
-SELECT rank, project_id AS id, title, owner_id, owner_username, upvotes, downvotes, score,
+-- The page is read from the order index ((-score), project_id), whose positions are the ranks
+-- (no rank is stored: one vote would move hundreds of them): rank = offset + place on the page.
+SELECT %(offset)s::bigint + row_number() OVER (ORDER BY (-score), project_id) AS rank,
+       project_id AS id, title, owner_id, owner_username, upvotes, downvotes, score,
        comments_count
-FROM mv_leaderboard_projects
-ORDER BY (-score), project_id
-LIMIT %(limit)s OFFSET %(offset)s;
+FROM (
+    SELECT * FROM mv_leaderboard_projects
+    ORDER BY (-score), project_id
+    LIMIT %(limit)s OFFSET %(offset)s
+) page
+ORDER BY rank;
 
 -- ------------------------------------------------------------------ GET /api/leaderboard/builders
 
@@ -363,11 +367,16 @@ ORDER BY rank
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: leaderboard_builders_after --
-SELECT rank, user_id AS id, username, display_name, projects_count, upvotes_received,
+-- rank = offset + place on the page, as for the projects' leaderboard.
+SELECT %(offset)s::bigint + row_number() OVER (ORDER BY (-score), user_id) AS rank,
+       user_id AS id, username, display_name, projects_count, upvotes_received,
        downvotes_received, score, followers_count
-FROM mv_leaderboard_builders
-ORDER BY (-score), user_id
-LIMIT %(limit)s OFFSET %(offset)s;
+FROM (
+    SELECT * FROM mv_leaderboard_builders
+    ORDER BY (-score), user_id
+    LIMIT %(limit)s OFFSET %(offset)s
+) page
+ORDER BY rank;
 
 -- ------------------------------------------------------------------ GET /api/chains
 

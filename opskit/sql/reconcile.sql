@@ -17,12 +17,16 @@ CREATE TABLE IF NOT EXISTS opskit_reconcile_runs (
     worker_id        text NOT NULL,
     checks           jsonb NOT NULL
 );
+-- `opskit reconcile --changed` runs: mode 'changed', the touched keys they took.
+ALTER TABLE opskit_reconcile_runs ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full';
+ALTER TABLE opskit_reconcile_runs ADD COLUMN IF NOT EXISTS keys_checked bigint;
 
 -- name: record_run --
 INSERT INTO opskit_reconcile_runs
-    (started_at, fix, drift_total, rows_checked, truth_rows_per_s, duration_ms, worker_id, checks)
+    (started_at, fix, drift_total, rows_checked, truth_rows_per_s, duration_ms, worker_id, checks,
+     mode, keys_checked)
 VALUES (%(started_at)s, %(fix)s, %(drift_total)s, %(rows_checked)s, %(truth_rows_per_s)s,
-        %(duration_ms)s, %(worker_id)s, %(checks)s)
+        %(duration_ms)s, %(worker_id)s, %(checks)s, %(mode)s, %(keys_checked)s)
 RETURNING id;
 
 -- name: overdue_views --

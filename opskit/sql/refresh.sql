@@ -23,6 +23,40 @@ WITH moved AS (
 )
 SELECT count(*) FROM moved;
 
+-- name: route_changes_recording_keys --
+-- route_changes, and (phase 1 applied) the users whose dashboard row a routed change may move
+-- without any delta - a project's old and new owner, a user written - recorded for
+-- `opskit reconcile --changed` (opskit_reconcile_keys, in its key order).
+WITH moved AS (
+    DELETE FROM mv_change_log RETURNING changed_at, entity, entity_id
+), routed AS (
+    INSERT INTO mv_pending_changes (view_name, entity, entity_id, changed_at)
+    SELECT r.view_name, m.entity, m.entity_id, min(m.changed_at)
+    FROM moved m
+    JOIN (SELECT entity, view_name FROM mv_change_routes
+          UNION ALL
+          SELECT DISTINCT '*', view_name FROM mv_change_routes) r ON r.entity = m.entity
+    GROUP BY r.view_name, m.entity, m.entity_id
+), touched AS (
+    INSERT INTO opskit_reconcile_keys AS k (entity, entity_id)
+    SELECT DISTINCT 'user', m.entity_id
+    FROM moved m
+    WHERE m.entity IN ('owner', 'user')
+    ORDER BY 2
+    ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
+    WHERE k.claimed
+)
+SELECT count(*) FROM moved;
+
+-- name: record_view_keys --
+-- The keys a batch applied, for `opskit reconcile --changed` (in opskit_reconcile_keys' order).
+INSERT INTO opskit_reconcile_keys AS r (entity, kind, entity_id)
+SELECT DISTINCT %(view)s::text, k.kind, k.key
+FROM unnest(%(kinds)s::text[], %(keys)s::bigint[]) AS k (kind, key)
+ORDER BY 2, 3
+ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
+WHERE r.claimed;
+
 -- name: due_views --
 -- Relations with pending changes, the longest waiting first, unless backing off: after n failed batches in a row (since
 -- its last completed one, within a day) a relation waits backoff_base * 2^(n-1) seconds, at
@@ -76,11 +110,10 @@ SELECT coalesce(array_agg(kind), ARRAY[]::text[]), coalesce(array_agg(key), ARRA
 FROM {keys_function}(%(entities)s::text[], %(ids)s::bigint[]);
 
 -- name: delete_keys --
-DELETE FROM {view} WHERE {match} RETURNING {returning};
+DELETE FROM {view} WHERE {match};
 
 -- name: insert_keys --
-INSERT INTO {view} SELECT * FROM {definition}(%(kinds)s::text[], %(keys)s::bigint[])
-RETURNING {returning};
+INSERT INTO {view} SELECT * FROM {definition}(%(kinds)s::text[], %(keys)s::bigint[]);
 
 -- name: delete_all --
 DELETE FROM {view};
@@ -88,27 +121,16 @@ DELETE FROM {view};
 -- name: insert_all --
 INSERT INTO {view} SELECT * FROM {definition}(NULL, NULL);
 
--- name: renumber --
--- rank = position by (score DESC, key) for the rows of the span [low, high] in (-score, key)
--- order (the leaderboards' order index). Rows before the span keep their ranks, so the span
--- starts after the rank of the last row before it. Only rows whose rank changes are written
--- (HOT updates: rank has no index).
-WITH before_span AS (
-    SELECT coalesce((
-        SELECT rank FROM {view}
-        WHERE ((-score), {key}) < (%(low_score)s::bigint, %(low_key)s::bigint)
-        ORDER BY (-score) DESC, {key} DESC
-        LIMIT 1), 0) AS rank
-), span AS (
-    SELECT {key} AS key,
-           (SELECT rank FROM before_span) + row_number() OVER (ORDER BY (-score), {key}) AS rank
-    FROM {view}
-    WHERE ((-score), {key}) >= (%(low_score)s::bigint, %(low_key)s::bigint)
-      AND ((-score), {key}) <= (%(high_score)s::bigint, %(high_key)s::bigint)
-)
-UPDATE {view} t SET rank = span.rank
-FROM span
-WHERE t.{key} = span.key AND t.rank IS DISTINCT FROM span.rank;
+-- name: log_owners_changed --
+-- Owners whose phase-1 counts a repair or backfill rewrote (all owners with user_ids NULL):
+-- mv_leaderboard_builders reads those counts, so its rows of them are recomputed by the next
+-- batch, like any other change.
+INSERT INTO mv_change_log (changed_at, entity, entity_id)
+SELECT clock_timestamp(), 'owner', o.id
+FROM (SELECT unnest(%(user_ids)s::bigint[]) AS id
+      WHERE %(user_ids)s::bigint[] IS NOT NULL
+      UNION
+      SELECT DISTINCT owner_id FROM projects WHERE %(user_ids)s::bigint[] IS NULL) o;
 
 -- name: log_batch --
 -- One row per applied batch or full build: its oldest change, and the relation's changes
@@ -161,7 +183,7 @@ SELECT pg_try_advisory_lock(%(space)s, %(key)s);
 SELECT pg_advisory_unlock(%(space)s, %(key)s);
 
 -- name: columns --
--- The relation's columns in order (its rank left out by the caller).
+-- The relation's columns in order.
 SELECT attname FROM pg_attribute
 WHERE attrelid = to_regclass(%(view)s) AND attnum > 0 AND NOT attisdropped
 ORDER BY attnum;
@@ -178,16 +200,6 @@ WITH relation AS (SELECT {columns} FROM {view}),
      )
 SELECT (SELECT count(*) FROM relation),
        ARRAY(SELECT DISTINCT concat_ws(':', {key}) FROM differing ORDER BY 1);
-
--- name: misranked --
--- Ranked relations: the keys whose rank is not their position by (score DESC, key).
-SELECT ARRAY(
-    SELECT {key}::text FROM (
-        SELECT {key}, rank, row_number() OVER (ORDER BY score DESC, {key}) AS position
-        FROM {view}
-    ) ranked
-    WHERE rank IS DISTINCT FROM position
-    ORDER BY {key});
 
 -- name: unapplied_changes --
 -- The relation's changes not applied yet, routed or still in the log.

@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from opskit.core.settings import Settings
-from opskit.engine import refresh
+from opskit.engine import migrations, refresh
 
 MIGRATIONS = Path(__file__).parents[2] / "migrations"
 
@@ -47,8 +47,15 @@ def apply(url: str, file: str) -> None:
         conn.execute(text)
 
 
+def apply_phase1(url: str) -> None:
+    """Phase 1 through the runner (its backfill commits per batch): phase 2 reads its
+    user_dashboard_stats (the builders' leaderboard)."""
+    migrations.migrate(url, to="phase1_backfill_data")
+
+
 @pytest.fixture
 def db(tiny_db_url: str) -> str:
+    apply_phase1(tiny_db_url)
     apply(tiny_db_url, "phase2_materialized_views.sql")
     apply(tiny_db_url, "phase3_search_and_forums.sql")
     return tiny_db_url
@@ -75,9 +82,9 @@ PROJECT_COUNTS = """
 """
 
 
-def ranked(items: list[tuple], score_at: int, id_at: int) -> list[tuple]:
-    ordered = sorted(items, key=lambda r: (-r[score_at], r[id_at]))
-    return [(rank, *r) for rank, r in enumerate(ordered, start=1)]
+def in_rank_order(items: list[tuple], score_at: int, id_at: int) -> list[tuple]:
+    """The leaderboards' order (score desc, ties lower id first): a row's place is its rank."""
+    return sorted(items, key=lambda r: (-r[score_at], r[id_at]))
 
 
 def truth_feed(conn):
@@ -109,7 +116,7 @@ def truth_leaderboard_projects(conn):
         SELECT p.id, p.title, p.owner_id, u.username, p.up, p.down, p.up - p.down, p.n_comments
         FROM p JOIN users u ON u.id = p.owner_id""",
     )
-    return ranked(items, score_at=6, id_at=0)
+    return in_rank_order(items, score_at=6, id_at=0)
 
 
 def truth_leaderboard_builders(conn):
@@ -126,7 +133,7 @@ def truth_leaderboard_builders(conn):
         WHERE EXISTS (SELECT 1 FROM projects p WHERE p.owner_id = u.id AND p.deleted_at IS NULL)""",
     )
     items = [(i, n, d, pc, up, down, up - down, fol) for i, n, d, pc, up, down, fol in items]
-    return ranked(items, score_at=6, id_at=0)
+    return in_rank_order(items, score_at=6, id_at=0)
 
 
 def truth_chains(conn):
@@ -264,8 +271,8 @@ def truth_investors(conn):
 
 TRUTH = {
     "mv_feed_projects": (truth_feed, "project_id"),
-    "mv_leaderboard_projects": (truth_leaderboard_projects, "rank"),
-    "mv_leaderboard_builders": (truth_leaderboard_builders, "rank"),
+    "mv_leaderboard_projects": (truth_leaderboard_projects, "score DESC, project_id"),
+    "mv_leaderboard_builders": (truth_leaderboard_builders, "score DESC, user_id"),
     "mv_chains_discovery": (truth_chains, "chain_id"),
     "mv_project_details": (truth_project_details, "project_id"),
     "mv_search_index": (truth_search, "kind, entity_id"),
@@ -370,7 +377,7 @@ def test_views_equal_the_truth_before_and_after_writes(db):
         )
         conn.execute(  # soft-delete the top project (leaderboards, builders, search shift)
             "UPDATE projects SET deleted_at = now() WHERE id = (SELECT project_id FROM "
-            "mv_leaderboard_projects ORDER BY rank LIMIT 1)"
+            "mv_leaderboard_projects ORDER BY score DESC, project_id LIMIT 1)"
         )
         conn.execute(
             "INSERT INTO comments (project_id, user_id, body) VALUES (%s, %s, 'fresh comment')",
@@ -589,6 +596,7 @@ def test_down_then_up_again(db):
 
 
 def test_phases_apply_to_an_empty_base_schema(base_db_url):
+    apply_phase1(base_db_url)
     apply(base_db_url, "phase2_materialized_views.sql")
     apply(base_db_url, "phase3_search_and_forums.sql")
     refresh_all(base_db_url)

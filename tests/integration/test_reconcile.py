@@ -402,3 +402,32 @@ def test_unreachable_servers_and_unmigrated_databases_exit_3(run, base_db_url):
     assert down.exit_code == 3 and "cannot connect to Redis" in down.output
     unmigrated = run(database_url=base_db_url)
     assert unmigrated.exit_code == 3 and "opskit migrate" in unmigrated.output
+
+
+def test_a_repair_reaches_the_builders_leaderboard_built_from_the_drifted_counts(
+    run, migrated_db_url
+):
+    """mv_leaderboard_builders reads user_dashboard_stats: a builder's row recomputed while
+    that relation drifted carries the drift, and the repair must send it round again."""
+    settings = Settings.from_env({})
+    with psycopg.connect(migrated_db_url, autocommit=True) as conn:
+        builder, project = conn.execute(
+            "SELECT owner_id, id FROM projects WHERE deleted_at IS NULL ORDER BY id LIMIT 1"
+        ).fetchone()
+        _bump_dashboard_base(conn, [builder])  # a trigger outage's drift
+        conn.execute(  # a change of theirs recomputes their row from the drifted counts
+            "UPDATE projects SET title = title || '!' WHERE id = %s", (project,)
+        )
+        refresh.refresh(migrated_db_url, settings, views=["mv_leaderboard_builders"])
+        followers_shown = "SELECT followers_count FROM mv_leaderboard_builders WHERE user_id = %s"
+        followers = "SELECT count(*) FROM follows WHERE followee_id = %s"
+        assert conn.execute(followers_shown, (builder,)).fetchone()[0] == (
+            conn.execute(followers, (builder,)).fetchone()[0] + 1000
+        )
+
+        assert run("--fix", "--json").exit_code == 1  # drift found, and repaired
+        refresh.refresh(migrated_db_url, settings, views=["mv_leaderboard_builders"])
+        assert (
+            conn.execute(followers_shown, (builder,)).fetchone()[0]
+            == conn.execute(followers, (builder,)).fetchone()[0]
+        )

@@ -307,7 +307,7 @@ def test_refresh_full_rebuilds_a_damaged_view_and_verify_names_its_keys(migrated
     with psycopg.connect(migrated, autocommit=True) as conn:
         builder = conn.execute(
             "UPDATE mv_leaderboard_builders SET followers_count = followers_count + 5 "
-            "WHERE rank = 3 RETURNING user_id"
+            "WHERE user_id = (SELECT min(user_id) FROM mv_leaderboard_builders) RETURNING user_id"
         ).fetchone()[0]
         conn.execute("DELETE FROM mv_chain_posts WHERE post_id = 3")
     verify = json.loads(_run(migrated, "verify", "--json").stdout)
