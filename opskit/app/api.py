@@ -12,7 +12,6 @@ exactly what the request schemas of `opskit.app.openapi` allow.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import os
@@ -37,7 +36,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from opskit.app import auth
+from opskit.app.answercache import DEFAULT_TTL_S as DEFAULT_ANSWER_CACHE_S
+from opskit.app.answercache import AnswerCache
+from opskit.app.auth import VerifiedTokens
 from opskit.app.endpoints import (
+    AFTER_VIEWS,
     CHAIN_ORDERS,
     FEED_ORDERS,
     MODES,
@@ -69,7 +72,6 @@ from opskit.sql import queries
 log = logging.getLogger(__name__)
 
 POOL_TIMEOUT_S = 10.0
-TOKEN_CACHE_SIZE = 10_000
 WORKER_HEALTHCHECK_TIMEOUT_S = 30
 # Every connection: UTC timestamps in JSON, search's trigram threshold (for the `%` operator
 # the word index serves), no runaway query.
@@ -94,16 +96,21 @@ AFTER_RELATIONS = (
 )
 # `opskit serve --workers N` hands these to the worker processes (uvicorn imports the factory).
 ENV_MODE, ENV_POOL_SIZE = "OPSKIT_API_MODE", "OPSKIT_API_POOL_SIZE"
+ENV_ANSWER_CACHE_S = "OPSKIT_API_ANSWER_CACHE_S"
 
 
 # ---------------------------------------------------------------------------- responses
+
+
+def _encode(content: Any) -> bytes:
+    return orjson.dumps(content, option=orjson.OPT_UTC_Z)
 
 
 class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_UTC_Z)
+        return _encode(content)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -317,36 +324,6 @@ def _field_choice(body: dict, name: str, choices: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------------------- the app
 
 
-class VerifiedTokens:
-    """Tokens this process has verified, with their user and expiry.
-
-    A client sends the same token on every request; checking its HS256 signature and claims
-    costs about 50 µs of CPU, a fifth of a simple read. A cached token is still refused once
-    its `exp` has passed. At most `size` tokens are kept (the oldest verified go first).
-    """
-
-    def __init__(self, secret: str, size: int = TOKEN_CACHE_SIZE) -> None:
-        self.secret = secret
-        self.size = size
-        self._known: dict[str, tuple[int, float]] = {}  # token -> (user id, exp)
-
-    def user_id(self, token: str) -> int:
-        known = self._known.get(token)
-        if known is not None and time.time() < known[1]:
-            return known[0]
-        user_id = auth.user_id_from_token(self.secret, token)  # InvalidToken when not valid
-        if len(self._known) >= self.size:
-            del self._known[next(iter(self._known))]
-        self._known[token] = (user_id, _expiry(token))
-        return user_id
-
-
-def _expiry(token: str) -> float:
-    """The `exp` claim of a token whose signature and claims were just verified."""
-    payload = token.split(".")[1]
-    return float(orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
-
-
 @dataclass
 class ApiState:
     mode: str
@@ -354,6 +331,7 @@ class ApiState:
     pool: psycopg_pool.AsyncConnectionPool
     endpoints: Endpoints
     redis: redis.asyncio.Redis | None
+    answers: AnswerCache | None = None  # after mode's anonymous answers (None: not cached)
 
 
 def _state(request: Request) -> ApiState:
@@ -405,6 +383,8 @@ async def health(request: Request) -> Response:
     }
     if state.endpoints.vote_cache is not None:
         body["vote_cache_failures"] = state.endpoints.vote_cache.failures
+    if state.answers is not None:
+        body["answer_cache"] = state.answers.stats()  # this worker's
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
@@ -413,6 +393,24 @@ async def health_db(request: Request) -> Response:
     async with _state(request).pool.connection() as conn:
         await conn.execute("SELECT 1")
     return JSONResponse({"ok": True})
+
+
+async def _anonymous(request: Request, read: str, *args: Any, variant: Any = None) -> Response:
+    """`Endpoints.<read>(conn, *args)` encoded; in after mode through the answer cache, keyed by
+    the parsed request (the args, and a variant the args do not tell apart) and dropped when a
+    view the read reads changes."""
+    state = _state(request)
+
+    async def compute() -> bytes:
+        async with state.pool.connection() as conn:
+            return _encode(await getattr(state.endpoints, read)(conn, *args))
+
+    if state.answers is None:
+        body = await compute()
+    else:
+        key = (read, variant, *args)
+        body = await state.answers.answer(key, AFTER_VIEWS[read], compute)
+    return Response(body, media_type="application/json")
 
 
 async def user_stats(request: Request) -> Response:
@@ -439,6 +437,9 @@ async def feed(request: Request) -> Response:
     viewer = _token_user(request, required=False)
     sort = _query_choice(request, "sort", FEED_ORDERS, "trending")
     as_of, page = _as_of(request), _page(request)
+    if viewer is None:  # equal instants, other offsets: the answer may echo the offset asked
+        offset = as_of.utcoffset() if as_of is not None else None
+        return await _anonymous(request, "feed", sort, as_of, page, None, variant=offset)
     state = _state(request)
     async with state.pool.connection() as conn:
         return JSONResponse(await state.endpoints.feed(conn, sort, as_of, page, viewer))
@@ -447,48 +448,38 @@ async def feed(request: Request) -> Response:
 async def project(request: Request) -> Response:
     viewer = _token_user(request, required=False)
     project_id = _path_id(request, "project_id", "project")
+    if viewer is None:
+        return await _anonymous(request, "project", project_id, None)
     state = _state(request)
     async with state.pool.connection() as conn:
         return JSONResponse(await state.endpoints.project(conn, project_id, viewer))
 
 
 async def leaderboard_projects(request: Request) -> Response:
-    page, state = _page(request), _state(request)
-    async with state.pool.connection() as conn:
-        return JSONResponse(await state.endpoints.leaderboard_projects(conn, page))
+    return await _anonymous(request, "leaderboard_projects", _page(request))
 
 
 async def leaderboard_builders(request: Request) -> Response:
-    page, state = _page(request), _state(request)
-    async with state.pool.connection() as conn:
-        return JSONResponse(await state.endpoints.leaderboard_builders(conn, page))
+    return await _anonymous(request, "leaderboard_builders", _page(request))
 
 
 async def chains(request: Request) -> Response:
     sort = _query_choice(request, "sort", CHAIN_ORDERS, "members")
-    page, state = _page(request), _state(request)
-    async with state.pool.connection() as conn:
-        return JSONResponse(await state.endpoints.chains(conn, sort, page))
+    return await _anonymous(request, "chains", sort, _page(request))
 
 
 async def chain_posts(request: Request) -> Response:
     slug = _text(request.path_params["slug"], "slug", MAX_QUERY_CHARS, 404)
-    page, state = _page(request), _state(request)
-    async with state.pool.connection() as conn:
-        return JSONResponse(await state.endpoints.chain_posts(conn, slug, page))
+    return await _anonymous(request, "chain_posts", slug, _page(request))
 
 
 async def search(request: Request) -> Response:
     q = _text(request.query_params.get("q", ""), "q", MAX_QUERY_CHARS, 400)
-    page, state = _page(request), _state(request)
-    async with state.pool.connection() as conn:
-        return JSONResponse(await state.endpoints.search(conn, q, page))
+    return await _anonymous(request, "search", q, _page(request))
 
 
 async def investors(request: Request) -> Response:
-    page, state = _page(request), _state(request)
-    async with state.pool.connection() as conn:
-        return JSONResponse(await state.endpoints.investors(conn, page))
+    return await _anonymous(request, "investors", _page(request))
 
 
 async def conversations(request: Request) -> Response:
@@ -630,11 +621,13 @@ def create_app(
     redis_url: str | None = None,
     *,
     pool_size: int = DEFAULT_API_POOL_SIZE,
+    answer_cache_s: float = 0.0,
 ) -> Starlette:
     """The API app for `mode` ('before' or 'after'); its lifespan opens the pool (and Redis).
 
     URLs default to the configured (or embedded) servers. Every pool connection is opened at
-    start (min_size = max_size), so no request pays for a connect.
+    start (min_size = max_size), so no request pays for a connect. `answer_cache_s` > 0 gives
+    after mode the answer cache (opskit.app.answercache) with that time-to-live.
     """
     if mode not in MODES:
         raise BadInput(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -656,6 +649,9 @@ def create_app(
         )
         await pool.open(wait=True, timeout=30)
         redis_client = redis_async_client(redis_url) if mode == "after" else None
+        answers = None
+        if mode == "after" and answer_cache_s > 0:
+            answers = AnswerCache(database_url, answer_cache_s)
         try:
             async with pool.connection() as conn:
                 await _prepare_database(conn, mode)
@@ -666,10 +662,15 @@ def create_app(
                 pool=pool,
                 endpoints=Endpoints(mode, vote_cache),
                 redis=redis_client,
+                answers=answers,
             )
+            if answers is not None:
+                await answers.start()
             log.info("API in %s mode on %s, pool of %d", mode, mask_url(database_url), pool_size)
             yield
         finally:
+            if answers is not None:
+                await answers.stop()
             if redis_client is not None:
                 await redis_client.aclose()
             await pool.close()
@@ -697,6 +698,7 @@ def app_from_environment() -> Starlette:
         Settings.from_env(),
         os.environ[ENV_MODE],
         pool_size=int(os.environ.get(ENV_POOL_SIZE, DEFAULT_API_POOL_SIZE)),
+        answer_cache_s=float(os.environ.get(ENV_ANSWER_CACHE_S, 0)),
     )
 
 
@@ -737,6 +739,7 @@ def serve(
     port: int,
     workers: int = 1,
     pool_size: int = DEFAULT_API_POOL_SIZE,
+    answer_cache_s: float = DEFAULT_ANSWER_CACHE_S,
 ) -> None:
     """Run the API until interrupted: uvicorn with uvloop and httptools, `workers` processes.
 
@@ -762,13 +765,17 @@ def serve(
         backlog=4096,
     )
     if workers == 1:
-        app = create_app(settings, mode, database_url, redis_url, pool_size=pool_size)
+        app = create_app(
+            settings, mode, database_url, redis_url, pool_size=pool_size,
+            answer_cache_s=answer_cache_s,
+        )  # fmt: skip
         uvicorn.run(app, **options)
         return
     os.environ.update(
         {
             ENV_MODE: mode,
             ENV_POOL_SIZE: str(pool_size),
+            ENV_ANSWER_CACHE_S: str(answer_cache_s),
             "OPSKIT_DATABASE_URL": database_url,
             **({"OPSKIT_REDIS_URL": redis_url} if redis_url else {}),
         }

@@ -7,6 +7,8 @@ without configuration.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import secrets
 import time
@@ -21,6 +23,7 @@ ALGORITHM = "HS256"
 SECRET_FILE = "jwt_secret"
 MAX_USER_ID = 2**63 - 1  # ids are bigint
 MAX_TTL_S = 10 * 365 * 24 * 3600
+TOKEN_CACHE_SIZE = 10_000
 
 
 class InvalidToken(Exception):
@@ -92,3 +95,33 @@ def user_id_from_token(secret: str, token: str) -> int:
     if not 1 <= user_id <= MAX_USER_ID:
         raise InvalidToken("invalid token: sub is not a user id")
     return user_id
+
+
+class VerifiedTokens:
+    """Tokens this process has verified, with their user and expiry.
+
+    A client sends the same token on every request; checking its HS256 signature and claims
+    costs about 50 µs of CPU, a fifth of a simple read. A cached token is still refused once
+    its `exp` has passed. At most `size` tokens are kept (the oldest verified go first).
+    """
+
+    def __init__(self, secret: str, size: int = TOKEN_CACHE_SIZE) -> None:
+        self.secret = secret
+        self.size = size
+        self._known: dict[str, tuple[int, float]] = {}  # token -> (user id, exp)
+
+    def user_id(self, token: str) -> int:
+        known = self._known.get(token)
+        if known is not None and time.time() < known[1]:
+            return known[0]
+        user_id = user_id_from_token(self.secret, token)  # InvalidToken when not valid
+        if len(self._known) >= self.size:
+            del self._known[next(iter(self._known))]
+        self._known[token] = (user_id, _expiry(token))
+        return user_id
+
+
+def _expiry(token: str) -> float:
+    """The `exp` claim of a token whose signature and claims were just verified."""
+    payload = token.split(".")[1]
+    return float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])

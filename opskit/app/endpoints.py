@@ -56,6 +56,21 @@ TRENDING_RECENT_SCAN = 500
 SEARCH_SIMILARITY_THRESHOLD = 0.25
 
 
+# The views each anonymous read reads in after mode: its answer changes only when one of them
+# does (the answer cache drops it then: opskit.app.answercache). Search's word index
+# (search_words, search_postings) changes in mv_search_index's transactions.
+AFTER_VIEWS = {
+    "feed": ("mv_feed_projects",),
+    "project": ("mv_project_details",),
+    "leaderboard_projects": ("mv_leaderboard_projects",),
+    "leaderboard_builders": ("mv_leaderboard_builders",),
+    "chains": ("mv_chains_discovery",),
+    "chain_posts": ("mv_chain_posts", "mv_chains_discovery"),
+    "search": ("mv_search_index",),
+    "investors": ("mv_investors_directory",),
+}
+
+
 class ApiError(Exception):
     """An answer other than 200: HTTP status and a one-line message for `{"error": ...}`."""
 

@@ -243,8 +243,17 @@ HEALTH = _object(
         "database": TEXT,
         "redis": TEXT,
         "vote_cache_failures": COUNT,
+        "answer_cache": _object(
+            {
+                "listening": {"type": "boolean"},
+                **{
+                    name: COUNT
+                    for name in ("entries", "bytes", "hits", "misses", "joined", "dropped")
+                },
+            }
+        ),
     },
-    optional=("vote_cache_failures",),
+    optional=("vote_cache_failures", "answer_cache"),
 )
 
 PAGE_PARAMETERS = [

@@ -410,7 +410,9 @@ def bench_api(
             )
             log_path = log_dir / f"serve-{column}.log"
             servers[column] = cleanup.enter_context(
-                ApiProcess(mode, env, pool_size=pool_size, log_path=log_path)
+                # Each endpoint's query path, not after mode's answer cache (its repeated
+                # anonymous requests would all be hits): the cache shows in `opskit capacity`.
+                ApiProcess(mode, env, pool_size=pool_size, log_path=log_path, answer_cache_s=0)
             )
             generators[column] = _calls(sample, random.Random(2))  # the same requests in each
         for server in servers.values():

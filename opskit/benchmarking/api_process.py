@@ -83,6 +83,7 @@ class ApiProcess:
         workers: int = 1,
         pool_size: int | None = None,
         log_path: Path | None = None,
+        answer_cache_s: float | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -92,6 +93,8 @@ class ApiProcess:
         command += ["--host", HOST, "--port", str(self.port), "--workers", str(workers)]
         if pool_size is not None:
             command += ["--pool-size", str(pool_size)]
+        if answer_cache_s is not None:  # else serve's default
+            command += ["--answer-cache", str(answer_cache_s)]
         self.process = subprocess.Popen(
             command,
             env=dict(env),

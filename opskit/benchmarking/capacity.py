@@ -158,6 +158,9 @@ class StepResult:
     generator_cpu: float | None  # % of the generator's cores (100 = all busy)
     flags: list[str] = field(default_factory=list)
     error_kinds: dict[str, int] = field(default_factory=dict)  # "<endpoint> <status>": count
+    # "<endpoint>": [answers, p99 ms] of the step's answers, slowest p99 first: which requests
+    # make the step's p99 (writes wait for their commit, reads do not)
+    endpoints_p99: dict[str, list] = field(default_factory=dict)
     held: bool = False  # p99 within the SLO and no error
 
     @property
@@ -211,6 +214,11 @@ def measure_step(
     def pct(values, q: float) -> float | None:
         return round(float(np.percentile(values, q)), 2) if len(values) else None
 
+    names = np.asarray(requests["endpoint"].to_pylist(), dtype=object)
+    per_endpoint = {
+        name: [int((good & (names == name)).sum()), pct(latency[good & (names == name)], 99)]
+        for name in sorted(set(names[good]))
+    }
     busy = [pct for at, pct in cpu_samples if start < at <= end + FLUSH_S]
     cpu = round(sum(busy) / len(busy) / plan.load_processes, 1) if busy else None
     p99 = pct(latency[good], 99)
@@ -234,6 +242,7 @@ def measure_step(
         generator_cpu=cpu,
         flags=flags,
         error_kinds=dict(kinds.most_common()),
+        endpoints_p99=dict(sorted(per_endpoint.items(), key=lambda item: -item[1][1])),
         held=p99 is not None and p99 <= plan.slo_p99_ms and errors == 0,
     )
 

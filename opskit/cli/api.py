@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from opskit.app import auth
+from opskit.app.answercache import DEFAULT_TTL_S as DEFAULT_ANSWER_CACHE_S
 from opskit.app.endpoints import MODES
 from opskit.cli.common import (
     app,
@@ -35,6 +36,15 @@ def serve(
     pool_size: Annotated[
         int, typer.Option(min=1, max=100, help="Database connections per process.")
     ] = DEFAULT_API_POOL_SIZE,
+    answer_cache: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=60,
+            help="After mode: seconds an anonymous answer of a hot page may be kept at most; "
+            "dropped at once when a view it read changes. 0 turns the cache off.",
+        ),
+    ] = DEFAULT_ANSWER_CACHE_S,
 ) -> None:
     """Run the HTTP API (docs/interface.md §9) until interrupted, in before or after mode.
 
@@ -42,7 +52,9 @@ def serve(
     answers from the denormalized relations, the materialized views and the Redis vote cache
     (every phase must be applied). Both give the same JSON on the same data. uvicorn with uvloop
     and httptools; --workers N starts N processes on the same port, each with --pool-size
-    connections opened at start. Tokens: `opskit token USER_ID`.
+    connections opened at start. After mode keeps each worker's anonymous answers of the hot
+    pages until the daemon changes a view they read (--answer-cache). Tokens: `opskit token
+    USER_ID`.
     """
     from opskit.app import api
 
@@ -52,7 +64,10 @@ def serve(
         f"({workers} worker{'s' if workers > 1 else ''}, pool {pool_size}); Ctrl-C stops it",
         markup=False,
     )
-    api.serve(settings, mode.value, host=host, port=port, workers=workers, pool_size=pool_size)
+    api.serve(
+        settings, mode.value, host=host, port=port, workers=workers, pool_size=pool_size,
+        answer_cache_s=answer_cache,
+    )  # fmt: skip
 
 
 @app.command()

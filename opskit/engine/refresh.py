@@ -415,6 +415,8 @@ def _log_batch(
     changes: int,
     keys: int,
 ) -> _Batch:
+    if kind == "full" or keys:
+        conn.execute(queries("refresh.sql")["notify_changed"], {"view": view})
     pending_after, staleness = conn.execute(
         queries("refresh.sql")["log_batch"],
         {
@@ -451,6 +453,7 @@ def rescore_trending_if_old(conn: psycopg.Connection, max_age_s: float) -> bool:
         if moved is None:
             return False
         conn.execute(refresh_sql["rescore_trending"])
+        conn.execute(refresh_sql["notify_changed"], {"view": FEED})
     return True
 
 

@@ -145,6 +145,11 @@ SELECT %(view)s, %(kind)s, %(started_at)s, clock_timestamp(),
 RETURNING pending_after,
           extract(epoch FROM refresh_finished_at - oldest_change_at)::float8;
 
+-- name: notify_changed --
+-- Tells the API workers' answer caches that the relation's rows changed: delivered when (and
+-- only if) the transaction that changed them commits (docs/interface.md §7).
+SELECT pg_notify('opskit_views', %(view)s);
+
 -- name: log_failure --
 INSERT INTO mv_refresh_log
     (view_name, kind, refresh_started_at, refresh_finished_at, duration_ms, status, error,

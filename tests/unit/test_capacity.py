@@ -140,3 +140,14 @@ def test_held_users_is_the_largest_unflagged_step_that_held():
     assert held_users([step(100, True), step(200, True), step(300, False)]) == 200
     assert held_users([step(100, True), step(200, True, ["generator_cpu_high"])]) == 100
     assert held_users([step(100, False)]) == 0
+
+
+def test_each_endpoint_has_its_p99_slowest_first():
+    reads = _requests([5.0] * 900)
+    writes = _requests([120.0] * 90 + [400.0] * 10, start=1000.003)
+    writes = writes.set_column(0, "endpoint", pa.array(["POST /api/votes"] * 100))
+    step = _measure(pa.concat_tables([reads, writes]))
+    assert list(step.endpoints_p99) == ["POST /api/votes", "GET /api/projects"]
+    assert step.endpoints_p99["GET /api/projects"] == [900, 5.0]
+    assert step.endpoints_p99["POST /api/votes"][0] == 100
+    assert step.endpoints_p99["POST /api/votes"][1] > 300
