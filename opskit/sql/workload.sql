@@ -154,5 +154,11 @@ INSERT INTO projects (owner_id, title) SELECT id, 'ephemeral' FROM u;
 -- name: delete_user --
 DELETE FROM users WHERE id = (SELECT max(id) FROM users WHERE id > %(last_base_user)s);
 
--- name: fold --
-SELECT opskit_fold_user_dashboard_deltas(%(k)s), opskit_fold_intro_request_deltas(%(k)s);
+-- The folds, each in its own transaction as the daemon runs them: both record the users they
+-- fold for `opskit reconcile --changed`, each in key order, so one transaction running both
+-- would insert two runs out of order and could deadlock with the daemon's routing.
+-- name: fold_dashboard --
+SELECT opskit_fold_user_dashboard_deltas(%(k)s);
+
+-- name: fold_intros --
+SELECT opskit_fold_intro_request_deltas(%(k)s);

@@ -122,9 +122,10 @@ def test_drift_on_touched_keys_is_found_in_full_and_fixed(
         "ORDER BY id LIMIT 1",
         (owner,),
     )
-    db.execute(
-        "UPDATE project_stats_base SET downvotes = downvotes + 2 WHERE project_id = %s",
-        (moved_project,),
+    db.execute(  # the owner's folded totals off by 2
+        "UPDATE user_dashboard_stats_base SET downvotes_received = downvotes_received + 2 "
+        "WHERE user_id = %s",
+        (moved_owner,),
     )
     db.execute("UPDATE projects SET title = title || '!' WHERE id = %s", (moved_project,))
     # a conversation whose change moves no unread count: only the messages trigger records it
@@ -182,7 +183,7 @@ def test_drift_on_touched_keys_is_found_in_full_and_fixed(
     checks = _checks(report)
     assert code == 1 and report["changed"] is True and report["keys_checked"] > 0
     # the followee (fold) and the moved project's owner (change log); the commented project's
-    # counts (fold), which its owner's row sums
+    # counts (fold): its owner's row holds folded totals, so its drift stays in project_stats
     assert set(checks["user_dashboard_stats"]["sample"]) == {str(followee), str(moved_owner)}
     assert checks["project_stats"]["sample"] == [str(project)]
     assert checks["intro_request_stats"]["sample"] == [str(requester)]
@@ -207,7 +208,6 @@ def test_drift_on_touched_keys_is_found_in_full_and_fixed(
     assert code == 1 and full["changed"] is False and full["keys_checked"] is None
     assert set(_checks(full)["user_dashboard_stats"]["sample"]) == {
         str(followee),
-        str(owner),
         str(moved_owner),
         str(untouched),
     }
