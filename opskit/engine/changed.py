@@ -398,7 +398,7 @@ def _view_diff(
     change of theirs pending. In the caller's snapshot."""
     spec = refresh.MAINTAINED[view]
     differing = _view_keys_diff(conn, spec, list(keys.values()))
-    pending = _pending_keys(conn, spec) if differing else set()
+    pending = refresh.pending_keys(conn, spec) if differing else set()
     if pending is None:  # a full rebuild is pending: every key will be recomputed
         return 0, []
     return len(keys), [key for key in differing if key not in pending]
@@ -425,26 +425,6 @@ def _view_keys_diff(
     )
     params = {"kinds": [kind for kind, _ in keys], "keys": [key for _, key in keys]}
     return list(conn.execute(query, params).fetchone()[0])
-
-
-def _pending_keys(conn: psycopg.Connection, spec: refresh.MaintainedView) -> set[str] | None:
-    """The view's keys with changes not applied yet, as _view_keys_diff names them (None: a
-    full rebuild is pending)."""
-    refresh_sql = queries("refresh.sql")
-    entities, ids = conn.execute(refresh_sql["unapplied_changes"], {"view": spec.name}).fetchone()
-    if "*" in entities:
-        return None
-    if not entities:
-        return set()
-    key_text = sql.SQL("key::text" if len(spec.key) == 1 else "concat_ws(':', kind, key)")
-    return set(
-        conn.execute(
-            sql.SQL(refresh_sql["keys_as_text"]).format(
-                keys_function=spec.keys_function, key_text=key_text
-            ),
-            {"entities": entities, "ids": ids},
-        ).fetchone()[0]
-    )
 
 
 def _repair_views(
@@ -476,7 +456,7 @@ def _repair_views(
             differing = _view_keys_diff(
                 conn, refresh.MAINTAINED[view], [touched.views[view][key] for key in keys]
             )
-            pending = _pending_keys(conn, refresh.MAINTAINED[view]) if differing else set()
+            pending = refresh.pending_keys(conn, refresh.MAINTAINED[view]) if differing else set()
             left = [key for key in differing if pending is not None and key not in pending]
             if left:
                 remaining[view] = left

@@ -160,9 +160,10 @@ def route_changes(conn: psycopg.Connection) -> int:
     lock = {"space": LOCK_SPACE_ROUTER, "key": 0}
     if not conn.execute(refresh_sql["try_lock"], lock).fetchone()[0]:
         return 0
-    route = "route_changes_recording_keys" if records_touched_keys(conn) else "route_changes"
+    record_touched = refresh_sql["record_touched_users"] if records_touched_keys(conn) else ""
+    route = sql.SQL(refresh_sql["route_changes"]).format(record_touched=sql.SQL(record_touched))
     try:
-        moved = conn.execute(refresh_sql[route]).fetchone()[0]
+        moved = conn.execute(route).fetchone()[0]
     finally:
         conn.execute(refresh_sql["unlock"], lock)
     if moved >= VACUUM_LOG_AFTER_ROWS:
@@ -477,6 +478,26 @@ class DefinitionDiff:
     rebuild_pending: bool  # a TRUNCATE is pending: the whole relation will be rebuilt
 
 
+def pending_keys(conn: psycopg.Connection, spec: MaintainedView) -> set[str] | None:
+    """The relation's keys with changes not applied yet (routed or still in the log), as
+    definition_diff names them; None when a full rebuild is pending (a TRUNCATE)."""
+    refresh_sql = queries("refresh.sql")
+    entities, ids = conn.execute(refresh_sql["unapplied_changes"], {"view": spec.name}).fetchone()
+    if "*" in entities:
+        return None
+    if not entities:
+        return set()
+    key_text = sql.SQL("key::text" if len(spec.key) == 1 else "concat_ws(':', kind, key)")
+    return set(
+        conn.execute(
+            sql.SQL(refresh_sql["keys_as_text"]).format(
+                keys_function=spec.keys_function, key_text=key_text
+            ),
+            {"entities": entities, "ids": ids},
+        ).fetchone()[0]
+    )
+
+
 def diff_against_definition(conn: psycopg.Connection, view: str) -> DefinitionDiff:
     """Compare `view` with its full definition; keys with pending changes are not drift.
 
@@ -488,10 +509,8 @@ def diff_against_definition(conn: psycopg.Connection, view: str) -> DefinitionDi
     columns = [row[0] for row in conn.execute(refresh_sql["columns"], {"view": view})]
     if len(spec.key) == 1:
         key = sql.Identifier(spec.key[0])
-        key_text = sql.SQL("key::text")
     else:
         key = sql.SQL(", ").join(map(sql.Identifier, spec.key))
-        key_text = sql.SQL("concat_ws(':', kind, key)")
     names = {
         "view": sql.Identifier(view),
         "definition": spec.definition,
@@ -501,19 +520,9 @@ def diff_against_definition(conn: psycopg.Connection, view: str) -> DefinitionDi
     compared, differing = conn.execute(
         sql.SQL(refresh_sql["definition_diff"]).format(**names)
     ).fetchone()
-    entities, ids = conn.execute(refresh_sql["unapplied_changes"], {"view": view}).fetchone()
-    if "*" in entities:
+    pending = pending_keys(conn, spec)
+    if pending is None:
         return DefinitionDiff(view, compared, [], len(differing), True)
-    pending = set()
-    if entities:
-        pending = set(
-            conn.execute(
-                sql.SQL(refresh_sql["keys_as_text"]).format(
-                    keys_function=spec.keys_function, key_text=key_text
-                ),
-                {"entities": entities, "ids": ids},
-            ).fetchone()[0]
-        )
     return DefinitionDiff(
         view,
         compared,

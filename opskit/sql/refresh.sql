@@ -10,6 +10,7 @@ SELECT DISTINCT view_name FROM mv_change_routes;
 -- Every change the log holds, committed, moves to the pending changes of each relation its
 -- entity feeds ('*': every relation), one row per relation, entity and id. DELETE ... RETURNING
 -- sees committed rows only; a change committed meanwhile is moved by the next call.
+-- The record_touched slot is empty, or (phase 1 applied) the record_touched_users CTE below.
 WITH moved AS (
     DELETE FROM mv_change_log RETURNING changed_at, entity, entity_id
 ), routed AS (
@@ -21,23 +22,14 @@ WITH moved AS (
           SELECT DISTINCT '*', view_name FROM mv_change_routes) r ON r.entity = m.entity
     GROUP BY r.view_name, m.entity, m.entity_id
 )
+{record_touched}
 SELECT count(*) FROM moved;
 
--- name: route_changes_recording_keys --
--- route_changes, and (phase 1 applied) the users whose dashboard row a routed change may move
--- without any delta - a project's old and new owner, a user written - recorded for
--- `opskit reconcile --changed` (opskit_reconcile_keys, in its key order).
-WITH moved AS (
-    DELETE FROM mv_change_log RETURNING changed_at, entity, entity_id
-), routed AS (
-    INSERT INTO mv_pending_changes (view_name, entity, entity_id, changed_at)
-    SELECT r.view_name, m.entity, m.entity_id, min(m.changed_at)
-    FROM moved m
-    JOIN (SELECT entity, view_name FROM mv_change_routes
-          UNION ALL
-          SELECT DISTINCT '*', view_name FROM mv_change_routes) r ON r.entity = m.entity
-    GROUP BY r.view_name, m.entity, m.entity_id
-), touched AS (
+-- name: record_touched_users --
+-- Part of route_changes: the users whose dashboard row a routed change may move without any
+-- delta - a project's old and new owner, a user written - recorded for `opskit reconcile
+-- --changed` (opskit_reconcile_keys, in its key order).
+, touched AS (
     INSERT INTO opskit_reconcile_keys AS k (entity, entity_id)
     SELECT DISTINCT 'user', m.entity_id
     FROM moved m
@@ -46,7 +38,6 @@ WITH moved AS (
     ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
     WHERE k.claimed
 )
-SELECT count(*) FROM moved;
 
 -- name: record_view_keys --
 -- The keys a batch applied, for `opskit reconcile --changed` (in opskit_reconcile_keys' order).
