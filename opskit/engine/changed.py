@@ -38,7 +38,7 @@ from opskit.core.errors import EnvironmentProblem
 from opskit.core.settings import Settings
 from opskit.engine import reconcile, refresh, votecache
 from opskit.engine.backfill import BACKFILL_STEPS
-from opskit.engine.truth import DENORMALIZED
+from opskit.engine.truth import DENORMALIZED, outer_join_parts, query_columns
 from opskit.sql import queries
 
 VIEW_ROWS_CHECK = "view_rows"
@@ -295,25 +295,10 @@ def _relation_diff(
 def _keyed_diff(conn: psycopg.Connection, spec: KeyedRelation, params: dict) -> tuple[int, list]:
     changed_sql = queries("reconcile_changed.sql")
     truth = changed_sql[spec.truth]
-    columns = [
-        column.name
-        for column in conn.execute(
-            sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(truth)), params
-        ).description
-    ]
     query = sql.SQL(changed_sql["keyed_diff"]).format(
         truth=sql.SQL(truth),
         relation=sql.SQL(changed_sql[spec.rows]),
-        truth_columns=sql.SQL(", ").join(sql.Identifier("t", c) for c in columns),
-        relation_columns=sql.SQL(", ").join(sql.Identifier("r", c) for c in columns),
-        keys=sql.SQL(", ").join(
-            sql.SQL("coalesce({}, {})").format(sql.Identifier("t", k), sql.Identifier("r", k))
-            for k in spec.keys
-        ),
-        join=sql.SQL(" AND ").join(
-            sql.SQL("{} = {}").format(sql.Identifier("t", k), sql.Identifier("r", k))
-            for k in spec.keys
-        ),
+        **outer_join_parts(query_columns(conn, truth, params), spec.keys),
     )
     compared, drifted = conn.execute(query, params).fetchone()
     return compared, list(drifted)

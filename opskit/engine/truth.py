@@ -86,7 +86,7 @@ def diff_against_truth(
                 )
             )
         )
-        columns = _columns(conn, truth)
+        columns = query_columns(conn, truth)
         missing = set(spec.keys) - set(columns)
         if missing:
             raise ValueError(f"{spec.truth_query} lacks key columns {sorted(missing)}")
@@ -110,16 +110,7 @@ def diff_against_truth(
             columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
             relation=sql.Identifier(spec.relation),
             source_rows=sql.SQL(queries("truth.sql")[spec.source_rows]),
-            truth_columns=sql.SQL(", ").join(sql.Identifier("t", c) for c in columns),
-            relation_columns=sql.SQL(", ").join(sql.Identifier("r", c) for c in columns),
-            keys=sql.SQL(", ").join(
-                sql.SQL("coalesce({}, {})").format(sql.Identifier("t", k), sql.Identifier("r", k))
-                for k in spec.keys
-            ),
-            join=sql.SQL(" AND ").join(
-                sql.SQL("{} = {}").format(sql.Identifier("t", k), sql.Identifier("r", k))
-                for k in spec.keys
-            ),
+            **outer_join_parts(columns, spec.keys),
         )
         compared, differing, first_keys, source_rows = conn.execute(
             query, {"sample": sample}
@@ -127,6 +118,23 @@ def diff_against_truth(
     return Diff(spec.relation, compared, differing, list(first_keys or []), int(source_rows or 0))
 
 
-def _columns(conn: psycopg.Connection, query: str) -> list[str]:
-    cursor = conn.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(query)))
+def query_columns(conn: psycopg.Connection, query: str, params: dict | None = None) -> list[str]:
+    """The output columns of `query`, without running it."""
+    cursor = conn.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(query)), params)
     return [column.name for column in cursor.description]
+
+
+def outer_join_parts(columns: list[str], keys: tuple[str, ...]) -> dict[str, sql.Composable]:
+    """The pieces of a truth t FULL JOIN relation r diff on `keys`: both rows as column lists
+    (truth_columns, relation_columns), the key of either side (keys) and the join condition."""
+    return {
+        "truth_columns": sql.SQL(", ").join(sql.Identifier("t", c) for c in columns),
+        "relation_columns": sql.SQL(", ").join(sql.Identifier("r", c) for c in columns),
+        "keys": sql.SQL(", ").join(
+            sql.SQL("coalesce({}, {})").format(sql.Identifier("t", k), sql.Identifier("r", k))
+            for k in keys
+        ),
+        "join": sql.SQL(" AND ").join(
+            sql.SQL("{} = {}").format(sql.Identifier("t", k), sql.Identifier("r", k)) for k in keys
+        ),
+    }

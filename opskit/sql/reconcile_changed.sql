@@ -42,8 +42,8 @@ WHERE ctid = ANY (ARRAY(
     FOR UPDATE SKIP LOCKED));
 
 -- name: relation_project_stats --
--- The per-project counts user_dashboard_stats sums over each owner's live projects (phase 1's
--- project_stats view: base + pending deltas), one project at a time.
+-- The per-project counts (phase 1's project_stats view: base + pending deltas), one project
+-- at a time.
 SELECT s.*
 FROM unnest(%(project_ids)s::bigint[]) AS k (id)
 CROSS JOIN LATERAL (SELECT * FROM project_stats WHERE project_id = k.id OFFSET 0) AS s
