@@ -119,6 +119,7 @@ DROP FUNCTION IF EXISTS opskit_trg_votes();  -- the one function of the earlier 
 DROP FUNCTION IF EXISTS opskit_trg_comments();
 DROP FUNCTION IF EXISTS opskit_trg_follows();
 DROP FUNCTION IF EXISTS opskit_trg_messages();
+DROP FUNCTION IF EXISTS opskit_conversation_apply(bigint, bigint, messages, messages);
 DROP FUNCTION IF EXISTS opskit_trg_intro_requests();
 DROP FUNCTION IF EXISTS opskit_fold_user_dashboard_deltas(integer);
 DROP FUNCTION IF EXISTS opskit_fold_intro_request_deltas(integer);

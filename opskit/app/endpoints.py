@@ -344,7 +344,7 @@ class Endpoints:
                 await conn.execute(_sql("vote_delete"), params)
             else:
                 await conn.execute(_sql("vote_upsert"), params)
-            counts = await _row(conn, _sql("project_vote_counts"), params)
+            counts = await _row(conn, self._q("project_vote_counts"), params)
         if self.vote_cache is not None:
             await self.vote_cache.record_vote(user_id, project_id, vote_type)
         return {

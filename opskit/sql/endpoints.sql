@@ -761,11 +761,16 @@ WHERE votes.vote_type IS DISTINCT FROM EXCLUDED.vote_type;
 -- name: vote_delete --
 DELETE FROM votes WHERE user_id = %(user_id)s AND project_id = %(project_id)s;
 
--- name: project_vote_counts --
+-- name: project_vote_counts_before --
 SELECT count(*) FILTER (WHERE vote_type = 'up') AS upvotes,
        count(*) FILTER (WHERE vote_type = 'down') AS downvotes
 FROM votes
 WHERE project_id = %(project_id)s;
+
+-- The same counts from phase1's project_stats (folded base + pending deltas, this transaction's
+-- vote included): a popular project's 30,000 votes are not counted again for each vote.
+-- name: project_vote_counts_after --
+SELECT upvotes, downvotes FROM project_stats WHERE project_id = %(project_id)s;
 
 -- name: message_insert --
 INSERT INTO messages (sender_id, recipient_id, body)
