@@ -426,22 +426,64 @@ def hot_key_vote_mix(
     return mix
 
 
-def hot_key_vote_statements(url: str, count: int, seed_value: int = 1) -> list[str]:
-    """hot_key_vote_mix on `url`'s data as literal SQL, one line per statement.
+WRITE_PATHS = ("vote", "message", "message_read", "intro", "intro_respond")
 
-    For a single-user backend (`postgres --single`, tools/vote_instructions.sh), which takes a
-    line as a command and has no parameters.
+
+def write_path_statements(
+    url: str, path: str, count: int, seed_value: int = 1
+) -> tuple[list[str], list[str]]:
+    """(setup, measured): `count` writes of one API write path on `url`'s data as literal SQL.
+
+    For a single-user backend (`postgres --single`, tools/write_instructions.sh), which takes a
+    line as a command and has no parameters. The setup runs before the phases are applied: the
+    unread messages that `message_read` marks, the pending intros that `intro_respond` answers.
+    vote is the hot-key mix of the pgbench script; message sends half to pairs that already
+    talk and half to new pairs.
     """
+    if path not in WRITE_PATHS:
+        raise ValueError(f"path must be one of {WRITE_PATHS}, not {path!r}")
     bench_sql = queries("write_cost.sql")
+    rng = random.Random(seed_value)
     with connect(url, autocommit=True) as conn:
         n_users, hot_project, _ = _targets(conn, bench_sql)
         cursor = psycopg.ClientCursor(conn)
-        return [
-            " ".join(cursor.mogrify(statement.split(";")[0], params).split()) + ";"
-            for statement, params in hot_key_vote_mix(
-                bench_sql, n_users, hot_project, count, seed_value
-            )
-        ]
+
+        def literal(statement: str, params: tuple) -> str:
+            return " ".join(cursor.mogrify(statement.split(";")[0], params).split()) + ";"
+
+        def new_pairs() -> list[tuple[int, int]]:
+            pairs = {(rng.randint(1, n_users), rng.randint(1, n_users)) for _ in range(count)}
+            return sorted((a, b) for a, b in pairs if a != b)
+
+        setup: list[tuple[str, tuple]] = []
+        if path == "vote":
+            measured = hot_key_vote_mix(bench_sql, n_users, hot_project, count, seed_value)
+        elif path == "message":
+            talking = conn.execute(bench_sql["conversation_pairs"], (count // 2,)).fetchall()
+            pairs = [tuple(pair) for pair in talking] + new_pairs()[: count - len(talking)]
+            measured = [(bench_sql["message_send"], (a, b, "hello")) for a, b in pairs]
+        elif path == "message_read":
+            pairs = new_pairs()
+            setup = [(bench_sql["message_send"], (a, b, "unread")) for a, b in pairs]
+            measured = [(bench_sql["message_read"], (b, a)) for a, b in pairs]
+        else:
+            first = conn.execute(bench_sql["max_intro_id"]).fetchone()[0] + 1
+            intros = [
+                (bench_sql["intro_request"], (first + i, a, b, "intro"))
+                for i, (a, b) in enumerate(new_pairs())
+            ]
+            if path == "intro":
+                measured = intros
+            else:
+                setup = intros
+                measured = [
+                    (bench_sql["intro_respond"], (rng.choice(("accepted", "declined")), first + i))
+                    for i in range(len(intros))
+                ]
+        return (
+            [literal(statement, params) for statement, params in setup],
+            [literal(statement, params) for statement, params in measured],
+        )
 
 
 def vote_cpu_breakdown(

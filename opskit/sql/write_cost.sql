@@ -30,6 +30,28 @@ INSERT INTO votes (user_id, project_id, vote_type) VALUES (%s, %s, %s)
 ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = EXCLUDED.vote_type
 WHERE votes.vote_type IS DISTINCT FROM EXCLUDED.vote_type;
 
+-- The other write paths of the API (docs/interface.md §5), for tools/write_instructions.sh.
+-- name: message_send --
+INSERT INTO messages (sender_id, recipient_id, body) VALUES (%s, %s, %s);
+
+-- name: message_read --
+UPDATE messages SET read_at = now()
+WHERE recipient_id = %s AND sender_id = %s AND read_at IS NULL;
+
+-- name: intro_request --
+INSERT INTO intro_requests (id, requester_id, target_id, message) VALUES (%s, %s, %s, %s);
+
+-- name: intro_respond --
+UPDATE intro_requests SET status = %s, responded_at = now()
+WHERE id = %s AND status = 'pending';
+
+-- name: conversation_pairs --
+SELECT DISTINCT sender_id, recipient_id FROM messages WHERE sender_id <> recipient_id
+ORDER BY sender_id, recipient_id LIMIT %s;
+
+-- name: max_intro_id --
+SELECT coalesce(max(id), 0) FROM intro_requests;
+
 -- Rows the phases wrote so far (evidence that a disabled trigger wrote nothing).
 -- name: log_rows --
 SELECT count(*) FROM mv_change_log;

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from opskit.benchmarking import write_cost
 from opskit.cli import app
+from opskit.engine import migrations, truth
 
 
 def test_vote_writes_are_measured(tiny_db_url):
@@ -134,3 +135,25 @@ def test_the_breakdown_switches_each_part_off_on_a_scratch_clone(test_servers, m
             "SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", (named,)
         ).fetchone()[0]
     assert named and left == 0
+
+
+def test_every_write_path_statements_write_and_keep_the_relations_exact(tiny_db_url):
+    """tools/write_instructions.sh's statements: setups on the plain data, writes after migrate.
+
+    Each path's statements are made after the previous paths' setups ran (intro ids follow).
+    """
+    measured = {}
+    with psycopg.connect(tiny_db_url, autocommit=True) as conn:
+        for path in sorted(write_cost.WRITE_PATHS, key=lambda p: p == "intro"):
+            setup, measured[path] = write_cost.write_path_statements(tiny_db_url, path, 40)
+            assert len(measured[path]) >= 20, path
+            for statement in setup:
+                conn.execute(statement)
+    migrations.migrate(tiny_db_url)
+    with psycopg.connect(tiny_db_url, autocommit=True) as conn:
+        for path, statements in measured.items():
+            written = sum(conn.execute(statement).rowcount for statement in statements)
+            # every statement writes a row, but a vote mix deletes votes that may not be there
+            assert written >= len(statements) // 2, path
+        for spec in truth.DENORMALIZED:
+            assert truth.diff_against_truth(conn, spec).differing == 0, spec.relation
