@@ -358,13 +358,19 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT score / power(greatest(date_part('epoch', as_of - created_at) / 3600, 0) + 2, 1.8::float8)
 $$;
 
--- The one instant every stored trending score is for. A per-key apply scores its rows for this
--- instant, so all rows always share it (a trending answer carries it as its as_of) while their
--- counts are as fresh as the last batch. Once it is older than OPSKIT_TRENDING_MAX_AGE_S the
--- daemon moves it to now() and re-scores every row in one transaction (opskit/refresh.py).
+-- The instant the stored trending scores are for. A per-key apply scores its rows for it, so
+-- all rows share it (a trending answer carries it as its as_of) while their counts are as fresh
+-- as the last batch. Once it is older than OPSKIT_TRENDING_MAX_AGE_S the daemon moves the rows
+-- to a new instant, rescoring_to, in bounded chunks by project_id (opskit/engine/refresh.py): a
+-- row whose project_id <= rescored_through is scored for rescoring_to, the others still for
+-- scored_at; when every row has moved, scored_at takes rescoring_to and both are cleared. One
+-- transaction for all rows held up the feed's batches for seconds at `large` (14.8 s). While
+-- rows are moving, the API ranks for scored_at at read time (opskit/sql/endpoints.sql).
 CREATE TABLE IF NOT EXISTS mv_feed_scoring (
-    single    boolean PRIMARY KEY DEFAULT true CHECK (single),
-    scored_at timestamptz NOT NULL
+    single           boolean PRIMARY KEY DEFAULT true CHECK (single),
+    scored_at        timestamptz NOT NULL,
+    rescoring_to     timestamptz,
+    rescored_through bigint
 );
 INSERT INTO mv_feed_scoring (scored_at) VALUES (now()) ON CONFLICT DO NOTHING;
 
@@ -409,12 +415,16 @@ SELECT p.id,
        coalesce(v.downvotes, 0),
        coalesce(v.upvotes, 0) - coalesce(v.downvotes, 0),
        coalesce(cm.comments_count, 0),
-       s.scored_at,
+       i.scored_at,
        opskit_trending_score(coalesce(v.upvotes, 0) - coalesce(v.downvotes, 0), p.created_at,
-                             s.scored_at)
+                             i.scored_at)
 FROM projects p
 JOIN users u ON u.id = p.owner_id
 CROSS JOIN mv_feed_scoring s
+-- the row's instant: the new one once a re-scoring has moved its project_id
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN p.id <= s.rescored_through THEN s.rescoring_to ELSE s.scored_at END
+) i (scored_at)
 LEFT JOIN chains c ON c.id = p.chain_id
 LEFT JOIN (
     SELECT project_id,
