@@ -318,10 +318,22 @@ def _apply_batches(
 
 def note_owners_changed(conn: psycopg.Connection, user_ids: list[int] | None) -> None:
     """Log owners whose phase-1 counts were rewritten behind the triggers' back (a repair, a
-    backfill; every owner with None) so the builders' leaderboard, which reads those counts,
-    recomputes their rows. Nothing to do before phase 2 (no change log)."""
-    if conn.execute("SELECT to_regclass('mv_change_log') IS NOT NULL").fetchone()[0]:
+    backfill; every owner with None), and their projects, so the views that read those counts
+    (the builders' leaderboard, the project views) recompute their rows. Nothing to do before
+    phase 2 (no change log)."""
+    if _has_change_log(conn):
         conn.execute(queries("refresh.sql")["log_owners_changed"], {"user_ids": user_ids})
+
+
+def note_projects_changed(conn: psycopg.Connection, project_ids: list[int]) -> None:
+    """Log projects whose project_stats rows a repair rewrote, so the project views, which read
+    those counts, recompute their rows."""
+    if _has_change_log(conn):
+        conn.execute(queries("refresh.sql")["log_projects_changed"], {"project_ids": project_ids})
+
+
+def _has_change_log(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regclass('mv_change_log') IS NOT NULL").fetchone()[0]
 
 
 def _begin_batch(conn: psycopg.Connection) -> None:

@@ -115,15 +115,25 @@ DELETE FROM {view};
 INSERT INTO {view} SELECT * FROM {definition}(NULL, NULL);
 
 -- name: log_owners_changed --
--- Owners whose phase-1 counts a repair or backfill rewrote (all owners with user_ids NULL):
--- mv_leaderboard_builders reads those counts, so its rows of them are recomputed by the next
--- batch, like any other change.
+-- Owners whose phase-1 counts a repair or backfill rewrote (all owners with user_ids NULL), and
+-- their projects, whose project_stats rows the same repair rewrote: mv_leaderboard_builders
+-- reads the owners' counts and the project views the projects' counts, so their rows are
+-- recomputed by the next batch, like any other change.
 INSERT INTO mv_change_log (changed_at, entity, entity_id)
 SELECT clock_timestamp(), 'owner', o.id
 FROM (SELECT unnest(%(user_ids)s::bigint[]) AS id
       WHERE %(user_ids)s::bigint[] IS NOT NULL
       UNION
-      SELECT DISTINCT owner_id FROM projects WHERE %(user_ids)s::bigint[] IS NULL) o;
+      SELECT DISTINCT owner_id FROM projects WHERE %(user_ids)s::bigint[] IS NULL) o
+UNION ALL
+SELECT clock_timestamp(), 'project_votes', p.id
+FROM projects p
+WHERE %(user_ids)s::bigint[] IS NULL OR p.owner_id = ANY (%(user_ids)s::bigint[]);
+
+-- name: log_projects_changed --
+-- Projects whose project_stats rows a repair rewrote: the project views read those counts.
+INSERT INTO mv_change_log (changed_at, entity, entity_id)
+SELECT clock_timestamp(), 'project_votes', unnest(%(project_ids)s::bigint[]);
 
 -- name: log_batch --
 -- One row per applied batch or full build: its oldest change, and the relation's changes
