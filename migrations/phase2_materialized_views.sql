@@ -582,10 +582,18 @@ LEFT JOIN (
     WHERE keys IS NULL OR chain_id = ANY (keys)
     GROUP BY chain_id
 ) po ON po.chain_id = c.id
+-- each post's newest reply, one probe of chain_post_replies_post_newest_idx (phase 4) per post:
+-- joined with every reply, a batch read all 600k replies at `large` (0.4 s for the 3 largest
+-- chains)
 LEFT JOIN (
-    SELECT cp.chain_id, max(r.created_at) AS last_reply_at
-    FROM chain_post_replies r
-    JOIN chain_posts cp ON cp.id = r.post_id
+    SELECT cp.chain_id, max(lr.created_at) AS last_reply_at
+    FROM chain_posts cp
+    CROSS JOIN LATERAL (
+        SELECT r.created_at FROM chain_post_replies r
+        WHERE r.post_id = cp.id
+        ORDER BY r.created_at DESC
+        LIMIT 1
+    ) lr
     WHERE keys IS NULL OR cp.chain_id = ANY (keys)
     GROUP BY cp.chain_id
 ) r ON r.chain_id = c.id
