@@ -169,6 +169,10 @@ $$;
 
 -- The other tables: one function per table for INSERT, UPDATE and DELETE (OLD is NULL on
 -- INSERT, NEW on DELETE).
+-- A project's chain is logged only when the write changes what the chains page reads of it
+-- (its chain, whether it is live, its created_at): a batch of the chains page recounts each
+-- chain it touches, members and all (338k members in the largest at `large`), and most project
+-- writes (a title, an owner) change none of it.
 CREATE OR REPLACE FUNCTION opskit_mv_log_projects() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -178,7 +182,10 @@ BEGIN
                  ('owner', NEW.owner_id), ('owner', OLD.owner_id),
                  ('chain_activity', NEW.chain_id), ('chain_activity', OLD.chain_id))
          AS c (entity, entity_id)
-    WHERE c.entity_id IS NOT NULL;
+    WHERE c.entity_id IS NOT NULL
+      AND (c.entity <> 'chain_activity' OR TG_OP <> 'UPDATE'
+           OR (OLD.chain_id, OLD.deleted_at IS NULL, OLD.created_at)
+              IS DISTINCT FROM (NEW.chain_id, NEW.deleted_at IS NULL, NEW.created_at));
     RETURN NULL;
 END
 $$;
