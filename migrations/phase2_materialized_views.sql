@@ -23,8 +23,11 @@ SET statement_timeout = '15min';
 --      them to the relation's keys with <relation>_keys(entities, ids), DELETE those keys' rows
 --      and INSERT <relation>_def(keys). A change that commits during a batch is not in its
 --      snapshot and stays pending; a killed daemon rolls back and loses nothing.
--- Every definition reads the app tables only (never phase1's relations, never another
--- relation here), so this phase does not depend on phase1 and no relation waits for another.
+-- No definition reads another relation here, so no relation waits for another. The counts of
+-- a project (votes, comments) come from phase1's project_stats and those of an owner from its
+-- user_dashboard_stats, equal to the truth in every transaction: a batch then costs a few index
+-- probes per key, not a recount of the key's votes (the most voted project at `large` has
+-- 157k votes and 39k comments, and the soak's writers vote on it all the time).
 --
 -- No transaction: the change-log triggers are created (and committed) before the relations are
 -- built, so every write is either in a build's snapshot or in the log, without holding the
@@ -166,6 +169,10 @@ $$;
 
 -- The other tables: one function per table for INSERT, UPDATE and DELETE (OLD is NULL on
 -- INSERT, NEW on DELETE).
+-- A project's chain is logged only when the write changes what the chains page reads of it
+-- (its chain, whether it is live, its created_at): a batch of the chains page recounts each
+-- chain it touches, members and all (338k members in the largest at `large`), and most project
+-- writes (a title, an owner) change none of it.
 CREATE OR REPLACE FUNCTION opskit_mv_log_projects() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -175,7 +182,10 @@ BEGIN
                  ('owner', NEW.owner_id), ('owner', OLD.owner_id),
                  ('chain_activity', NEW.chain_id), ('chain_activity', OLD.chain_id))
          AS c (entity, entity_id)
-    WHERE c.entity_id IS NOT NULL;
+    WHERE c.entity_id IS NOT NULL
+      AND (c.entity <> 'chain_activity' OR TG_OP <> 'UPDATE'
+           OR (OLD.chain_id, OLD.deleted_at IS NULL, OLD.created_at)
+              IS DISTINCT FROM (NEW.chain_id, NEW.deleted_at IS NULL, NEW.created_at));
     RETURN NULL;
 END
 $$;
@@ -358,13 +368,19 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT score / power(greatest(date_part('epoch', as_of - created_at) / 3600, 0) + 2, 1.8::float8)
 $$;
 
--- The one instant every stored trending score is for. A per-key apply scores its rows for this
--- instant, so all rows always share it (a trending answer carries it as its as_of) while their
--- counts are as fresh as the last batch. Once it is older than OPSKIT_TRENDING_MAX_AGE_S the
--- daemon moves it to now() and re-scores every row in one transaction (opskit/refresh.py).
+-- The instant the stored trending scores are for. A per-key apply scores its rows for it, so
+-- all rows share it (a trending answer carries it as its as_of) while their counts are as fresh
+-- as the last batch. Once it is older than OPSKIT_TRENDING_MAX_AGE_S the daemon moves the rows
+-- to a new instant, rescoring_to, in bounded chunks by project_id (opskit/engine/refresh.py): a
+-- row whose project_id <= rescored_through is scored for rescoring_to, the others still for
+-- scored_at; when every row has moved, scored_at takes rescoring_to and both are cleared. One
+-- transaction for all rows held up the feed's batches for seconds at `large` (14.8 s). While
+-- rows are moving, the API ranks for scored_at at read time (opskit/sql/endpoints.sql).
 CREATE TABLE IF NOT EXISTS mv_feed_scoring (
-    single    boolean PRIMARY KEY DEFAULT true CHECK (single),
-    scored_at timestamptz NOT NULL
+    single           boolean PRIMARY KEY DEFAULT true CHECK (single),
+    scored_at        timestamptz NOT NULL,
+    rescoring_to     timestamptz,
+    rescored_through bigint
 );
 INSERT INTO mv_feed_scoring (scored_at) VALUES (now()) ON CONFLICT DO NOTHING;
 
@@ -405,31 +421,21 @@ SELECT p.id,
        c.slug,
        c.name,
        p.created_at,
-       coalesce(v.upvotes, 0),
-       coalesce(v.downvotes, 0),
-       coalesce(v.upvotes, 0) - coalesce(v.downvotes, 0),
-       coalesce(cm.comments_count, 0),
-       s.scored_at,
-       opskit_trending_score(coalesce(v.upvotes, 0) - coalesce(v.downvotes, 0), p.created_at,
-                             s.scored_at)
+       st.upvotes,
+       st.downvotes,
+       st.upvotes - st.downvotes,
+       st.comments,
+       i.scored_at,
+       opskit_trending_score(st.upvotes - st.downvotes, p.created_at, i.scored_at)
 FROM projects p
 JOIN users u ON u.id = p.owner_id
 CROSS JOIN mv_feed_scoring s
+-- the row's instant: the new one once a re-scoring has moved its project_id
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN p.id <= s.rescored_through THEN s.rescoring_to ELSE s.scored_at END
+) i (scored_at)
 LEFT JOIN chains c ON c.id = p.chain_id
-LEFT JOIN (
-    SELECT project_id,
-           count(*) FILTER (WHERE vote_type = 'up')   AS upvotes,
-           count(*) FILTER (WHERE vote_type = 'down') AS downvotes
-    FROM votes
-    WHERE keys IS NULL OR project_id = ANY (keys)
-    GROUP BY project_id
-) v ON v.project_id = p.id
-LEFT JOIN (
-    SELECT project_id, count(*) AS comments_count
-    FROM comments
-    WHERE keys IS NULL OR project_id = ANY (keys)
-    GROUP BY project_id
-) cm ON cm.project_id = p.id
+CROSS JOIN LATERAL (SELECT * FROM project_stats ps WHERE ps.project_id = p.id OFFSET 0) st
 WHERE p.deleted_at IS NULL AND (keys IS NULL OR p.id = ANY (keys))
 $$;
 
@@ -471,26 +477,13 @@ SELECT p.id,
        p.title,
        p.owner_id,
        u.username,
-       coalesce(v.upvotes, 0),
-       coalesce(v.downvotes, 0),
-       coalesce(v.upvotes, 0) - coalesce(v.downvotes, 0),
-       coalesce(cm.comments_count, 0)
+       st.upvotes,
+       st.downvotes,
+       st.upvotes - st.downvotes,
+       st.comments
 FROM projects p
 JOIN users u ON u.id = p.owner_id
-LEFT JOIN (
-    SELECT project_id,
-           count(*) FILTER (WHERE vote_type = 'up')   AS upvotes,
-           count(*) FILTER (WHERE vote_type = 'down') AS downvotes
-    FROM votes
-    WHERE keys IS NULL OR project_id = ANY (keys)
-    GROUP BY project_id
-) v ON v.project_id = p.id
-LEFT JOIN (
-    SELECT project_id, count(*) AS comments_count
-    FROM comments
-    WHERE keys IS NULL OR project_id = ANY (keys)
-    GROUP BY project_id
-) cm ON cm.project_id = p.id
+CROSS JOIN LATERAL (SELECT * FROM project_stats ps WHERE ps.project_id = p.id OFFSET 0) st
 WHERE p.deleted_at IS NULL AND (keys IS NULL OR p.id = ANY (keys))
 $$;
 
@@ -596,10 +589,18 @@ LEFT JOIN (
     WHERE keys IS NULL OR chain_id = ANY (keys)
     GROUP BY chain_id
 ) po ON po.chain_id = c.id
+-- each post's newest reply, one probe of chain_post_replies_post_newest_idx (phase 4) per post:
+-- joined with every reply, a batch read all 600k replies at `large` (0.4 s for the 3 largest
+-- chains)
 LEFT JOIN (
-    SELECT cp.chain_id, max(r.created_at) AS last_reply_at
-    FROM chain_post_replies r
-    JOIN chain_posts cp ON cp.id = r.post_id
+    SELECT cp.chain_id, max(lr.created_at) AS last_reply_at
+    FROM chain_posts cp
+    CROSS JOIN LATERAL (
+        SELECT r.created_at FROM chain_post_replies r
+        WHERE r.post_id = cp.id
+        ORDER BY r.created_at DESC
+        LIMIT 1
+    ) lr
     WHERE keys IS NULL OR cp.chain_id = ANY (keys)
     GROUP BY cp.chain_id
 ) r ON r.chain_id = c.id
@@ -658,51 +659,37 @@ SELECT p.id,
        p.chain_id,
        c.slug,
        c.name,
-       coalesce(v.upvotes, 0),
-       coalesce(v.downvotes, 0),
-       coalesce(v.upvotes, 0) - coalesce(v.downvotes, 0),
-       coalesce(cm.comments_count, 0),
-       coalesce(rc.recent_comments, '[]'::jsonb)
+       st.upvotes,
+       st.downvotes,
+       st.upvotes - st.downvotes,
+       st.comments,
+       rc.recent_comments
 FROM projects p
 JOIN users u ON u.id = p.owner_id
 LEFT JOIN chains c ON c.id = p.chain_id
-LEFT JOIN (
-    SELECT project_id,
-           count(*) FILTER (WHERE vote_type = 'up')   AS upvotes,
-           count(*) FILTER (WHERE vote_type = 'down') AS downvotes
-    FROM votes
-    WHERE keys IS NULL OR project_id = ANY (keys)
-    GROUP BY project_id
-) v ON v.project_id = p.id
-LEFT JOIN (
-    SELECT project_id, count(*) AS comments_count
-    FROM comments
-    WHERE keys IS NULL OR project_id = ANY (keys)
-    GROUP BY project_id
-) cm ON cm.project_id = p.id
-LEFT JOIN (
-    SELECT ranked.project_id,
-           jsonb_agg(
+CROSS JOIN LATERAL (SELECT * FROM project_stats ps WHERE ps.project_id = p.id OFFSET 0) st
+-- the five newest: one range of comments_project_newest_idx (phase 4) per project
+CROSS JOIN LATERAL (
+    SELECT coalesce(jsonb_agg(
                jsonb_build_object(
-                   'id', ranked.id,
-                   'user_id', ranked.user_id,
+                   'id', r.id,
+                   'user_id', r.user_id,
                    'username', cu.username,
-                   'body', ranked.body,
+                   'body', r.body,
                    'created_at',
-                   to_char(ranked.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                   to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
                )
-               ORDER BY ranked.created_at DESC, ranked.id DESC
-           ) AS recent_comments
+               ORDER BY r.created_at DESC, r.id DESC
+           ), '[]'::jsonb)
     FROM (
-        SELECT id, project_id, user_id, body, created_at,
-               row_number() OVER (PARTITION BY project_id ORDER BY created_at DESC, id DESC) AS n
-        FROM comments
-        WHERE keys IS NULL OR project_id = ANY (keys)
-    ) ranked
-    JOIN users cu ON cu.id = ranked.user_id
-    WHERE ranked.n <= 5
-    GROUP BY ranked.project_id
-) rc ON rc.project_id = p.id
+        SELECT id, user_id, body, created_at
+        FROM comments cm
+        WHERE cm.project_id = p.id
+        ORDER BY created_at DESC, id DESC
+        LIMIT 5
+    ) r
+    JOIN users cu ON cu.id = r.user_id
+) rc (recent_comments)
 WHERE p.deleted_at IS NULL AND (keys IS NULL OR p.id = ANY (keys))
 $$;
 

@@ -5,7 +5,8 @@ SET statement_timeout = '1h';  -- the word index's first build: ~13 min at large
 -- phase3_search_and_forums: trigram search over projects, people and chains, the chain forum
 -- listing and the investors directory (docs/interface.md §7). Same design as phase2: tables maintained
 -- per key from phase2's change log, one definition each (<relation>_def, <relation>_keys),
--- triggers committed before the builds. Needs phase2's change log, not phase1.
+-- triggers committed before the builds. Needs phase2's change log, and phase1's project_stats
+-- (a project's popularity, as in phase2).
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
@@ -110,18 +111,9 @@ FROM (
            p.title,
            p.tagline,
            lower(concat_ws(' ', p.title, p.tagline, array_to_string(p.tags, ' '))),
-           coalesce(v.score, 0)::bigint
+           st.upvotes - st.downvotes
     FROM projects p
-    LEFT JOIN (
-        SELECT project_id,
-               count(*) FILTER (WHERE vote_type = 'up') - count(*) FILTER (WHERE vote_type = 'down')
-                   AS score
-        FROM votes
-        WHERE keys IS NULL
-           OR project_id = ANY (ARRAY(SELECT k.key FROM unnest(kinds, keys) AS k (kind, key)
-                                WHERE k.kind = 'project'))
-        GROUP BY project_id
-    ) v ON v.project_id = p.id
+    CROSS JOIN LATERAL (SELECT * FROM project_stats ps WHERE ps.project_id = p.id OFFSET 0) st
     WHERE p.deleted_at IS NULL
       AND (keys IS NULL
            OR p.id = ANY (ARRAY(SELECT k.key FROM unnest(kinds, keys) AS k (kind, key)
@@ -225,6 +217,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     emptied text[];
 BEGIN
+    -- The pair test alone, a subquery under OR, stays a filter even once `keys IS NULL` is
+    -- folded away: every batch read all of mv_search_index and search_synced (1.2M rows each
+    -- at `large`, 5 s). The two `= ANY` probe their primary keys; the pair test then drops
+    -- the pairs of one key with another's kind.
     CREATE TEMP TABLE search_changed ON COMMIT DROP AS
     SELECT coalesce(v.kind, s.kind)           AS kind,
            coalesce(v.entity_id, s.entity_id) AS entity_id,
@@ -236,10 +232,12 @@ BEGIN
            v.popularity                       AS new_popularity
     FROM (SELECT * FROM mv_search_index i
           WHERE keys IS NULL
-             OR (i.kind, i.entity_id) IN (SELECT * FROM unnest(kinds, keys))) v
+             OR (i.kind = ANY (kinds) AND i.entity_id = ANY (keys)
+                 AND (i.kind, i.entity_id) IN (SELECT * FROM unnest(kinds, keys)))) v
     FULL JOIN (SELECT * FROM search_synced y
                WHERE keys IS NULL
-                  OR (y.kind, y.entity_id) IN (SELECT * FROM unnest(kinds, keys))) s
+                  OR (y.kind = ANY (kinds) AND y.entity_id = ANY (keys)
+                      AND (y.kind, y.entity_id) IN (SELECT * FROM unnest(kinds, keys)))) s
         ON s.kind = v.kind AND s.entity_id = v.entity_id
     WHERE v.words IS DISTINCT FROM s.words OR v.name_words IS DISTINCT FROM s.name_words
        OR v.popularity IS DISTINCT FROM s.popularity;

@@ -14,9 +14,10 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS projects_owner_live_idx
 -- feed sort=newest (before): live projects newest first, keyset-friendly
 CREATE INDEX CONCURRENTLY IF NOT EXISTS projects_live_newest_idx
     ON projects (created_at DESC, id DESC) WHERE deleted_at IS NULL;
--- chains discovery (before): live projects per chain
+-- chains discovery (before, and the daemon's batches of mv_chains_discovery): live projects
+-- per chain and the newest, index-only (without created_at, 14.5k heap pages for 80 chains)
 CREATE INDEX CONCURRENTLY IF NOT EXISTS projects_chain_live_idx
-    ON projects (chain_id) WHERE deleted_at IS NULL;
+    ON projects (chain_id, created_at) WHERE deleted_at IS NULL;
 -- No index here names votes.vote_type: a flip could not be a HOT update and every vote insert
 -- would pay one more entry, for before-mode counts only (docs/measurements.md, "Write cost").
 -- project page (before): newest comments of a project

@@ -192,7 +192,8 @@ class Endpoints:
         whether they upvoted it (401 when the viewer's user is gone).
 
         Without `as_of`, before mode scores for now and after mode answers with the scores its
-        last refresh stored (for mv_feed_projects.scored_at); the answer's as_of says which.
+        last refresh stored (for mv_feed_projects.scored_at), or, while the daemon moves them to
+        a new instant, ranks for the old one; the answer's as_of says which.
         """
         if self.mode == "before" and as_of is None:
             as_of = datetime.now(UTC)
@@ -207,6 +208,9 @@ class Endpoints:
             query = _ordered(f"feed_{self.mode}", FEED_ORDERS[sort])
         rows = await _rows_for_viewer(conn, viewer_id, query, params)
         if self.mode == "after":
+            moving_from = {row.pop("rescoring_from", None) for row in rows} - {None}
+            if as_of is None and moving_from:  # the stored scores hold two instants: rank
+                return await self.feed(conn, sort, moving_from.pop(), page, viewer_id)
             as_of = await self._after_as_of(conn, rows, as_of)
         response = page.envelope(rows, sort=sort, as_of=as_of)
         if viewer_id is not None:

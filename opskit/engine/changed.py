@@ -319,6 +319,7 @@ def _repair_relation(conn: psycopg.Connection, name: str, drifted: list[str]) ->
         statement = sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(step.function))
         for lo, hi in reconcile.id_ranges(ids, reconcile.REPAIR_BATCH_IDS):
             conn.execute(statement, (lo, hi))
+        refresh.note_projects_changed(conn, ids)
         params: dict = {"project_ids": ids}
     elif name == "message_conversations_denorm":
         reconcile.repair_relation(conn, SPECS[name], ids)

@@ -40,6 +40,10 @@ LOCK_SPACE_ROUTER = 0x6F707372  # "opsr": one router at a time
 BACKOFF_MAX_S = 300.0  # a failing relation is retried at most this long after its last failure
 BATCH_CHANGES = 5_000  # pending changes per batch: bounds a batch after an outage
 APPLY_BUDGET_S = 2.0  # one apply_view call stops starting batches after this long
+# Trending's re-scoring moves this many feed rows per transaction, and one apply_view call of
+# the feed stops starting such chunks after RESCORE_BUDGET_S (its batches wait that long).
+RESCORE_CHUNK_ROWS = 5_000
+RESCORE_BUDGET_S = 0.5
 VACUUM_LOG_AFTER_ROWS = 1_000  # see fold.VACUUM_AFTER_ROWS: the log churns like a queue
 # Tables derived from a relation, brought up to date in the same transaction as the relation's
 # rows for the same keys (the named block of refresh.sql that does it): search's word index.
@@ -210,8 +214,9 @@ def apply_view(
 ) -> RefreshRun:
     """Apply `view`'s pending changes in batches until none is left or APPLY_BUDGET_S is spent.
 
-    `conn` autocommits. Takes the view's lock and a slot (else the run is 'skipped'); re-scores
-    trending first when the feed's scores are older than OPSKIT_TRENDING_MAX_AGE_S.
+    `conn` autocommits. Takes the view's lock and a slot (else the run is 'skipped'); for the
+    feed, first moves part of its rows to a new trending instant when theirs is older than
+    OPSKIT_TRENDING_MAX_AGE_S (rescore_trending).
     """
     spec = MAINTAINED[view]
     return _locked(
@@ -279,7 +284,7 @@ def _apply_batches(
 ) -> RefreshRun:
     started = time.monotonic()
     if spec.name == FEED:
-        rescore_trending_if_old(conn, settings.trending_max_age_s)
+        rescore_trending(conn, settings.trending_max_age_s, RESCORE_BUDGET_S)
     batches, changes, keys, worst, pending_after = 0, 0, 0, None, None
     while True:
         try:
@@ -313,10 +318,22 @@ def _apply_batches(
 
 def note_owners_changed(conn: psycopg.Connection, user_ids: list[int] | None) -> None:
     """Log owners whose phase-1 counts were rewritten behind the triggers' back (a repair, a
-    backfill; every owner with None) so the builders' leaderboard, which reads those counts,
-    recomputes their rows. Nothing to do before phase 2 (no change log)."""
-    if conn.execute("SELECT to_regclass('mv_change_log') IS NOT NULL").fetchone()[0]:
+    backfill; every owner with None), and their projects, so the views that read those counts
+    (the builders' leaderboard, the project views) recompute their rows. Nothing to do before
+    phase 2 (no change log)."""
+    if _has_change_log(conn):
         conn.execute(queries("refresh.sql")["log_owners_changed"], {"user_ids": user_ids})
+
+
+def note_projects_changed(conn: psycopg.Connection, project_ids: list[int]) -> None:
+    """Log projects whose project_stats rows a repair rewrote, so the project views, which read
+    those counts, recompute their rows."""
+    if _has_change_log(conn):
+        conn.execute(queries("refresh.sql")["log_projects_changed"], {"project_ids": project_ids})
+
+
+def _has_change_log(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regclass('mv_change_log') IS NOT NULL").fetchone()[0]
 
 
 def _begin_batch(conn: psycopg.Connection) -> None:
@@ -443,19 +460,25 @@ def _log_failure(conn: psycopg.Connection, view: str, kind: str, message: str) -
         log.warning("could not log the failure of %s: %s", view, first_line(err))
 
 
-def rescore_trending_if_old(conn: psycopg.Connection, max_age_s: float) -> bool:
-    """Move the feed's trending instant to now() and re-score every row, if it is older than
-    `max_age_s`; one transaction, run while holding the feed's lock. True when it did."""
+def rescore_trending(conn: psycopg.Connection, max_age_s: float, budget_s: float) -> int:
+    """Move the feed's rows to a new trending instant once theirs is older than `max_age_s`, in
+    chunks of RESCORE_CHUNK_ROWS rows, one transaction each, until every row has moved or
+    `budget_s` is spent (the next call goes on); run while holding the feed's lock. The rows
+    moved."""
     refresh_sql = queries("refresh.sql")
-    with conn.transaction():
-        moved = conn.execute(
-            refresh_sql["move_trending_instant_if_old"], {"max_age_s": max_age_s}
-        ).fetchone()
-        if moved is None:
-            return False
-        conn.execute(refresh_sql["rescore_trending"])
-        conn.execute(refresh_sql["notify_changed"], {"view": FEED})
-    return True
+    conn.execute(refresh_sql["start_trending_rescore"], {"max_age_s": max_age_s})
+    started, moved = time.monotonic(), 0
+    while True:
+        with conn.transaction():
+            chunk = conn.execute(
+                refresh_sql["rescore_trending_chunk"], {"chunk": RESCORE_CHUNK_ROWS}
+            ).fetchone()
+            if chunk is None:  # no re-scoring under way
+                return moved
+            conn.execute(refresh_sql["notify_changed"], {"view": FEED})
+        moved += chunk[0]
+        if chunk[0] < RESCORE_CHUNK_ROWS or time.monotonic() - started > budget_s:
+            return moved
 
 
 def _vacuum(conn: psycopg.Connection, view: str) -> None:

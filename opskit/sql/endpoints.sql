@@ -102,7 +102,9 @@ LIMIT %(limit)s OFFSET %(offset)s;
 -- stored column, an index scan of mv_feed_projects_trending_idx (endpoints.py's
 -- STORED_TRENDING_ORDER); an explicit as_of is ranked by feed_trending_as_of_after. Every
 -- after-mode feed query also returns scored_at, the instant of the stored scores (endpoints.py
--- takes it off the rows).
+-- takes it off the rows). While the daemon moves the rows to a new instant, chunk by chunk
+-- (mv_feed_scoring), they hold two: rescoring_from, read in the same snapshot, is then the
+-- old one, and endpoints.py asks again with it as an explicit as_of.
 -- name: feed_after --
 SELECT project_id AS id,
        title,
@@ -123,7 +125,8 @@ SELECT project_id AS id,
             ELSE score / power(greatest(date_part('epoch', %(as_of)s::timestamptz - created_at)
                                         / 3600, 0) + 2, 1.8::float8)
        END AS trending_score,
-       scored_at
+       scored_at,
+       (SELECT scored_at FROM mv_feed_scoring WHERE rescoring_to IS NOT NULL) AS rescoring_from
 FROM mv_feed_projects
 ORDER BY {order_by}
 LIMIT %(limit)s OFFSET %(offset)s;

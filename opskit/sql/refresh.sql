@@ -70,8 +70,10 @@ WHERE f.failures = 0
 ORDER BY p.oldest;
 
 -- name: trending_is_old --
--- Whether the feed's stored trending scores are older than the max age.
+-- Whether the feed's stored trending scores are older than the max age, or are being moved to
+-- a new instant.
 SELECT coalesce((SELECT scored_at < now() - make_interval(secs => %(max_age_s)s)
+                        OR rescoring_to IS NOT NULL
                  FROM mv_feed_scoring), false);
 
 -- name: claim_pending --
@@ -113,15 +115,25 @@ DELETE FROM {view};
 INSERT INTO {view} SELECT * FROM {definition}(NULL, NULL);
 
 -- name: log_owners_changed --
--- Owners whose phase-1 counts a repair or backfill rewrote (all owners with user_ids NULL):
--- mv_leaderboard_builders reads those counts, so its rows of them are recomputed by the next
--- batch, like any other change.
+-- Owners whose phase-1 counts a repair or backfill rewrote (all owners with user_ids NULL), and
+-- their projects, whose project_stats rows the same repair rewrote: mv_leaderboard_builders
+-- reads the owners' counts and the project views the projects' counts, so their rows are
+-- recomputed by the next batch, like any other change.
 INSERT INTO mv_change_log (changed_at, entity, entity_id)
 SELECT clock_timestamp(), 'owner', o.id
 FROM (SELECT unnest(%(user_ids)s::bigint[]) AS id
       WHERE %(user_ids)s::bigint[] IS NOT NULL
       UNION
-      SELECT DISTINCT owner_id FROM projects WHERE %(user_ids)s::bigint[] IS NULL) o;
+      SELECT DISTINCT owner_id FROM projects WHERE %(user_ids)s::bigint[] IS NULL) o
+UNION ALL
+SELECT clock_timestamp(), 'project_votes', p.id
+FROM projects p
+WHERE %(user_ids)s::bigint[] IS NULL OR p.owner_id = ANY (%(user_ids)s::bigint[]);
+
+-- name: log_projects_changed --
+-- Projects whose project_stats rows a repair rewrote: the project views read those counts.
+INSERT INTO mv_change_log (changed_at, entity, entity_id)
+SELECT clock_timestamp(), 'project_votes', unnest(%(project_ids)s::bigint[]);
 
 -- name: log_batch --
 -- One row per applied batch or full build: its oldest change, and the relation's changes
@@ -153,19 +165,44 @@ VALUES (%(view)s, %(kind)s, clock_timestamp(), clock_timestamp(), 0, 'failed', %
 DELETE FROM mv_refresh_log WHERE refresh_started_at < now() - interval '25 hours';
 
 -- name: move_trending_instant --
-UPDATE mv_feed_scoring SET scored_at = now();
+-- A full build scores every row for now(): any re-scoring under way is over.
+UPDATE mv_feed_scoring SET scored_at = now(), rescoring_to = NULL, rescored_through = NULL;
 
--- name: move_trending_instant_if_old --
-UPDATE mv_feed_scoring SET scored_at = now()
-WHERE scored_at < now() - make_interval(secs => %(max_age_s)s)
-RETURNING scored_at;
+-- name: start_trending_rescore --
+-- Old scores get a new instant to move to; no row moves yet (rescore_trending_chunk does).
+UPDATE mv_feed_scoring SET rescoring_to = now()
+WHERE rescoring_to IS NULL AND scored_at < now() - make_interval(secs => %(max_age_s)s)
+RETURNING rescoring_to;
 
--- name: rescore_trending --
--- Every stored score for the new instant, with the counts the rows already hold.
-UPDATE mv_feed_projects f
-SET scored_at = s.scored_at,
-    trending_score = opskit_trending_score(f.score, f.created_at, s.scored_at)
-FROM mv_feed_scoring s;
+-- name: rescore_trending_chunk --
+-- The next `chunk` rows by project_id, scored for the new instant with the counts they hold;
+-- the number moved. Fewer than `chunk`: every row has moved, and scored_at takes the new
+-- instant. Run under the feed's lock, so no batch adds a row behind the pointer meanwhile.
+WITH s AS (
+    SELECT rescoring_to, rescored_through FROM mv_feed_scoring WHERE rescoring_to IS NOT NULL
+), chunk AS (
+    SELECT f.project_id
+    FROM mv_feed_projects f, s
+    WHERE s.rescored_through IS NULL OR f.project_id > s.rescored_through
+    ORDER BY f.project_id
+    LIMIT %(chunk)s
+), moved AS (
+    UPDATE mv_feed_projects f
+    SET scored_at = s.rescoring_to,
+        trending_score = opskit_trending_score(f.score, f.created_at, s.rescoring_to)
+    FROM s, chunk c
+    WHERE f.project_id = c.project_id
+    RETURNING f.project_id
+), counted AS (
+    SELECT count(*) AS rows, max(project_id) AS through FROM moved
+)
+UPDATE mv_feed_scoring g
+SET scored_at = CASE WHEN c.rows < %(chunk)s THEN g.rescoring_to ELSE g.scored_at END,
+    rescoring_to = CASE WHEN c.rows < %(chunk)s THEN NULL ELSE g.rescoring_to END,
+    rescored_through = CASE WHEN c.rows < %(chunk)s THEN NULL ELSE c.through END
+FROM counted c
+WHERE g.rescoring_to IS NOT NULL
+RETURNING c.rows;
 
 -- name: try_lock --
 SELECT pg_try_advisory_lock(%(space)s, %(key)s);

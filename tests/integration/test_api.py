@@ -238,6 +238,41 @@ def test_without_as_of_after_mode_answers_for_its_last_refresh_and_before_mode_a
             refresh.refresh(migrated_db_url, aged, views=["mv_feed_projects"])
     # A vote's apply scores its rows for the stored instant; the re-scoring moves it for all.
     assert instants[0] == instants[1] < instants[2]
+
+
+def test_while_the_rows_move_to_a_new_instant_after_mode_ranks_for_the_old_one(
+    clients, migrated_db_url, monkeypatch
+):
+    """The re-scoring moves the feed's rows chunk by chunk; meanwhile they hold two instants,
+    and after mode answers for the old one, exactly as before mode does at it."""
+    monkeypatch.setattr(refresh, "RESCORE_CHUNK_ROWS", 7)
+    requests = [
+        f"/api/projects?sort={sort}&{page}"
+        for sort, page in itertools.product(
+            ("trending", "newest", "top"), ("per_page=100", "page=2&per_page=5")
+        )
+    ]
+    with psycopg.connect(migrated_db_url, autocommit=True) as conn:
+        old = conn.execute("SELECT scored_at FROM mv_feed_scoring").fetchone()[0]
+        time.sleep(1.1)
+        assert refresh.rescore_trending(conn, 1, budget_s=0) == 7  # one chunk, then the budget
+        instants = {row[0] for row in conn.execute("SELECT scored_at FROM mv_feed_projects")}
+        assert len(instants) == 2 and old in instants
+        old_text = old.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        for path in requests:
+            after = clients["after"].get(path).json()
+            assert after["as_of"] == old_text, path
+            assert clients["before"].get(with_params(path, {"as_of": old_text})).json() == after
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            assert refresh.diff_against_definition(conn, "mv_feed_projects").differing == []
+        refresh.rescore_trending(conn, 1, budget_s=60)
+        (new,) = {row[0] for row in conn.execute("SELECT scored_at FROM mv_feed_projects")}
+        assert new > old
+        assert conn.execute("SELECT scored_at, rescoring_to FROM mv_feed_scoring").fetchone() == (
+            new,
+            None,
+        )
     trending = clients["after"].get("/api/projects?per_page=100").json()
     scores = [item["trending_score"] for item in trending["items"]]
     assert scores == sorted(scores, reverse=True) and len(set(scores)) > 10

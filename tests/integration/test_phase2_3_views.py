@@ -484,6 +484,13 @@ def test_writes_log_what_they_changed_and_nothing_else(db):
             *([("chain_activity", old_chain)] if old_chain else []),
         }
         conn.execute("DELETE FROM mv_change_log")
+        # a project write that leaves its chain, liveness and created_at alone: not the chain's
+        conn.execute(
+            "UPDATE projects SET title = title || '!' "
+            "WHERE id = (SELECT min(id) FROM projects WHERE chain_id IS NOT NULL)"
+        )
+        assert {entity for entity, _ in logged(conn)} == {"project", "owner"}
+        conn.execute("DELETE FROM mv_change_log")
         conn.execute("UPDATE chain_posts SET chain_id = 3 WHERE id = 1 AND chain_id <> 3")
         conn.execute("INSERT INTO follows VALUES (3, 4) ON CONFLICT DO NOTHING")
         conn.execute("UPDATE intro_requests SET status = 'declined' WHERE id = 1")

@@ -220,6 +220,11 @@ def test_drift_on_touched_keys_is_found_in_full_and_fixed(
             assert check["fixed"] == check["drift"] and check["remaining"] == 0, check
     code, after = run("--changed")
     assert (code, after["drift_total"]) == (0, 0), after
+    # the project views read project_stats: its repair logged the project, a batch followed
+    upvotes = "SELECT upvotes FROM mv_project_details WHERE project_id = %s"
+    truth = "SELECT count(*) FROM votes WHERE project_id = %s AND vote_type = 'up'"
+    _settle(db, migrated_db_url, settings)
+    assert _one(db, upvotes, (project,))[0] == _one(db, truth, (project,))[0]
 
 
 def test_concurrent_writes_give_no_false_drift(db, migrated_db_url, settings, redis_url, run):
