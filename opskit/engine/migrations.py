@@ -259,6 +259,10 @@ def migrate(
                 grant(conn, grantees, [p for p in phases if p.name in ledger])
         pending = [p for p in phases if p.name not in ledger and _phase_index(p.name) <= target]
         last_runs = lock_runs(conn, "up") if dry_run else {}
+        if pending and not dry_run:
+            # More processes per index build: on a busy server each gets about an equal share
+            # of the CPU (docs/migrations.md, "Under load").
+            conn.execute(queries("migrations.sql")["raise_build_settings"])
         for phase in pending:
             if dry_run:
                 result.plan.extend(_plan(phase))
