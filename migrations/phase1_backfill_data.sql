@@ -656,11 +656,11 @@ SELECT opskit_backfill_plan(250, 5000);
 -- write, and they all take the dashboard's advisory lock, so they could not overlap anyway.
 CALL opskit_backfill_queued(ARRAY['project_stats']);
 
--- Then every other batch in three sessions at once. On a busy server each backend gets about
--- an equal share of the CPU, so the backfill's share grows with its sessions (alone on 2 cores
--- it gets no more than 2). Batches of different users never wait for each other; the dashboard
+-- Then every other batch in two sessions at once. On a busy server each backend gets about an
+-- equal share of the CPU, so the backfill's share grows with its sessions (three took more from
+-- the app: docs/migrations.md, "Under load"). Batches of different users never wait for each other; the dashboard
 -- batches (advisory lock) and the intro batches (their own) take turns, a batch at a time.
--- opskit: sessions 3
+-- opskit: sessions 2
 CALL opskit_backfill_queued(NULL);
 
 -- Fresh planner statistics for what the backfill wrote: without them the planner guessed ~2,500
