@@ -5,7 +5,10 @@ SET statement_timeout = '15min';
 -- phase1_denormalized_tables keep them exact, and undoing that phase drops them. App tables and
 -- their rows are not touched.
 
-DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);
+DROP PROCEDURE IF EXISTS opskit_backfill_queued(text[]);
+DROP FUNCTION IF EXISTS opskit_backfill_plan(bigint, bigint);
+DROP TABLE IF EXISTS opskit_backfill_batches;
+DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_owner_totals(bigint, bigint);

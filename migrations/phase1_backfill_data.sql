@@ -19,8 +19,9 @@ SET statement_timeout = '1h';
 --                                                                  projects: a targeted repair)
 --   opskit_backfill_intro_request_stats(lo, hi)      user ids
 --   opskit_backfill_message_conversations(lo, hi)    user ids
--- and the procedure opskit_backfill_in_batches(batch_size) runs them all over every id, one
--- batch per transaction.
+-- and opskit_backfill_plan(batch_size, messages_per_batch) plans the batches of every id, which
+-- the procedure opskit_backfill_queued(steps) runs, one batch per transaction, in as many
+-- sessions as call it.
 --
 -- Why a write racing the backfill is neither lost nor counted twice
 --
@@ -510,67 +511,157 @@ $fn$;
 
 -- ------------------------------------------------------------------ all batches
 
--- Every batch of ids from the smallest to the largest, relation by relation: batches of project
--- ids (opskit_backfill_project_stats: every project, whoever owns it meanwhile), then of user ids
--- for the per-user columns, the intro stats and the conversations. Each batch COMMITs: the
--- users' KEY SHARE locks and the conversation row locks it takes are held for one batch, never
--- for the whole backfill, so an app write waits for one batch at most. A batch that waits longer
--- than lock_timeout for the app gives way: its subtransaction rolls back (releasing its locks)
--- and it runs again after a pause. A procedure, so it can commit: CALL it outside a transaction
--- block (this file is no-transaction); an interrupted run is resumed by running it again.
-CREATE OR REPLACE PROCEDURE opskit_backfill_in_batches(batch_size bigint DEFAULT 5000)
+-- The batches of the full backfill still to run: one row each, deleted by the transaction that
+-- runs the batch, so an interrupted backfill resumes with what is left.
+CREATE TABLE IF NOT EXISTS opskit_backfill_batches (
+    step     text   NOT NULL,
+    lo       bigint NOT NULL,
+    hi       bigint NOT NULL,
+    position float8 NOT NULL,  -- claim order: the steps' batches interleaved
+    PRIMARY KEY (step, lo)
+);
+
+-- Plans every batch: of project ids (project_stats: every project, whoever owns it meanwhile),
+-- of user ids for the owner totals, the per-user columns and the intro stats, `batch_size` ids
+-- each, and of user ids for the conversations, cut by volume: at most `messages_per_batch`
+-- messages (counted once per side) unless one user alone has more. Cut by ids, the batch of the
+-- few users with tens of thousands of messages each held 39,000 conversation rows for seconds
+-- on `medium`, and was the one batch every other waited for at the end.
+CREATE OR REPLACE FUNCTION opskit_backfill_plan(batch_size bigint, messages_per_batch bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    first_user bigint;
+    last_user bigint;
+    range_start bigint;
+    volume bigint := 0;
+    sender record;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR messages_per_batch IS NULL
+       OR messages_per_batch < 1 THEN
+        RAISE EXCEPTION 'batch sizes must be positive numbers, not % and %', batch_size,
+            messages_per_batch;
+    END IF;
+    DELETE FROM opskit_backfill_batches;
+    INSERT INTO opskit_backfill_batches (step, lo, hi, position)
+    SELECT s.step, b.lo, b.lo + batch_size,
+           (row_number() OVER (PARTITION BY s.step ORDER BY b.lo) - 0.5)
+               / count(*) OVER (PARTITION BY s.step)
+    FROM (VALUES ('project_stats', 'projects'), ('owner_totals', 'users'),
+                 ('user_columns', 'users'), ('intro_request_stats', 'users')) AS s(step, id_table)
+    CROSS JOIN LATERAL (
+        SELECT min(id) AS first_id, max(id) AS last_id FROM projects WHERE s.id_table = 'projects'
+        UNION ALL
+        SELECT min(id), max(id) FROM users WHERE s.id_table = 'users'
+    ) AS r
+    CROSS JOIN LATERAL generate_series(r.first_id, r.last_id, batch_size) AS b(lo)
+    WHERE r.first_id IS NOT NULL;
+
+    SELECT min(id), max(id) INTO first_user, last_user FROM users;
+    IF first_user IS NULL THEN
+        RETURN (SELECT count(*) FROM opskit_backfill_batches);
+    END IF;
+    range_start := first_user;
+    FOR sender IN
+        SELECT m.user_id, sum(m.n) AS n
+        FROM (
+            SELECT sender_id AS user_id, count(*) AS n FROM messages GROUP BY sender_id
+            UNION ALL
+            SELECT recipient_id, count(*) FROM messages GROUP BY recipient_id
+        ) AS m
+        GROUP BY m.user_id
+        ORDER BY m.user_id
+    LOOP
+        IF volume > 0 AND volume + sender.n > messages_per_batch THEN
+            INSERT INTO opskit_backfill_batches (step, lo, hi, position)
+            VALUES ('message_conversations', range_start, sender.user_id, 0);
+            range_start := sender.user_id;
+            volume := 0;
+        END IF;
+        volume := volume + sender.n;
+    END LOOP;
+    INSERT INTO opskit_backfill_batches (step, lo, hi, position)
+    VALUES ('message_conversations', range_start, last_user + 1, 0);
+    UPDATE opskit_backfill_batches b
+    SET position = (n.number - 0.5) / n.batches
+    FROM (
+        SELECT q.lo, row_number() OVER (ORDER BY q.lo) AS number, count(*) OVER () AS batches
+        FROM opskit_backfill_batches q WHERE q.step = 'message_conversations'
+    ) AS n
+    WHERE b.step = 'message_conversations' AND b.lo = n.lo;
+    RETURN (SELECT count(*) FROM opskit_backfill_batches);
+END
+$fn$;
+
+-- Runs the planned batches of `steps` (all when NULL) until none is left, one per transaction,
+-- in the order of position. Several sessions may run it at once: each claims its next batch
+-- with FOR UPDATE SKIP LOCKED, so they share the work and never run a batch twice. Each batch
+-- COMMITs: the users' KEY SHARE locks and the conversation row locks it takes are held for one
+-- batch, never for the whole backfill, so an app write waits for one batch at most. A batch
+-- that waits longer than lock_timeout for the app gives way: its subtransaction rolls back
+-- (releasing its locks) and it runs again after a pause. Batches commit without waiting for
+-- their WAL to be flushed (synchronous_commit off): a crash may lose the last ones, and with
+-- them the deletes of their rows here, so they run again when the backfill resumes; the phase's
+-- ledger row commits synchronously, which flushes them all. A procedure, so it can commit: CALL
+-- it outside a transaction block (this file is no-transaction).
+CREATE OR REPLACE PROCEDURE opskit_backfill_queued(steps text[] DEFAULT NULL)
 LANGUAGE plpgsql
 AS $proc$
 DECLARE
-    step text;
-    first_id bigint;
-    last_id bigint;
-    lo bigint;
+    batch record;
     tries int;
 BEGIN
-    IF batch_size IS NULL OR batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be a positive number, not %', batch_size;
-    END IF;
-    FOREACH step IN ARRAY ARRAY['project_stats', 'owner_totals', 'user_columns',
-                                'intro_request_stats', 'message_conversations'] LOOP
-        IF step = 'project_stats' THEN
-            SELECT min(id), max(id) INTO first_id, last_id FROM projects;
-        ELSE
-            SELECT min(id), max(id) INTO first_id, last_id FROM users;
-        END IF;
-        lo := first_id;
-        WHILE lo IS NOT NULL AND lo <= last_id LOOP
-            tries := 0;
-            LOOP
-                BEGIN
-                    IF step = 'project_stats' THEN
-                        PERFORM opskit_backfill_project_stats(lo, lo + batch_size);
-                    ELSIF step = 'owner_totals' THEN
-                        PERFORM opskit_backfill_owner_totals(lo, lo + batch_size);
-                    ELSIF step = 'user_columns' THEN
-                        PERFORM opskit_backfill_user_columns(lo, lo + batch_size);
-                    ELSIF step = 'intro_request_stats' THEN
-                        PERFORM opskit_backfill_intro_request_stats(lo, lo + batch_size);
-                    ELSE
-                        PERFORM opskit_backfill_message_conversations(lo, lo + batch_size);
-                    END IF;
-                    EXIT;
-                EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-                    tries := tries + 1;
-                    IF tries > 10 THEN
-                        RAISE;
-                    END IF;
-                END;
-                PERFORM pg_sleep(0.05 * tries);
-            END LOOP;
-            COMMIT;
-            lo := lo + batch_size;
+    LOOP
+        PERFORM set_config('synchronous_commit', 'off', true);
+        SELECT b.step, b.lo, b.hi INTO batch
+        FROM opskit_backfill_batches b
+        WHERE steps IS NULL OR b.step = ANY (steps)
+        ORDER BY b.position, b.step
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        EXIT WHEN NOT FOUND;
+        tries := 0;
+        LOOP
+            BEGIN
+                IF batch.step = 'project_stats' THEN
+                    PERFORM opskit_backfill_project_stats(batch.lo, batch.hi);
+                ELSIF batch.step = 'owner_totals' THEN
+                    PERFORM opskit_backfill_owner_totals(batch.lo, batch.hi);
+                ELSIF batch.step = 'user_columns' THEN
+                    PERFORM opskit_backfill_user_columns(batch.lo, batch.hi);
+                ELSIF batch.step = 'intro_request_stats' THEN
+                    PERFORM opskit_backfill_intro_request_stats(batch.lo, batch.hi);
+                ELSE
+                    PERFORM opskit_backfill_message_conversations(batch.lo, batch.hi);
+                END IF;
+                EXIT;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                tries := tries + 1;
+                IF tries > 10 THEN
+                    RAISE;
+                END IF;
+            END;
+            PERFORM pg_sleep(0.05 * tries);
         END LOOP;
+        DELETE FROM opskit_backfill_batches WHERE step = batch.step AND lo = batch.lo;
+        COMMIT;
     END LOOP;
 END
 $proc$;
 
-CALL opskit_backfill_in_batches(250);
+SELECT opskit_backfill_plan(250, 5000);
+
+-- The project batches first, in this session: the owner totals read the folded counts they
+-- write, and they all take the dashboard's advisory lock, so they could not overlap anyway.
+CALL opskit_backfill_queued(ARRAY['project_stats']);
+
+-- Then every other batch in two sessions at once. On a busy server each backend gets about an
+-- equal share of the CPU, so the backfill's share grows with its sessions (three took more from
+-- the app: docs/migrations.md, "Under load"). Batches of different users never wait for each other; the dashboard
+-- batches (advisory lock) and the intro batches (their own) take turns, a batch at a time.
+-- opskit: sessions 2
+CALL opskit_backfill_queued(NULL);
 
 -- Fresh planner statistics for what the backfill wrote: without them the planner guessed ~2,500
 -- conversations per user on `medium` and chose a parallel scan (4 ms of worker start-up) for

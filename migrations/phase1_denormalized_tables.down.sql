@@ -50,8 +50,11 @@ DROP FUNCTION IF EXISTS opskit_conversation_apply(bigint, bigint, messages, mess
 DROP FUNCTION IF EXISTS opskit_trg_intro_requests();
 DROP FUNCTION IF EXISTS opskit_fold_user_dashboard_deltas(integer);
 DROP FUNCTION IF EXISTS opskit_fold_intro_request_deltas(integer);
--- phase1_backfill_data's functions
-DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);
+-- phase1_backfill_data's functions and batch table
+DROP PROCEDURE IF EXISTS opskit_backfill_queued(text[]);
+DROP FUNCTION IF EXISTS opskit_backfill_plan(bigint, bigint);
+DROP TABLE IF EXISTS opskit_backfill_batches;
+DROP PROCEDURE IF EXISTS opskit_backfill_in_batches(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_all_denormalized(bigint);  -- of older files
 DROP FUNCTION IF EXISTS opskit_backfill_project_stats(bigint, bigint);
 DROP FUNCTION IF EXISTS opskit_backfill_owner_totals(bigint, bigint);

@@ -47,6 +47,7 @@ from opskit.engine.phase_files import (
     load_phases,
     locked_section_start,
     split_statements,
+    statement_sessions,
 )
 from opskit.sql import queries
 
@@ -258,6 +259,10 @@ def migrate(
                 grant(conn, grantees, [p for p in phases if p.name in ledger])
         pending = [p for p in phases if p.name not in ledger and _phase_index(p.name) <= target]
         last_runs = lock_runs(conn, "up") if dry_run else {}
+        if pending and not dry_run:
+            # More processes per index build: on a busy server each gets about an equal share
+            # of the CPU (docs/migrations.md, "Under load").
+            conn.execute(queries("migrations.sql")["raise_build_settings"])
         for phase in pending:
             if dry_run:
                 result.plan.extend(_plan(phase))
@@ -267,7 +272,9 @@ def migrate(
             if phase.transactional:
                 count = _apply_in_one_transaction(conn, phase, timeouts, progress, grantees)
             else:
-                count = _apply_statement_by_statement(conn, phase, timeouts, progress, grantees)
+                count = _apply_statement_by_statement(
+                    url, conn, phase, timeouts, progress, grantees
+                )
             result.applied.append(
                 {
                     "name": phase.name,
@@ -442,6 +449,7 @@ def _apply_in_one_transaction(
 
 
 def _apply_statement_by_statement(
+    url: str,
     conn: psycopg.Connection,
     phase: PhaseFile,
     timeouts: Timeouts,
@@ -452,7 +460,8 @@ def _apply_statement_by_statement(
     sql = queries("migrations.sql")
     key = {"phase": phase.name, "checksum": phase.checksum}
     done = {row[0] for row in conn.execute(sql["completed_steps"], key)}
-    _set_timeouts(conn, _timeout_settings(statements, timeouts), is_local=False)
+    settings = _timeout_settings(statements, timeouts)
+    _set_timeouts(conn, settings, is_local=False)
     progress.phase_started(phase.name, len(statements))
     started = time.perf_counter()
     try:
@@ -463,6 +472,8 @@ def _apply_statement_by_statement(
             index = _CONCURRENT_INDEX.match(sqlparse.format(statement, strip_comments=True))
 
             def run(statement: str = statement, index=index) -> int:
+                if (sessions := statement_sessions(statement)) > 1:
+                    return _execute_in_sessions(url, conn, statement, sessions, settings)
                 if not index:
                     return _execute(conn, statement)
                 # before every try: a build that hit lock_timeout leaves an INVALID index
@@ -505,6 +516,41 @@ def _record_applied(
 
 def _execute(conn: psycopg.Connection, statement: str) -> int:
     conn.execute(statement)
+    return 1
+
+
+def _execute_in_sessions(
+    url: str, conn: psycopg.Connection, statement: str, sessions: int, settings: dict[str, str]
+) -> int:
+    """Run `statement` on `conn` and at the same time on `sessions - 1` more connections with the
+    same timeouts; once all have ended, raise the first error if any.
+
+    More backends get more of a busy server's CPU: the app's backends do not run fewer.
+    """
+    errors: list[BaseException] = []
+
+    def on_own_connection() -> None:
+        try:
+            with connect(url, autocommit=True) as extra:
+                _set_timeouts(extra, settings, is_local=False)
+                extra.execute(statement)
+        except BaseException as err:  # noqa: BLE001 - raised in the runner's thread below
+            errors.append(err)
+
+    threads = [
+        threading.Thread(target=on_own_connection, name=f"session-{number}", daemon=True)
+        for number in range(2, sessions + 1)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        conn.execute(statement)
+    except psycopg.Error as err:
+        errors.insert(0, err)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
     return 1
 
 

@@ -29,6 +29,9 @@ PHASES: tuple[str, ...] = (
 )
 BASE = "base"
 NO_TRANSACTION = "-- opskit: no-transaction"
+# A statement of a no-transaction phase marked `-- opskit: sessions N` runs on N connections at
+# once (it is written to share its work between them, e.g. batches claimed with SKIP LOCKED).
+_SESSIONS = re.compile(r"^\s*--\s*opskit:\s*sessions\s+(\d+)\s*$", re.MULTILINE)
 
 _LOCK = re.compile(
     r"^\s*LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?(.+?)"
@@ -93,6 +96,12 @@ class PlannedStatement:
     sql: str
     lock: str
     blocks: str
+
+
+def statement_sessions(statement: str) -> int:
+    """The number of connections `statement` runs on at once (its `-- opskit: sessions N`)."""
+    match = _SESSIONS.search(statement)
+    return max(1, int(match.group(1))) if match else 1
 
 
 def split_statements(text: str) -> list[str]:

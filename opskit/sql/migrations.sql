@@ -103,6 +103,14 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %(space)s AND l.obji
   AND l.objsubid = 2
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
 
+-- name: raise_build_settings --
+-- For the migration's session: index builds with up to 4 parallel workers and the memory they
+-- need (32 MB each), never lowering what the server already allows.
+SELECT set_config('maintenance_work_mem', '256MB', false)
+WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes('256MB');
+SELECT set_config('max_parallel_maintenance_workers', '4', false)
+WHERE current_setting('max_parallel_maintenance_workers')::integer < 4;
+
 -- name: invalid_index --
 -- An index left INVALID by a failed or killed CREATE INDEX CONCURRENTLY.
 SELECT NOT i.indisvalid

@@ -29,7 +29,8 @@ def test_live_migration_targets(fresh_database, scale):
         print(f"{scale} {step.step}: {step_idle.seconds:.1f} s idle, {step.seconds:.1f} s loaded")
         for window in step.windows:
             print(
-                f"    {window.phase:<34} {window.operations:>6} ops  p99 {window.p99_ms} ms"
+                f"    {window.phase:<34} {window.seconds:>6.1f} s {window.operations:>6} ops"
+                f"  p99 {window.p99_ms} ms"
                 f"  max {window.max_ms} ms ({window.slowest})"
             )
     print(f"commits {loaded.app_commits}, deadlocks {loaded.deadlocks}, errors {loaded.errors}")

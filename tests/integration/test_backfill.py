@@ -91,3 +91,38 @@ def test_a_batch_gives_way_to_a_project_write(tiny_db_url):
         thread.join(60)
     assert "error" not in outcome, outcome.get("error")
     assert _run(tiny_db_url, "verify").exit_code == 0
+
+
+def test_the_phase_plans_batches_covering_every_id_and_cut_conversations_by_volume(tiny_db_url):
+    migrations.migrate(tiny_db_url, to="phase1_backfill_data")
+    with psycopg.connect(tiny_db_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM opskit_backfill_batches").fetchone()[0] == 0
+        conn.execute("SELECT opskit_backfill_plan(30, 100)")
+        for step, id_table in [
+            ("project_stats", "projects"),
+            ("owner_totals", "users"),
+            ("user_columns", "users"),
+            ("intro_request_stats", "users"),
+            ("message_conversations", "users"),
+        ]:
+            ranges = conn.execute(
+                "SELECT lo, hi FROM opskit_backfill_batches WHERE step = %s ORDER BY lo", (step,)
+            ).fetchall()
+            first, last = conn.execute(f"SELECT min(id), max(id) FROM {id_table}").fetchone()
+            assert ranges[0][0] == first and ranges[-1][1] > last, step
+            assert all(
+                hi == next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:], strict=False)
+            ), step
+        over = conn.execute(
+            "SELECT b.lo, b.hi, count(*) FROM opskit_backfill_batches b"
+            " JOIN (SELECT sender_id AS user_id FROM messages"
+            "       UNION ALL SELECT recipient_id FROM messages) m"
+            "   ON m.user_id >= b.lo AND m.user_id < b.hi"
+            " WHERE b.step = 'message_conversations'"
+            " GROUP BY b.lo, b.hi HAVING count(*) > 100 AND count(DISTINCT m.user_id) > 1"
+        ).fetchall()
+        assert over == []
+        # the queue runs to its end and leaves nothing
+        conn.execute("CALL opskit_backfill_queued(NULL)")
+        assert conn.execute("SELECT count(*) FROM opskit_backfill_batches").fetchone()[0] == 0
+    assert _run(tiny_db_url, "verify").exit_code == 0

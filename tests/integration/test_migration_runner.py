@@ -161,6 +161,57 @@ def test_an_interrupted_concurrent_phase_resumes_and_drops_the_invalid_index(
         assert conn.execute("SELECT count(*) FROM opskit_migration_steps").fetchone()[0] == 0
 
 
+def test_a_statement_marked_sessions_n_runs_on_n_connections_at_once(tiny_db_url, phase_dir):
+    # Each session records its backend, then waits until all three have: run one after the
+    # other, the first would wait forever (statement_timeout ends it: a failure).
+    (phase_dir / "phase4_critical_indexes.sql").write_text(
+        "-- opskit: no-transaction\n"
+        "SET lock_timeout = '5s';\n"
+        "SET statement_timeout = '20s';\n"
+        "CREATE TABLE IF NOT EXISTS opskit_sessions (pid integer, timeout text);\n"
+        "-- opskit: sessions 3\n"
+        "DO $$ BEGIN\n"
+        "  INSERT INTO opskit_sessions SELECT pg_backend_pid(), current_setting('lock_timeout');\n"
+        "  COMMIT;\n"
+        "  WHILE (SELECT count(*) FROM opskit_sessions) < 3 LOOP PERFORM pg_sleep(0.05); END LOOP;\n"
+        "END $$;\n"
+    )
+    result = migrations.migrate(tiny_db_url, directory=phase_dir)
+    assert result.applied[-1]["name"] == "phase4_critical_indexes"
+    with psycopg.connect(tiny_db_url) as conn:
+        rows = conn.execute("SELECT DISTINCT pid, timeout FROM opskit_sessions").fetchall()
+    assert len(rows) == 3 and {timeout for _, timeout in rows} == {"5s"}
+
+
+def test_phases_build_indexes_with_parallel_workers_and_their_memory(tiny_db_url, phase_dir):
+    (phase_dir / "phase4_critical_indexes.sql").write_text(
+        "-- opskit: no-transaction\n"
+        "SET lock_timeout = '5s';\n"
+        "SET statement_timeout = '20s';\n"
+        "CREATE TABLE opskit_settings AS SELECT"
+        " current_setting('max_parallel_maintenance_workers')::integer AS workers,"
+        " pg_size_bytes(current_setting('maintenance_work_mem')) AS memory;\n"
+    )
+    migrations.migrate(tiny_db_url, directory=phase_dir)
+    with psycopg.connect(tiny_db_url) as conn:
+        workers, memory = conn.execute("SELECT workers, memory FROM opskit_settings").fetchone()
+    assert workers >= 4 and memory >= 256 * 1024 * 1024
+
+
+def test_a_failing_session_fails_its_statement(tiny_db_url, phase_dir):
+    (phase_dir / "phase4_critical_indexes.sql").write_text(
+        "-- opskit: no-transaction\n"
+        "SET lock_timeout = '5s';\n"
+        "SET statement_timeout = '20s';\n"
+        "CREATE TABLE IF NOT EXISTS opskit_sessions (pid integer PRIMARY KEY DEFAULT 1);\n"
+        "-- opskit: sessions 2\n"
+        "INSERT INTO opskit_sessions DEFAULT VALUES;\n"
+    )
+    with pytest.raises(DatabaseError, match="statement 4 failed: duplicate key"):
+        migrations.migrate(tiny_db_url, directory=phase_dir)
+    assert "phase4_critical_indexes" not in _ledger(tiny_db_url)
+
+
 def test_a_second_migrate_waits_or_refuses(tiny_db_url, phase_dir):
     holder = psycopg.connect(tiny_db_url, autocommit=True)
     holder.execute(
