@@ -976,31 +976,25 @@ BEGIN
                           ((NEW.sender_id, NEW.recipient_id), (NEW.recipient_id, NEW.sender_id))
                      THEN NEW END);
         END LOOP;
-        INSERT INTO opskit_reconcile_keys (entity, entity_id, other_id)
-        SELECT DISTINCT 'conversation', least(k.a, k.b) AS lo, greatest(k.a, k.b) AS hi
-        FROM (VALUES (OLD.sender_id, OLD.recipient_id), (NEW.sender_id, NEW.recipient_id))
-             AS k(a, b)
-        ORDER BY lo, hi
-        ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
-        WHERE opskit_reconcile_keys.claimed;
-        RETURN NULL;
+    ELSE
+        -- OLD is NULL in an insert, NEW in a delete
+        v_lo := least(coalesce(NEW.sender_id, OLD.sender_id),
+                      coalesce(NEW.recipient_id, OLD.recipient_id));
+        v_hi := greatest(coalesce(NEW.sender_id, OLD.sender_id),
+                         coalesce(NEW.recipient_id, OLD.recipient_id));
+        PERFORM opskit_conversation_apply(v_lo, v_hi, OLD, NEW);
+        IF v_lo <> v_hi THEN
+            PERFORM opskit_conversation_apply(v_hi, v_lo, OLD, NEW);
+        END IF;
     END IF;
 
-    IF TG_OP = 'DELETE' THEN
-        v_lo := least(OLD.sender_id, OLD.recipient_id);
-        v_hi := greatest(OLD.sender_id, OLD.recipient_id);
-    ELSE
-        v_lo := least(NEW.sender_id, NEW.recipient_id);
-        v_hi := greatest(NEW.sender_id, NEW.recipient_id);
-    END IF;
-    -- OLD is NULL in an insert, NEW in a delete
-    PERFORM opskit_conversation_apply(v_lo, v_hi, OLD, NEW);
-    IF v_lo <> v_hi THEN
-        PERFORM opskit_conversation_apply(v_hi, v_lo, OLD, NEW);
-    END IF;
-    -- After the pair's locks: no two writers insert the same pair at once.
+    -- The pairs, after their locks: no two writers insert the same pair at once.
     INSERT INTO opskit_reconcile_keys (entity, entity_id, other_id)
-    VALUES ('conversation', v_lo, v_hi)
+    SELECT DISTINCT 'conversation', least(k.a, k.b) AS lo, greatest(k.a, k.b) AS hi
+    FROM (VALUES (OLD.sender_id, OLD.recipient_id), (NEW.sender_id, NEW.recipient_id))
+         AS k(a, b)
+    WHERE k.a IS NOT NULL
+    ORDER BY lo, hi
     ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
     WHERE opskit_reconcile_keys.claimed;
     RETURN NULL;
