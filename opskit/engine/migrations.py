@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -527,30 +528,18 @@ def _execute_in_sessions(
 
     More backends get more of a busy server's CPU: the app's backends do not run fewer.
     """
-    errors: list[BaseException] = []
 
     def on_own_connection() -> None:
-        try:
-            with connect(url, autocommit=True) as extra:
-                _set_timeouts(extra, settings, is_local=False)
-                extra.execute(statement)
-        except BaseException as err:  # noqa: BLE001 - raised in the runner's thread below
-            errors.append(err)
+        with connect(url, autocommit=True) as extra:
+            _set_timeouts(extra, settings, is_local=False)
+            extra.execute(statement)
 
-    threads = [
-        threading.Thread(target=on_own_connection, name=f"session-{number}", daemon=True)
-        for number in range(2, sessions + 1)
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        conn.execute(statement)
-    except psycopg.Error as err:
-        errors.insert(0, err)
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    with ThreadPoolExecutor(max_workers=sessions - 1, thread_name_prefix="session") as pool:
+        others = [pool.submit(on_own_connection) for _ in range(sessions - 1)]
+        conn.execute(statement)  # on an error, leaving the block still waits for the others
+    for other in others:
+        if other.exception() is not None:
+            raise other.exception()
     return 1
 
 
