@@ -74,6 +74,7 @@ DROP TABLE IF EXISTS mv_feed_scoring;
 
 DROP VIEW IF EXISTS mv_refresh_queue;
 DROP TABLE IF EXISTS mv_refresh_log;
+DROP TABLE IF EXISTS mv_applied_keys;
 DROP TABLE IF EXISTS mv_pending_changes;
 DROP TABLE IF EXISTS mv_change_routes;
 DROP TABLE IF EXISTS mv_change_log;

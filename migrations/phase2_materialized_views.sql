@@ -60,6 +60,17 @@ CREATE TABLE IF NOT EXISTS mv_pending_changes (
 CREATE INDEX IF NOT EXISTS mv_pending_changes_view_idx
     ON mv_pending_changes (view_name, changed_at);
 
+-- The keys each batch applied, for `opskit reconcile --changed`, which moves them into phase 1's
+-- opskit_reconcile_keys before it claims. Insert-only on purpose: a batch runs in REPEATABLE
+-- READ, and its upsert into opskit_reconcile_keys failed the batch ("could not serialize
+-- access") whenever a check claimed one of its keys after the batch's snapshot: every minute
+-- under the daemon's check, a view or two backed off.
+CREATE TABLE IF NOT EXISTS mv_applied_keys (
+    view_name text   NOT NULL,
+    kind      text   NOT NULL,
+    key       bigint NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
+
 -- One row per applied batch or full build (kind 'apply' / 'full'). oldest_change_at is the time
 -- of the oldest change the batch made visible: refresh_finished_at - oldest_change_at is its
 -- staleness (a batch commits right after refresh_finished_at). pending_after: changes of the

@@ -379,8 +379,7 @@ def _apply_keys(conn: psycopg.Connection, spec: MaintainedView, entities, ids) -
     conn.execute(sql.SQL(refresh_sql["insert_keys"]).format(**names), params)
     if spec.name in DERIVED:
         conn.execute(refresh_sql[DERIVED[spec.name]], params)
-    if records_touched_keys(conn):
-        conn.execute(refresh_sql["record_view_keys"], {"view": spec.name, **params})
+    conn.execute(refresh_sql["record_view_keys"], {"view": spec.name, **params})
     return len(keys)
 
 

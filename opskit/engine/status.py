@@ -108,6 +108,8 @@ def status_report(conn: psycopg.Connection) -> StatusReport:
         report.latest_job_runs = _rows(conn, status_sql["latest_job_runs"])
     if _exists(conn, "opskit_reconcile_keys"):
         report.touched_keys_pending = _count(conn, "opskit_reconcile_keys")
+        if _exists(conn, "mv_applied_keys"):  # view keys not yet collected (may repeat a key)
+            report.touched_keys_pending += _count(conn, "mv_applied_keys")
     changed_sql = queries("reconcile_changed.sql")
     if conn.execute(changed_sql["runs_have_mode"]).fetchone()[0]:
         report.reconcile_changed = _rows(conn, changed_sql["changed_last_hour"])[0]

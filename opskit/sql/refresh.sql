@@ -40,13 +40,10 @@ SELECT count(*) FROM moved;
 )
 
 -- name: record_view_keys --
--- The keys a batch applied, for `opskit reconcile --changed` (in opskit_reconcile_keys' order).
-INSERT INTO opskit_reconcile_keys AS r (entity, kind, entity_id)
+-- The keys a batch applied, for `opskit reconcile --changed` (insert-only: see mv_applied_keys).
+INSERT INTO mv_applied_keys (view_name, kind, key)
 SELECT DISTINCT %(view)s::text, k.kind, k.key
-FROM unnest(%(kinds)s::text[], %(keys)s::bigint[]) AS k (kind, key)
-ORDER BY 2, 3
-ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
-WHERE r.claimed;
+FROM unnest(%(kinds)s::text[], %(keys)s::bigint[]) AS k (kind, key);
 
 -- name: due_views --
 -- Relations with pending changes, the longest waiting first, unless backing off: after n failed batches in a row (since

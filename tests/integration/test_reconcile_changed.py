@@ -15,6 +15,7 @@ from opskit.cli import app
 from opskit.core.settings import Settings
 from opskit.engine import changed, refresh, votecache
 from opskit.engine.daemon import Daemon
+from opskit.sql import queries
 
 pytestmark = pytest.mark.slow
 
@@ -350,3 +351,50 @@ def test_without_phase_one_it_exits_3(base_db_url, redis_url):
     assert "Traceback" not in result.output
     result = CliRunner().invoke(app, ["reconcile", "--changed", "--json"], env=env)
     assert result.exit_code == 3 and json.loads(result.stdout)["exit_code"] == 3
+
+
+def test_a_check_claiming_a_batchs_keys_mid_batch_does_not_fail_the_batch(
+    db, migrated_db_url, settings, redis_url, run
+):
+    """A batch runs in REPEATABLE READ; a check that claims (updates) a key after the batch's
+    snapshot must not make the batch's own recording of that key a serialization failure."""
+    view = "mv_leaderboard_projects"
+    project, *voters = _one(
+        db,
+        "SELECT (SELECT id FROM projects WHERE deleted_at IS NULL ORDER BY id LIMIT 1), "
+        "(SELECT array_agg(id ORDER BY id) FROM (SELECT id FROM users ORDER BY id LIMIT 2) u)",
+    )
+    voters = voters[0]
+    vote = "INSERT INTO votes (user_id, project_id, vote_type) VALUES (%s, %s, 'up') "
+    vote += "ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = 'down'"
+    db.execute(vote, (voters[0], project))
+    db.execute(vote, (voters[1], project))
+    db.execute(FOLD)
+
+    with psycopg.connect(migrated_db_url) as holder:  # pauses the batch after its snapshot
+        holder.execute(f"SELECT 1 FROM {view} WHERE project_id = %s FOR UPDATE", (project,))
+        runs = []
+        batch = threading.Thread(
+            target=lambda: runs.extend(refresh.refresh(migrated_db_url, settings, views=[view]))
+        )
+        batch.start()
+        deadline = time.monotonic() + 30
+        while not _one(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE %s",
+            (f"%DELETE FROM%{view}%",),
+        )[0]:
+            assert time.monotonic() < deadline, "the batch never reached its delete"
+            time.sleep(0.05)
+        # A check claims every touched key, the one this batch will record among them, and
+        # goes on checking (claimed rows stay until the check's end).
+        db.execute(
+            "INSERT INTO opskit_reconcile_keys (entity, kind, entity_id) "
+            "VALUES (%s, 'project', %s) ON CONFLICT DO NOTHING",
+            (view, project),
+        )
+        assert db.execute(queries("reconcile_changed.sql")["claim_keys"]).rowcount > 0
+        holder.rollback()
+    batch.join(60)
+    assert [(r.view, r.status, r.error) for r in runs] == [(view, "completed", None)]
