@@ -338,9 +338,13 @@ def _has_change_log(conn: psycopg.Connection) -> bool:
 
 def _begin_batch(conn: psycopg.Connection) -> None:
     # One snapshot for the claim, the keys, the delete and the insert; plans made for the
-    # actual keys, so `keys IS NULL` folds away inside the definitions.
+    # actual keys, so `keys IS NULL` folds away inside the definitions. No JIT: a plan is
+    # priced for its costliest branch (the builders' definition, for an owner of over 200
+    # projects, at 643k, over jit_above_cost), and on a server with jit on (PostgreSQL's
+    # default) compiling it took 300-600 ms of a batch whose queries ran in 1 ms.
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+    conn.execute("SET LOCAL jit = off")
 
 
 def _apply_batch(conn: psycopg.Connection, spec: MaintainedView) -> _Batch | None:

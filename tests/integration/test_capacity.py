@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
+import urllib.parse
 
 import pytest
 from typer.testing import CliRunner
 
+from opskit.app.api import KEEP_ALIVE_S
 from opskit.benchmarking import api_process, capacity
 from opskit.cli import app
 from opskit.core.errors import BadInput
@@ -103,3 +107,22 @@ def test_an_unreachable_api_exits_3(migrated_db_url):
     )
     assert result.exit_code == 3, result.output
     assert "unreachable" in result.output
+
+
+def test_a_connection_idle_for_the_longest_think_time_is_still_open(
+    settings, migrated_db_url, redis_url
+):
+    """A user thinks up to 5 s between requests on one keep-alive connection: the server must
+    not close it meanwhile (uvicorn's default, 5 s, lost the request of a user sending just as
+    the server closed its connection)."""
+    assert KEEP_ALIVE_S > 5
+    with api_process.api_server(settings, "after", migrated_db_url, redis_url) as url:
+        address = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+        conn.request("GET", "/api/health")
+        assert conn.getresponse().read() and conn.sock is not None
+        time.sleep(5.5)
+        conn.request("POST", "/api/votes", body=b"{}")  # not retried by clients: must arrive
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 401  # reached the server (no token), on the same connection
