@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 ## report: the stakeholder report at `medium`: the story plus each mode's capacity ramp
 REPORT_BENCH := --scale medium --rate 40 --duration 20 --warmup 5 --repeat 4 \
-	--capacity --capacity-users-max 3000 --capacity-step 100 --capacity-step-seconds 20
+	--capacity --capacity-users-max 5000 --capacity-step 250 --capacity-step-seconds 20
 report: $(STAMP)
 	$(BIN)/opskit up
 	$(BIN)/opskit bench $(REPORT_BENCH) -o reports/medium.html

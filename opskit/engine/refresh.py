@@ -176,8 +176,8 @@ def route_changes(conn: psycopg.Connection) -> int:
 
 
 def records_touched_keys(conn: psycopg.Connection) -> bool:
-    """Whether phase 1's opskit_reconcile_keys exists: routing and batches then record the keys
-    they touch for `opskit reconcile --changed`."""
+    """Whether phase 1's opskit_reconcile_keys exists: routing then records the owners and users
+    it touches for `opskit reconcile --changed` (batches record theirs in mv_applied_keys)."""
     return conn.execute("SELECT to_regclass('opskit_reconcile_keys') IS NOT NULL").fetchone()[0]
 
 
