@@ -60,8 +60,8 @@ CREATE TABLE IF NOT EXISTS mv_pending_changes (
 CREATE INDEX IF NOT EXISTS mv_pending_changes_view_idx
     ON mv_pending_changes (view_name, changed_at);
 
--- The keys each batch applied, for `opskit reconcile --changed`, which moves them into phase 1's
--- opskit_reconcile_keys before it claims. Insert-only on purpose: a batch runs in REPEATABLE
+-- The keys each batch applied, for `opskit reconcile --changed`: the next routing (and each
+-- check) moves them into phase 1's opskit_reconcile_keys. Insert-only on purpose: a batch runs in REPEATABLE
 -- READ, and its upsert into opskit_reconcile_keys failed the batch ("could not serialize
 -- access") whenever a check claimed one of its keys after the batch's snapshot: every minute
 -- under the daemon's check, a view or two backed off.

@@ -3,8 +3,9 @@
 phase1_denormalized_tables keeps opskit_reconcile_keys: the folds record the users and projects of
 the delta rows they consume, the messages trigger the conversations it changes, and (phase 2) the
 daemon's routing the owners and users of the change log; the view keys its batches applied wait in
-phase 2's insert-only mv_applied_keys, and each check moves them in first. A check, one at a time
-(an advisory lock), claims every recorded key, then, in one REPEATABLE READ snapshot, compares:
+phase 2's insert-only mv_applied_keys until the next routing or check moves them in. A check,
+one at a time (an advisory lock), claims every recorded key, then, in one REPEATABLE READ
+snapshot, compares:
 
 - the user_dashboard_stats and intro_request_stats rows of the touched users with their truth
   computed for those users only, and the project_stats rows (the per-project counts the
@@ -126,7 +127,7 @@ def reconcile_changed(
         conn.execute(changed_sql["lock"])
         try:
             if conn.execute("SELECT to_regclass('mv_applied_keys') IS NOT NULL").fetchone()[0]:
-                conn.execute(changed_sql["collect_applied_keys"])
+                conn.execute(queries("refresh.sql")["collect_applied_keys"])
             touched = _claim(conn)
             checks, keep, relations_seconds = _check_and_fix(
                 conn, client, url, settings, touched, fix=fix

@@ -168,6 +168,8 @@ def route_changes(conn: psycopg.Connection) -> int:
     route = sql.SQL(refresh_sql["route_changes"]).format(record_touched=sql.SQL(record_touched))
     try:
         moved = conn.execute(route).fetchone()[0]
+        if record_touched:
+            conn.execute(refresh_sql["collect_applied_keys"])
     finally:
         conn.execute(refresh_sql["unlock"], lock)
     if moved >= VACUUM_LOG_AFTER_ROWS:
@@ -177,7 +179,8 @@ def route_changes(conn: psycopg.Connection) -> int:
 
 def records_touched_keys(conn: psycopg.Connection) -> bool:
     """Whether phase 1's opskit_reconcile_keys exists: routing then records the owners and users
-    it touches for `opskit reconcile --changed` (batches record theirs in mv_applied_keys)."""
+    it touches for `opskit reconcile --changed`, and moves in the keys batches applied (which
+    wait in mv_applied_keys)."""
     return conn.execute("SELECT to_regclass('opskit_reconcile_keys') IS NOT NULL").fetchone()[0]
 
 

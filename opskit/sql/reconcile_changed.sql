@@ -11,17 +11,6 @@ SELECT pg_advisory_lock(1869640548, 21);  -- 0x6F707364 "opsd", 21: reconcile --
 -- name: unlock --
 SELECT pg_advisory_unlock(1869640548, 21);
 
--- name: collect_applied_keys --
--- The view keys that batches applied since the last check join the touched keys (in their order).
-WITH applied AS (
-    DELETE FROM mv_applied_keys RETURNING view_name, kind, key
-)
-INSERT INTO opskit_reconcile_keys AS r (entity, kind, entity_id)
-SELECT DISTINCT view_name, kind, key FROM applied
-ORDER BY 1, 2, 3
-ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
-WHERE r.claimed;
-
 -- name: claim_keys --
 -- Every touched key, marked claimed (rows a dead check left claimed are taken again). Rows a
 -- writer is touching right now are skipped: they will be there for the next check. Locks in key

@@ -45,6 +45,19 @@ INSERT INTO mv_applied_keys (view_name, kind, key)
 SELECT DISTINCT %(view)s::text, k.kind, k.key
 FROM unnest(%(kinds)s::text[], %(keys)s::bigint[]) AS k (kind, key);
 
+-- name: collect_applied_keys --
+-- The view keys that batches applied join the touched keys of `opskit reconcile --changed` (in
+-- their order): after each routing and before each check, in READ COMMITTED, where the upsert
+-- cannot fail a batch; so mv_applied_keys stays small and repeated keys collapse.
+WITH applied AS (
+    DELETE FROM mv_applied_keys RETURNING view_name, kind, key
+)
+INSERT INTO opskit_reconcile_keys AS r (entity, kind, entity_id)
+SELECT DISTINCT view_name, kind, key FROM applied
+ORDER BY 1, 2, 3
+ON CONFLICT (entity, kind, entity_id, other_id) DO UPDATE SET claimed = false
+WHERE r.claimed;
+
 -- name: due_views --
 -- Relations with pending changes, the longest waiting first, unless backing off: after n failed batches in a row (since
 -- its last completed one, within a day) a relation waits backoff_base * 2^(n-1) seconds, at

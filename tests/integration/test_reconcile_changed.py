@@ -398,3 +398,27 @@ def test_a_check_claiming_a_batchs_keys_mid_batch_does_not_fail_the_batch(
         holder.rollback()
     batch.join(60)
     assert [(r.view, r.status, r.error) for r in runs] == [(view, "completed", None)]
+
+
+def test_the_next_routing_moves_a_batchs_keys_into_the_touched_keys(
+    db, migrated_db_url, settings, run
+):
+    view = "mv_leaderboard_projects"
+    project, voter = _one(
+        db,
+        "SELECT (SELECT id FROM projects WHERE deleted_at IS NULL ORDER BY id LIMIT 1), "
+        "(SELECT id FROM users ORDER BY id DESC LIMIT 1)",
+    )
+    db.execute(
+        "INSERT INTO votes (user_id, project_id, vote_type) VALUES (%s, %s, 'up') "
+        "ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = 'down'",
+        (voter, project),
+    )
+    db.execute(FOLD)
+    refresh.refresh(migrated_db_url, settings, views=[view])
+    applied = "SELECT count(*) FROM mv_applied_keys WHERE view_name = %s AND key = %s"
+    touched = "SELECT count(*) FROM opskit_reconcile_keys WHERE entity = %s AND entity_id = %s"
+    assert _one(db, applied, (view, project))[0] >= 1  # recorded by the batch, not yet moved
+    refresh.route_changes(db)  # the daemon's next poll
+    assert _one(db, "SELECT count(*) FROM mv_applied_keys")[0] == 0
+    assert _one(db, touched, (view, project))[0] == 1
