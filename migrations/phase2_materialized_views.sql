@@ -61,10 +61,10 @@ CREATE INDEX IF NOT EXISTS mv_pending_changes_view_idx
     ON mv_pending_changes (view_name, changed_at);
 
 -- The keys each batch applied, for `opskit reconcile --changed`: the next routing (and each
--- check) moves them into phase 1's opskit_reconcile_keys. Insert-only on purpose: a batch runs in REPEATABLE
--- READ, and its upsert into opskit_reconcile_keys failed the batch ("could not serialize
--- access") whenever a check claimed one of its keys after the batch's snapshot: every minute
--- under the daemon's check, a view or two backed off.
+-- check) moves them into phase 1's opskit_reconcile_keys. Insert-only on purpose: a batch runs
+-- in REPEATABLE READ, and its upsert into opskit_reconcile_keys failed the batch ("could not
+-- serialize access") whenever a check claimed one of its keys after the batch's snapshot:
+-- every minute under the daemon's check, a view or two backed off.
 CREATE TABLE IF NOT EXISTS mv_applied_keys (
     view_name text   NOT NULL,
     kind      text   NOT NULL,
