@@ -538,8 +538,7 @@ def _execute_in_sessions(
         others = [pool.submit(on_own_connection) for _ in range(sessions - 1)]
         conn.execute(statement)  # on an error, leaving the block still waits for the others
     for other in others:
-        if other.exception() is not None:
-            raise other.exception()
+        other.result()  # raises the session's error
     return 1
 
 

@@ -20,6 +20,11 @@ from opskit.sql import queries
 pytestmark = pytest.mark.slow
 
 FOLD = "SELECT opskit_fold_user_dashboard_deltas(100000), opskit_fold_intro_request_deltas(100000)"
+# An upvote, or (when the user had voted the project already) a change to a downvote.
+VOTE_OR_FLIP = (
+    "INSERT INTO votes (user_id, project_id, vote_type) VALUES (%s, %s, 'up') "
+    "ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = 'down'"
+)
 
 
 @pytest.fixture
@@ -71,6 +76,10 @@ def _settle(conn, url, settings):
 
 def _one(conn, query, params=()):
     return conn.execute(query, params).fetchone()
+
+
+def _first_live_project(conn) -> int:
+    return _one(conn, "SELECT min(id) FROM projects WHERE deleted_at IS NULL")[0]
 
 
 def test_drift_on_touched_keys_is_found_in_full_and_fixed(
@@ -359,16 +368,9 @@ def test_a_check_claiming_a_batchs_keys_mid_batch_does_not_fail_the_batch(
     """A batch runs in REPEATABLE READ; a check that claims (updates) a key after the batch's
     snapshot must not make the batch's own recording of that key a serialization failure."""
     view = "mv_leaderboard_projects"
-    project, *voters = _one(
-        db,
-        "SELECT (SELECT id FROM projects WHERE deleted_at IS NULL ORDER BY id LIMIT 1), "
-        "(SELECT array_agg(id ORDER BY id) FROM (SELECT id FROM users ORDER BY id LIMIT 2) u)",
-    )
-    voters = voters[0]
-    vote = "INSERT INTO votes (user_id, project_id, vote_type) VALUES (%s, %s, 'up') "
-    vote += "ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = 'down'"
-    db.execute(vote, (voters[0], project))
-    db.execute(vote, (voters[1], project))
+    project = _first_live_project(db)
+    for (voter,) in db.execute("SELECT id FROM users ORDER BY id LIMIT 2").fetchall():
+        db.execute(VOTE_OR_FLIP, (voter, project))
     db.execute(FOLD)
 
     with psycopg.connect(migrated_db_url) as holder:  # pauses the batch after its snapshot
@@ -404,16 +406,9 @@ def test_the_next_routing_moves_a_batchs_keys_into_the_touched_keys(
     db, migrated_db_url, settings, run
 ):
     view = "mv_leaderboard_projects"
-    project, voter = _one(
-        db,
-        "SELECT (SELECT id FROM projects WHERE deleted_at IS NULL ORDER BY id LIMIT 1), "
-        "(SELECT id FROM users ORDER BY id DESC LIMIT 1)",
-    )
-    db.execute(
-        "INSERT INTO votes (user_id, project_id, vote_type) VALUES (%s, %s, 'up') "
-        "ON CONFLICT (user_id, project_id) DO UPDATE SET vote_type = 'down'",
-        (voter, project),
-    )
+    project = _first_live_project(db)
+    voter = _one(db, "SELECT max(id) FROM users")[0]
+    db.execute(VOTE_OR_FLIP, (voter, project))
     db.execute(FOLD)
     refresh.refresh(migrated_db_url, settings, views=[view])
     applied = "SELECT count(*) FROM mv_applied_keys WHERE view_name = %s AND key = %s"
